@@ -1,0 +1,40 @@
+# Fresh machine: `make demo` (install + main job) or `make test` (install + tests).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: setup demo test test-all clean
+
+setup: $(BIN)/elt fmnist
+
+# torch is pinned to the CPU wheel (a looser pin pulls a multi-GB CUDA build).
+$(BIN)/elt: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(BIN)/elt
+
+# Fashion-MNIST ships as Debian's dataset-fashion-mnist; install it when missing and apt is usable.
+fmnist:
+	@if [ ! -f $(FMNIST) ]; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) \
+	      || echo "warning: could not install dataset-fashion-mnist; pass --data-dir with the idx files"; \
+	  else echo "note: $(FMNIST) missing and apt unusable; install dataset-fashion-mnist or pass --data-dir"; fi; \
+	fi
+
+.PHONY: fmnist
+
+demo: setup
+	$(BIN)/elt demo --config fmnist-maskgit --out runs/fmnist-maskgit
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-all: setup
+	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+clean:
+	rm -rf $(VENV) runs build src/*.egg-info

@@ -1,0 +1,198 @@
+"""The `elt` command: train | sample | evaluate | demo | presets.
+
+Bad input gets one line on stderr naming the problem and the fix, exit code 2, no traceback
+(`--debug` shows it)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+DESCRIPTION = "Elastic Looped Transformers: train once, sample at any loop count."
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _add_config_args(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument("--config", default=default, required=default is None,
+                   help="preset name (see `elt presets`) or a YAML file, e.g. a run's config.yaml"
+                        + (f" (default: {default})" if default else ""))
+    p.add_argument("--steps", type=_positive, help="training steps (overrides train.steps)")
+    p.add_argument("--objective", choices=["ilsd", "vanilla"],
+                   help="ilsd (default): teacher + student + distillation; vanilla: teacher loss only")
+    p.add_argument("--data-dir", help="folder with the data set's files (Fashion-MNIST idx files, or class folders)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override any config value, e.g. --set train.lr=3e-4 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="elt", description=DESCRIPTION)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model into a run folder")
+    _add_config_args(p, None)
+    p.add_argument("--out", required=True, help="run folder (config.yaml, checkpoints, metrics.jsonl)")
+
+    p = sub.add_parser("sample", help="generate class-conditional samples at a chosen loop count")
+    p.add_argument("--run", required=True, help="run folder written by `elt train`")
+    p.add_argument("--loops", type=_positive, required=True, help="loop count L used at every decoding step")
+    p.add_argument("--n", type=_positive, default=100, help="number of samples (default 100)")
+    p.add_argument("--out", required=True, help="output path; writes OUT.npz (images, labels) and OUT.png (grid)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same samples (default 0)")
+    p.add_argument("--steps", type=_positive, help="decoding steps K (default: the run's sample.steps)")
+    p.add_argument("--cfg", type=float, help="classifier-free guidance scale w >= 0 (default: the run's)")
+    p.add_argument("--classes", type=_int_list, help="comma-separated class ids to cycle through (default: all, balanced)")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
+
+    p = sub.add_parser("evaluate", help="any-time report: quality, time and GFLOPs per loop count")
+    p.add_argument("--run", required=True, help="run folder written by `elt train`")
+    p.add_argument("--loops", type=_int_list, help="loop counts, e.g. 1,2,3 (default 1..Lmax+2)")
+    p.add_argument("--n", type=_positive, help="samples per loop count (default: the run's eval.n)")
+    p.add_argument("--seed", type=int, help="sampling seed (default: the run's eval.seed)")
+    p.add_argument("--steps", type=_positive, help="decoding steps K")
+    p.add_argument("--cfg", type=float, help="classifier-free guidance scale w >= 0")
+
+    p = sub.add_parser("demo", help="train a preset, evaluate every L, write the any-time grid")
+    _add_config_args(p, "fmnist-maskgit")
+    p.add_argument("--out", default=None, help="run folder (default: runs/<preset>-<objective>)")
+
+    sub.add_parser("presets", help="list presets with parameters and GFLOPs per forward pass")
+    return parser
+
+
+def _config_from_args(args):
+    from .config import apply_overrides, load_config
+
+    cfg = load_config(args.config)
+    overrides = list(args.set)
+    if args.steps:
+        overrides.append(f"train.steps={args.steps}")
+    if args.objective:
+        overrides.append(f"train.objective={args.objective}")
+    if args.data_dir:
+        overrides.append(f"data.data_dir={args.data_dir}")
+    return apply_overrides(cfg, overrides).validate()
+
+
+def _check_out_file(out: str) -> Path:
+    path = Path(out)
+    if path.suffix in (".npz", ".png"):
+        path = path.with_suffix("")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ValueError(f"output folder {parent} does not exist; create it or choose another --out")
+    return path
+
+
+def cmd_sample(args) -> None:
+    import numpy as np
+
+    from .engine.generate import balanced_labels, generate, load_run, to_uint8  # noqa: F401
+    from .metrics.anytime import save_grid
+
+    if args.cfg is not None and args.cfg < 0:
+        raise ValueError(f"--cfg must be >= 0, got {args.cfg}")
+    base = _check_out_file(args.out)
+    run = load_run(args.run, use_ema=not args.no_ema)
+    labels = balanced_labels(args.n, run.num_classes, args.classes)
+    images = generate(run, args.loops, labels, args.seed, args.steps, args.cfg, progress=not args.quiet)
+    s = run.cfg.sample
+    settings = dict(loops=args.loops, steps=args.steps or s.steps, cfg=s.cfg if args.cfg is None else args.cfg,
+                    temp_base=s.temp_base, temp_anneal=s.temp_anneal, choice_temperature=s.choice_temperature,
+                    seed=args.seed, checkpoint_step=run.step, ema=not args.no_ema)
+    np.savez(base.with_suffix(".npz"), images=images, labels=labels.numpy().astype(np.int64),
+             settings=np.array(str(settings)))
+    cols = min(run.num_classes, len(images)) if args.classes is None else min(len(args.classes), len(images))
+    rows = len(images) // cols
+    save_grid(images[: rows * cols], rows, cols, base.with_suffix(".png"), scale=2 if images.shape[1] <= 32 else 1)
+    print(f"wrote {base.with_suffix('.npz')} and {base.with_suffix('.png')} ({len(images)} samples, {settings})")
+
+
+def cmd_evaluate(args) -> None:
+    from .engine.generate import evaluate, load_run
+    from .metrics.anytime import format_table
+
+    if args.cfg is not None and args.cfg < 0:
+        raise ValueError(f"--cfg must be >= 0, got {args.cfg}")
+    if args.loops is not None and (not args.loops or min(args.loops) < 1):
+        raise ValueError("--loops needs loop counts >= 1, e.g. --loops 1,2,4")
+    run = load_run(args.run)
+    report = evaluate(run, args.loops, args.n, args.seed, args.steps, args.cfg, progress=not args.quiet)
+    print(format_table(report))
+    print(f"wrote {run.path / 'anytime.json'} and {run.path / 'anytime.png'}")
+
+
+def cmd_presets(args) -> None:
+    import torch
+
+    from .engine.assets import build_model, token_shape
+    from .presets import ALIASES, PRESETS, get_preset
+
+    print(f"{'preset':<24} {'N':>3} {'Lmax':>4} {'width':>5} {'tokens':>6} {'params':>9} {'GFLOPs/fwd@Lmax':>16}")
+    for name in PRESETS:
+        if name in ALIASES:
+            continue
+        cfg = get_preset(name)
+        size, classes = {"fmnist": (28, 10), "digits": (8, 10)}.get(cfg.data.dataset, (cfg.data.image_size, 1000))
+        tokens = token_shape(cfg, size)
+        with torch.device("meta"):  # exact counts without allocating the big models
+            model = build_model(cfg, cfg.tokenizer.codebook_size, tokens, classes)
+        params = sum(p.numel() for p in model.parameters())
+        m = cfg.model
+        print(f"{name:<24} {m.unique_layers:>3} {m.max_loops:>4} {m.width:>5} {tokens:>6} {params / 1e6:>8.1f}M "
+              f"{model.flops(m.max_loops) / 1e9:>16.2f}")
+    print("aliases: " + ", ".join(f"{a} -> {t}" for a, t in ALIASES.items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        if args.command == "train":
+            from .engine.train import train
+            train(_config_from_args(args), args.out, resume=args.resume, progress=not args.quiet)
+        elif args.command == "sample":
+            cmd_sample(args)
+        elif args.command == "evaluate":
+            cmd_evaluate(args)
+        elif args.command == "demo":
+            from .engine.demo import demo
+            cfg = _config_from_args(args)
+            demo(cfg, args.out or f"runs/{cfg.name}-{cfg.train.objective}", resume=args.resume, progress=not args.quiet)
+        elif args.command == "presets":
+            cmd_presets(args)
+    except (ValueError, FileNotFoundError, PermissionError, KeyError) as e:
+        if args.debug:
+            raise
+        msg = str(e).strip("'\"") or type(e).__name__
+        print(f"elt: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("elt: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

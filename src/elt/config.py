@@ -1,0 +1,254 @@
+"""Typed configuration: dataclasses, YAML load/save, `section.key=value` overrides, validation.
+
+A run folder's `config.yaml` is the fully resolved config and is itself a valid `--config`.
+Every error names the offending key and how to fix it (unknown keys get the closest suggestion).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the key and the fix."""
+
+
+@dataclass
+class ModelConfig:
+    width: int = 128
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    unique_layers: int = 2          # N
+    max_loops: int = 4              # Lmax (training teacher)
+    min_loops: int = 1              # Lmin (smallest student loop count)
+    dropout: float = 0.0
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "fmnist"          # fmnist | digits | folder
+    data_dir: typing.Optional[str] = None
+    image_size: typing.Optional[int] = None   # folder data only (square resize)
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str = "vqvae"              # vqvae | pixel
+    codebook_size: int = 512         # vqvae codes, or pixel levels
+    latent_dim: int = 16
+    hidden: int = 64
+    downsample_stages: int = 2
+    steps: int = 1200
+    batch_size: int = 128
+    lr: float = 2e-3
+
+
+@dataclass
+class TrainConfig:
+    objective: str = "ilsd"          # ilsd | vanilla
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    lr_schedule: str = "cosine"      # cosine | constant
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.045
+    beta1: float = 0.9
+    beta2: float = 0.96
+    grad_clip: float = 1.0
+    label_smoothing: float = 0.1
+    label_dropout: float = 0.1
+    ema_decay: float = 0.999         # 0 disables EMA
+    seed: int = 0
+    log_every: int = 50
+    ckpt_every: int = 1000
+
+
+@dataclass
+class SampleConfig:
+    steps: int = 12                  # decoding steps K
+    cfg: float = 0.0                 # CFG scale w: (1+w)·cond − w·uncond
+    temp_base: float = 0.5           # STemp_k = temp_base + temp_anneal·(1 − ratio)
+    temp_anneal: float = 0.8
+    choice_temperature: float = 4.5  # Gumbel noise scale on confidences, annealed to 0
+    batch_size: int = 250
+    use_ema: bool = True
+
+
+@dataclass
+class EvalConfig:
+    n: int = 1000                    # samples per loop count (class-balanced)
+    loops: typing.Optional[list] = None   # default: 1 .. max_loops + 2
+    classifier_epochs: float = 2.0
+    seed: int = 0
+
+
+@dataclass
+class Config:
+    name: str = "custom"
+    framework: str = "masked"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    def validate(self) -> "Config":
+        m, t = self.model, self.train
+        checks = [
+            (self.framework == "masked", "framework", f"unknown framework {self.framework!r}; use 'masked'"),
+            (m.width > 0 and m.heads > 0 and m.width % m.heads == 0, "model.width",
+             f"width {m.width} must be positive and divisible by heads {m.heads}"),
+            (m.unique_layers >= 1, "model.unique_layers", "must be >= 1"),
+            (m.max_loops >= 1, "model.max_loops", "must be >= 1"),
+            (1 <= m.min_loops <= m.max_loops, "model.min_loops", f"must be in 1..max_loops ({m.max_loops})"),
+            (0 <= m.dropout < 1, "model.dropout", "must be in [0, 1)"),
+            (self.data.dataset in ("fmnist", "digits", "folder"), "data.dataset", "choose fmnist, digits or folder"),
+            (self.tokenizer.kind in ("vqvae", "pixel"), "tokenizer.kind", "choose vqvae or pixel"),
+            (self.tokenizer.codebook_size >= 2, "tokenizer.codebook_size", "must be >= 2"),
+            (self.tokenizer.steps >= 1, "tokenizer.steps", "must be >= 1"),
+            (t.objective in ("ilsd", "vanilla"), "train.objective", "choose ilsd or vanilla"),
+            (t.steps >= 1, "train.steps", "must be >= 1"),
+            (t.batch_size >= 1, "train.batch_size", "must be >= 1"),
+            (t.lr > 0, "train.lr", "must be > 0"),
+            (t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0"),
+            (t.lr_schedule in ("cosine", "constant"), "train.lr_schedule", "choose cosine or constant"),
+            (0 <= t.label_dropout < 1, "train.label_dropout", "must be in [0, 1)"),
+            (0 <= t.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)"),
+            (0 <= t.ema_decay < 1, "train.ema_decay", "must be in [0, 1) (0 disables EMA)"),
+            (t.log_every >= 1 and t.ckpt_every >= 1, "train.log_every", "log_every and ckpt_every must be >= 1"),
+            (self.sample.steps >= 1, "sample.steps", "must be >= 1"),
+            (self.sample.cfg >= 0, "sample.cfg", "must be >= 0"),
+            (self.sample.batch_size >= 1, "sample.batch_size", "must be >= 1"),
+            (self.eval.n >= 2, "eval.n", "must be >= 2 (Fréchet distance needs a covariance)"),
+        ]
+        for ok, key, fix in checks:
+            if not ok:
+                raise ConfigError(f"bad config value {key}: {fix}")
+        if self.eval.loops is not None and any(not isinstance(v, int) or v < 1 for v in self.eval.loops):
+            raise ConfigError("bad config value eval.loops: every loop count must be an integer >= 1")
+        return self
+
+
+def _suggest(key: str, options) -> str:
+    close = difflib.get_close_matches(key, list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(options)})"
+
+
+def _coerce(value, tp, key: str):
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        origin = typing.get_origin(tp)
+    if tp is list or origin is list:
+        if isinstance(value, str):
+            value = [yaml.safe_load(v) for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"bad config value {key}: expected a list, got {value!r}")
+        return value
+    if tp is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"bad config value {key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ConfigError(f"bad config value {key}: expected an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads '3e-4' as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"bad config value {key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        return str(value)
+    return value
+
+
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list}
+
+
+def _field_type(f: dataclasses.Field):
+    tp = f.type
+    if isinstance(tp, str):
+        tp = eval(tp, {"typing": typing, **_TYPES})  # our own annotations only
+    return tp
+
+
+def from_dict(data: dict, base: Config | None = None) -> Config:
+    """Overlay a nested dict onto `base` (defaults if None), checking keys and types."""
+    cfg = base if base is not None else Config()
+    if not isinstance(data, dict):
+        raise ConfigError("a config file must be a mapping of sections (model, data, train, ...)")
+    top = {f.name: f for f in fields(Config)}
+    for key, value in data.items():
+        if key not in top:
+            raise ConfigError(f"unknown config key {key!r}{_suggest(key, top)}")
+        section = getattr(cfg, key)
+        if dataclasses.is_dataclass(section):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config section {key!r} must be a mapping")
+            inner = {f.name: f for f in fields(section)}
+            for k, v in value.items():
+                if k not in inner:
+                    raise ConfigError(f"unknown config key {key}.{k}{_suggest(k, inner)}")
+                setattr(section, k, _coerce(v, _field_type(inner[k]), f"{key}.{k}"))
+        else:
+            setattr(cfg, key, _coerce(value, _field_type(top[key]), key))
+    return cfg
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply `section.key=value` strings (values parsed as YAML scalars)."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value (e.g. train.lr=3e-4)")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        value = yaml.safe_load(raw) if raw.strip() else None
+        data: dict = {}
+        node = data
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+        if len(parts) > 2:
+            raise ConfigError(f"override key {key!r} is too deep; use section.key")
+        from_dict(data, cfg)
+    return cfg
+
+
+def load_config(spec: str) -> Config:
+    """A preset name or a YAML file path → validated Config."""
+    from .presets import PRESETS, get_preset
+
+    path = Path(spec)
+    if spec.endswith((".yaml", ".yml")) or path.is_file():
+        if not path.is_file():
+            raise ConfigError(f"config file {spec} not found; give an existing YAML file or a preset name")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {spec} is not valid YAML: {str(e).splitlines()[0]}") from None
+        return from_dict(data or {}).validate()
+    if spec not in PRESETS:
+        raise ConfigError(f"unknown preset {spec!r}{_suggest(spec, PRESETS)}; `elt presets` lists them")
+    return get_preset(spec)

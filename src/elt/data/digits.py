@@ -1,0 +1,16 @@
+"""scikit-learn's 8×8 digits (1797 images), split deterministically: last 297 images are the test split."""
+from __future__ import annotations
+
+import numpy as np
+
+TEST_SIZE = 297
+
+
+def load_digits_split(split: str) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    labels = d.target.astype(np.int64)
+    sl = slice(None, -TEST_SIZE) if split == "train" else slice(-TEST_SIZE, None)
+    return images[sl], labels[sl]

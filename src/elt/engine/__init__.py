@@ -1,0 +1,1 @@
+"""Training, checkpoints, sampling and evaluation of runs; used by the CLI."""

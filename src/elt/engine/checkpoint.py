@@ -1,0 +1,80 @@
+"""Checkpoints: weights in safetensors (no pickled code runs on load), optimizer state through
+`torch.load(weights_only=True)`, step and RNG in JSON. Written to a temporary folder, then renamed,
+so a crash never leaves a half-written `last`."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from .assets import load_weights
+
+
+def ckpt_dir(run: Path) -> Path:
+    return Path(run) / "checkpoints" / "last"
+
+
+def find_checkpoint(run: Path) -> Path | None:
+    last = ckpt_dir(run)
+    for candidate in (last, last.with_name("last.old")):  # .old survives a crash between the renames
+        if (candidate / "state.json").is_file():
+            return candidate
+    return None
+
+
+def _state(module: torch.nn.Module) -> dict:
+    return {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
+
+
+def save_checkpoint(run: Path, model, ema, optimizer, step: int, generator: torch.Generator) -> Path:
+    final = ckpt_dir(run)
+    tmp = final.with_name(f"last.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(_state(model), str(tmp / "model.safetensors"))
+    if ema is not None:
+        save_file(_state(ema), str(tmp / "ema.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps({
+        "step": step,
+        "generator": generator.get_state().tolist(),
+        "torch_rng": torch.get_rng_state().tolist(),
+    }))
+    old = final.with_name("last.old")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def read_state(path: Path) -> dict:
+    try:
+        state = json.loads((path / "state.json").read_text())
+        int(state["step"])
+        return state
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"checkpoint {path / 'state.json'} is unreadable ({e}); remove the folder to start fresh") from None
+
+
+def load_checkpoint(path: Path, model, ema=None, optimizer=None, generator: torch.Generator | None = None) -> int:
+    """Restore into the given objects; return the step. Errors name the file and the fix."""
+    state = read_state(path)
+    step = int(state["step"])
+    load_weights(model, path / "model.safetensors", "checkpoint")
+    if ema is not None:
+        load_weights(ema, path / "ema.safetensors", "checkpoint EMA")
+    if optimizer is not None:
+        try:
+            optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+        except Exception as e:
+            raise ValueError(f"checkpoint {path / 'optimizer.pt'} is unreadable ({e}); remove the folder") from None
+    if generator is not None:
+        generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
+        torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+    return step

@@ -1,0 +1,151 @@
+"""Loading a trained run, class-balanced sampling, and the any-time evaluation over loop counts."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..config import Config, ConfigError, load_config
+from ..loops import LoopSchedule
+from ..metrics.anytime import write_report
+from ..metrics.frechet import feature_stats, frechet_distance
+from ..tokenizers import PixelTokenizer
+from ..tokenizers.vqvae import to_float
+from .assets import (build_model, build_sampler, get_classifier, load_split, load_weights, make_tokenizer,
+                     metric_prefix)
+from .checkpoint import find_checkpoint, read_state
+
+log = logging.getLogger("elt")
+
+
+@dataclass
+class Run:
+    path: Path
+    cfg: Config
+    model: torch.nn.Module
+    tokenizer: torch.nn.Module
+    step: int
+    class_names: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def load_run(path: str | Path, use_ema: bool | None = None) -> Run:
+    path = Path(path)
+    if not (path / "config.yaml").is_file():
+        raise FileNotFoundError(f"{path} is not a run folder (no config.yaml); pass the --out folder of `elt train`")
+    cfg = load_config(str(path / "config.yaml"))
+    ckpt = find_checkpoint(path)
+    if ckpt is None:
+        raise FileNotFoundError(f"run folder {path} has no checkpoint yet; train it first (elt train --out {path})")
+    data = load_split(cfg, "test")  # shapes and class names; small
+    tokenizer = make_tokenizer(cfg, data)
+    if not isinstance(tokenizer, PixelTokenizer):
+        load_weights(tokenizer, path / "tokenizer.safetensors", "tokenizer")
+    tokenizer.eval()
+    model = build_model(cfg, tokenizer.codebook_size, tokenizer.num_tokens, data.num_classes)
+    use_ema = cfg.sample.use_ema if use_ema is None else use_ema
+    weights = "ema.safetensors" if use_ema and (ckpt / "ema.safetensors").is_file() else "model.safetensors"
+    load_weights(model, ckpt / weights, "checkpoint")
+    step = int(read_state(ckpt)["step"])
+    return Run(path, cfg, model.eval(), tokenizer, step, data.class_names)
+
+
+def balanced_labels(n: int, num_classes: int, classes: list[int] | None = None) -> torch.Tensor:
+    """n labels cycling through `classes` (default: all), so every class gets n/len(classes)."""
+    pool = list(range(num_classes)) if classes is None else list(classes)
+    bad = [c for c in pool if not 0 <= c < num_classes]
+    if bad:
+        raise ValueError(f"class ids {bad} are outside 0..{num_classes - 1}; this model has {num_classes} classes")
+    if not pool:
+        raise ValueError("the class list is empty; give at least one class id")
+    return torch.tensor([pool[i % len(pool)] for i in range(n)], dtype=torch.long)
+
+
+def sampler_for(run: Run, steps: int | None = None, cfg_scale: float | None = None):
+    s = run.cfg.sample
+    overrides = {k: v for k, v in (("steps", steps), ("cfg", cfg_scale)) if v is not None}
+    return build_sampler(dataclasses.replace(run.cfg, sample=dataclasses.replace(s, **overrides)))
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """float (B, C, H, W) in [0, 1] → uint8 (B, H, W, C)."""
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+@torch.no_grad()
+def generate(run: Run, loops, labels: torch.Tensor, seed: int = 0, steps: int | None = None,
+             cfg_scale: float | None = None, progress: bool = False) -> np.ndarray:
+    """Images uint8 (N, H, W, C) for `labels`; same seed → same images."""
+    sampler = sampler_for(run, steps, cfg_scale)
+    schedule = LoopSchedule.coerce(loops)
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    bs = run.cfg.sample.batch_size
+    for i in tqdm(range(0, len(labels), bs), desc=f"sample {schedule}", disable=not progress, leave=False):
+        ids = sampler(run.model, labels[i: i + bs], schedule, gen)
+        out.append(to_uint8(run.tokenizer.decode(ids)))
+    return np.concatenate(out)
+
+
+def gflops_per_sample(run: Run, loops: int, steps: int, cfg_scale: float) -> float:
+    """Transformer GFLOPs of decoding one sample (CFG doubles the batch); tokenizer decode excluded."""
+    return run.model.flops(loops) * steps * (2 if cfg_scale > 0 else 1) / 1e9
+
+
+def evaluate(run: Run, loops: list[int] | None = None, n: int | None = None, seed: int | None = None,
+             steps: int | None = None, cfg_scale: float | None = None, progress: bool = True) -> dict:
+    """Sample n class-balanced images at each L; accuracy and Fréchet distance of the metric
+    classifier, seconds and GFLOPs per sample. Writes anytime.json / anytime.png in the run."""
+    c = run.cfg
+    loops = loops or c.eval.loops or list(range(1, c.model.max_loops + 3))
+    n = n or c.eval.n
+    seed = c.eval.seed if seed is None else seed
+    steps = steps or c.sample.steps
+    cfg_scale = c.sample.cfg if cfg_scale is None else cfg_scale
+    prefix = metric_prefix(c)
+    train = load_split(c, "train")
+    classifier = get_classifier(c, train, progress)
+    test = load_split(c, "test")
+    test_x = to_float(test.images)
+    test_feats, test_pred = classifier.features_and_predictions(test_x)
+    ref_stats = feature_stats(test_feats)
+    recon = run.tokenizer.decode(run.tokenizer.encode(test_x))
+    rf, rp = classifier.features_and_predictions(recon)
+    reference = {f"acc_{prefix}_real_test": float((test_pred == test.labels).mean()),
+                 f"acc_{prefix}_tokenizer_recon": float((rp == test.labels).mean()),
+                 f"fd_{prefix}_tokenizer_recon": frechet_distance(*feature_stats(rf), *ref_stats),
+                 "tokenizer_recon_mse": float((recon - test_x).pow(2).mean())}
+    labels = balanced_labels(n, run.num_classes)
+    per_loop = {}
+    for L in tqdm(loops, desc="evaluate loops", disable=not progress):
+        tic = time.perf_counter()
+        images = generate(run, L, labels, seed, steps, cfg_scale, progress)
+        seconds = time.perf_counter() - tic
+        feats, pred = classifier.features_and_predictions(to_float(images))
+        per_loop[str(L)] = {
+            f"acc_{prefix}": float((pred == labels.numpy()).mean()),
+            f"fd_{prefix}": frechet_distance(*feature_stats(feats), *ref_stats),
+            "seconds_per_sample": seconds / n,
+            "gflops_per_sample": gflops_per_sample(run, L, steps, cfg_scale),
+        }
+        log.info("L=%d %s", L, per_loop[str(L)])
+    report = {
+        "run": str(run.path), "config": c.name, "objective": c.train.objective,
+        "checkpoint_step": run.step, "lmin": c.model.min_loops, "lmax": c.model.max_loops,
+        "metric_extractor": prefix, "reference": reference,
+        "sampling": {"steps": steps, "cfg": cfg_scale, "temp_base": c.sample.temp_base,
+                     "temp_anneal": c.sample.temp_anneal, "choice_temperature": c.sample.choice_temperature,
+                     "seed": seed, "n": n, "ema": c.sample.use_ema},
+        "loops": per_loop,
+    }
+    write_report(report, run.path)
+    return report

@@ -1,0 +1,76 @@
+"""Intra-Loop Self Distillation (spec §2), framework-agnostic.
+
+    loss = L_GT(F_Lmax) + λ·L_GT(F_Lint) + (1-λ)·L_dist(F_Lint, stopgrad(F_Lmax))
+
+Teacher and student come from ONE forward pass (the student is the exit after Lint loops of the
+teacher's trajectory). Lint ~ U{Lmin, …, Lmax-1} once per step; λ falls linearly from 1 to 0 over
+the run. The framework supplies `gt_loss(pred)` and `dist_loss(student, teacher)`; this module
+never sees what the predictions are (logits, noise, velocities...).
+
+`objective="vanilla"` is the paper's ablation: the teacher's ground-truth loss alone.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+OBJECTIVES = ("ilsd", "vanilla")
+
+
+@dataclass
+class ILSD:
+    min_loops: int
+    max_loops: int
+    total_steps: int
+    objective: str = "ilsd"
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if not 1 <= self.min_loops <= self.max_loops:
+            raise ValueError(f"need 1 <= min_loops <= max_loops, got {self.min_loops}, {self.max_loops}")
+
+    @property
+    def distills(self) -> bool:
+        return self.objective == "ilsd" and self.min_loops < self.max_loops
+
+    def lam(self, step: int) -> float:
+        """λ: 1 at step 0, linearly to 0 at the last step."""
+        return max(0.0, 1.0 - step / max(1, self.total_steps - 1))
+
+    def draw_student_loops(self, generator: torch.Generator | None = None) -> int | None:
+        """Lint ~ U{Lmin, …, Lmax-1}; None when nothing is distilled."""
+        if not self.distills:
+            return None
+        return int(torch.randint(self.min_loops, self.max_loops, (1,), generator=generator))
+
+    def exits(self, student_loops: int | None) -> tuple[int, ...]:
+        return () if student_loops is None else (student_loops,)
+
+    def __call__(
+        self,
+        outputs: dict[int, torch.Tensor],
+        student_loops: int | None,
+        step: int,
+        gt_loss: Callable[[torch.Tensor], torch.Tensor],
+        dist_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        teacher = outputs[self.max_loops]
+        loss_teacher = gt_loss(teacher)
+        if student_loops is None:
+            return loss_teacher, {"loss": loss_teacher.item(), "loss_teacher": loss_teacher.item()}
+        lam = self.lam(step)
+        student = outputs[student_loops]
+        loss_student = gt_loss(student)
+        loss_dist = dist_loss(student, teacher.detach())  # stop-gradient on the teacher only here
+        total = loss_teacher + lam * loss_student + (1.0 - lam) * loss_dist
+        return total, {
+            "loss": total.item(),
+            "loss_teacher": loss_teacher.item(),
+            "loss_student": loss_student.item(),
+            "loss_dist": loss_dist.item(),
+            "lam": lam,
+            "lint": student_loops,
+        }

@@ -1,0 +1,67 @@
+"""The looped core of ELT, framework-agnostic.
+
+`LoopedStack` holds N unique layers g = f_N ∘ … ∘ f_1 and applies the whole block L times:
+F_(N,L)(x) = g^L(x), order f1..fN f1..fN … (spec §1). It can hand back the hidden state after
+chosen intermediate loops ("exits") from the same forward pass — what ILSD needs.
+
+`LoopedModel` is the shape every framework's network takes: embed → looped stack → one head
+shared by every exit. Frameworks subclass it and define `embed` and `head`; the loop lives here
+only. Conditioning returned by `embed` is passed to every layer at every loop and to the head.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+
+class LoopedStack(nn.Module):
+    def __init__(self, layers: Iterable[nn.Module]):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    @property
+    def unique_layers(self) -> int:
+        return len(self.layers)
+
+    def forward(self, h: torch.Tensor, loops: int, exits: Iterable[int] = (), **cond) -> dict[int, torch.Tensor]:
+        """Run `loops` repetitions of the block; return {loop: hidden state} for `exits` and `loops`."""
+        check_loops(loops)
+        wanted = set(exits) | {loops}
+        bad = [e for e in wanted if not 1 <= e <= loops]
+        if bad:
+            raise ValueError(f"exit loops {sorted(bad)} are outside 1..{loops}; pick exits within the loop count")
+        states = {}
+        for loop in range(1, loops + 1):
+            for layer in self.layers:
+                h = layer(h, **cond)
+            if loop in wanted:
+                states[loop] = h
+        return states
+
+
+class LoopedModel(nn.Module):
+    """embed(*inputs) → (h, cond); LoopedStack; head(h, **cond) at every requested exit."""
+
+    stack: LoopedStack
+
+    def embed(self, *inputs) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def head(self, h: torch.Tensor, **cond) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_exits(self, *inputs, loops: int, exits: Iterable[int] = ()) -> dict[int, torch.Tensor]:
+        """Outputs after each loop in `exits` and after `loops`, all from one forward pass."""
+        h, cond = self.embed(*inputs)
+        states = self.stack(h, loops, exits, **cond)
+        return {loop: self.head(s, **cond) for loop, s in states.items()}
+
+    def forward(self, *inputs, loops: int) -> torch.Tensor:
+        return self.forward_exits(*inputs, loops=loops)[loops]
+
+
+def check_loops(loops) -> None:
+    if isinstance(loops, bool) or not isinstance(loops, int) or loops < 1:
+        raise ValueError(f"loop count must be an integer >= 1, got {loops!r}")

@@ -1,0 +1,51 @@
+"""Masked-token training: cosine mask schedule, corruption, and the two ILSD loss terms.
+
+Training mask (spec §4.1): per example r ~ U[0,1), γ(r) = cos(πr/2), ceil(γ·T) random positions
+become [MASK]; 10% of labels become the null class; losses are means over masked positions.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def cosine_mask_ratio(r: torch.Tensor | float):
+    """γ(r) = cos(π r / 2): 1 at r=0 (all masked), 0 at r=1."""
+    if isinstance(r, torch.Tensor):
+        return torch.cos(math.pi * r / 2)
+    return math.cos(math.pi * r / 2)
+
+
+class MaskedFramework:
+    def __init__(self, codebook_size: int, num_classes: int, label_dropout: float = 0.1,
+                 label_smoothing: float = 0.1):
+        self.mask_id = codebook_size
+        self.null_class = num_classes
+        self.label_dropout = label_dropout
+        self.label_smoothing = label_smoothing
+
+    def corrupt(self, tokens: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None):
+        """Mask ceil(γ(r)·T) random positions per example and drop labels.
+
+        Returns (inputs, labels_in, mask) with mask True where a token was hidden.
+        """
+        b, t = tokens.shape
+        r = torch.rand(b, generator=generator)
+        n_masked = torch.ceil(cosine_mask_ratio(r) * t).clamp(1, t).long()
+        ranks = torch.rand(b, t, generator=generator).argsort(dim=1).argsort(dim=1)
+        mask = ranks < n_masked[:, None]
+        inputs = torch.where(mask, torch.full_like(tokens, self.mask_id), tokens)
+        drop = torch.rand(b, generator=generator) < self.label_dropout
+        labels_in = torch.where(drop, torch.full_like(labels, self.null_class), labels)
+        return inputs, labels_in, mask
+
+    def gt_loss(self, logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy (label-smoothed) on masked positions, mean over masked tokens."""
+        return F.cross_entropy(logits[mask], targets[mask], label_smoothing=self.label_smoothing)
+
+    def dist_loss(self, student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Soft cross-entropy against the teacher's full softmax (T=1) on masked positions."""
+        p_teacher = teacher[mask].softmax(dim=-1)
+        return -(p_teacher * student[mask].log_softmax(dim=-1)).sum(dim=-1).mean()

@@ -1,0 +1,67 @@
+"""The masked-token network: a BERT-style bidirectional looped transformer.
+
+Sequence = [class token] + T token embeddings (+ learned positions); the looped stack; one shared
+head (final LayerNorm + linear to the codebook) at every exit. Id `codebook_size` is [MASK];
+class id `num_classes` is the null class used for label dropout and CFG.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..layers import Block, block_flops
+from ..looped import LoopedModel, LoopedStack
+
+
+class MaskedTransformer(LoopedModel):
+    def __init__(
+        self,
+        codebook_size: int,
+        num_tokens: int,
+        num_classes: int,
+        width: int = 128,
+        heads: int = 4,
+        unique_layers: int = 2,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.codebook_size, self.num_tokens, self.num_classes = codebook_size, num_tokens, num_classes
+        self.width, self.mlp_ratio = width, mlp_ratio
+        self.mask_id = codebook_size
+        self.null_class = num_classes
+        self.token_emb = nn.Embedding(codebook_size + 1, width)
+        self.class_emb = nn.Embedding(num_classes + 1, width)
+        self.pos_emb = nn.Parameter(torch.zeros(1, num_tokens + 1, width))
+        self.emb_drop = nn.Dropout(dropout)
+        self.stack = LoopedStack(Block(width, heads, mlp_ratio, dropout) for _ in range(unique_layers))
+        self.norm = nn.LayerNorm(width)
+        self.out = nn.Linear(width, codebook_size)
+        self.apply(_init)
+        nn.init.trunc_normal_(self.pos_emb, std=0.02)
+
+    def embed(self, tokens: torch.Tensor, labels: torch.Tensor):
+        """tokens (B, T) int64 with [MASK] = codebook_size; labels (B,) with null = num_classes."""
+        h = torch.cat([self.class_emb(labels)[:, None], self.token_emb(tokens)], dim=1)
+        return self.emb_drop(h + self.pos_emb), {}
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, 1+T, D) → logits (B, T, codebook_size); the class position is dropped."""
+        return self.out(self.norm(h[:, 1:]))
+
+    def flops(self, loops: int) -> int:
+        """Analytic forward FLOPs of one sequence at `loops` loops."""
+        seq = self.num_tokens + 1
+        layers = len(self.stack.layers) * loops * block_flops(self.width, seq, self.mlp_ratio)
+        return layers + 2 * self.num_tokens * self.width * self.codebook_size
+
+
+def _init(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Embedding):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)

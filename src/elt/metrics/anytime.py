@@ -1,0 +1,84 @@
+"""The any-time report: quality, seconds and GFLOPs per loop count, as JSON, a plot and a table."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def settings_tag(report: dict) -> str:
+    s = report["sampling"]
+    return f"steps{s['steps']}_cfg{s['cfg']:g}_seed{s['seed']}_n{s['n']}_ckpt{report['checkpoint_step']}"
+
+
+def format_table(report: dict) -> str:
+    p = report["metric_extractor"]
+    head = f"{'L':>3} {'acc_' + p:>16} {'fd_' + p:>14} {'s/sample':>10} {'GFLOPs':>8}"
+    lines = [f"{report['config']} ({report['objective']}), {settings_tag(report)}", head]
+    for L, r in report["loops"].items():
+        mark = " <- Lmax" if int(L) == report["lmax"] else ""
+        lines.append(f"{L:>3} {r['acc_' + p]:>16.3f} {r['fd_' + p]:>14.2f} {r['seconds_per_sample']:>10.4f} "
+                     f"{r['gflops_per_sample']:>8.3f}{mark}")
+    return "\n".join(lines)
+
+
+def markdown_table(report: dict) -> str:
+    p = report["metric_extractor"]
+    rows = [f"| L | acc_{p} | fd_{p} | s/sample | GFLOPs/sample |", "|---|---|---|---|---|"]
+    for L, r in report["loops"].items():
+        rows.append(f"| {L} | {r['acc_' + p]:.3f} | {r['fd_' + p]:.2f} | {r['seconds_per_sample']:.4f} | "
+                    f"{r['gflops_per_sample']:.3f} |")
+    return "\n".join(rows)
+
+
+def plot_report(report: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p = report["metric_extractor"]
+    Ls = [int(k) for k in report["loops"]]
+    gf = [report["loops"][str(L)]["gflops_per_sample"] for L in Ls]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key in zip(axes, (f"fd_{p}", f"acc_{p}")):
+        vals = [report["loops"][str(L)][key] for L in Ls]
+        ax.plot(gf, vals, "o-")
+        for L, x, y in zip(Ls, gf, vals):
+            ax.annotate(f"L={L}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_xlabel("GFLOPs per sample")
+        ax.set_ylabel(key + (" (lower is better)" if key.startswith("fd") else ""))
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{report['config']} ({report['objective']}) — {settings_tag(report)}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(report: dict, run_dir: Path) -> Path:
+    """anytime.json/.png in the run folder, and a copy named after the sampling settings in eval/."""
+    run_dir = Path(run_dir)
+    tagged = run_dir / "eval" / settings_tag(report)
+    tagged.parent.mkdir(parents=True, exist_ok=True)
+    for base in (run_dir / "anytime", tagged):
+        base.with_suffix(".json").write_text(json.dumps(report, indent=2))
+        plot_report(report, base.with_suffix(".png"))
+    return run_dir / "anytime.json"
+
+
+def save_grid(images: np.ndarray, rows: int, cols: int, path: Path, scale: int = 1, pad: int = 2) -> None:
+    """uint8 images (rows·cols, H, W, C), row-major, → one PNG with `pad` pixels between tiles."""
+    from PIL import Image
+
+    n, h, w, c = images.shape
+    if n != rows * cols:
+        raise ValueError(f"grid of {rows}x{cols} needs {rows * cols} images, got {n}")
+    canvas = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, col = divmod(i, cols)
+        canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = img
+    mode_img = canvas[..., 0] if c == 1 else canvas
+    im = Image.fromarray(mode_img)
+    if scale > 1:
+        im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+    im.save(path)

@@ -1,0 +1,21 @@
+import os
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Tokenizers and metric classifiers trained by tests go to a per-session temporary cache."""
+    monkeypatch.setenv("ELT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "elt-cache"))
+    torch.manual_seed(0)
+
+
+def tiny_masked(unique_layers=2, width=32, heads=4, codebook=11, tokens=9, classes=3, dropout=0.0):
+    from elt.masked import MaskedTransformer
+
+    torch.manual_seed(0)
+    return MaskedTransformer(codebook, tokens, classes, width, heads, unique_layers, 4.0, dropout).eval()
+
+
+os.environ.setdefault("MPLBACKEND", "Agg")

@@ -1,0 +1,80 @@
+import pytest
+
+from elt.config import Config, ConfigError, apply_overrides, from_dict, load_config
+from elt.presets import ALIASES, PRESETS, get_preset
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = get_preset("fmnist-maskgit")
+    cfg.train.lr = 3e-4
+    cfg.eval.loops = [1, 2]
+    cfg.save(tmp_path / "c.yaml")
+    again = load_config(str(tmp_path / "c.yaml"))
+    assert again == cfg
+
+
+def test_unknown_key_suggests_the_closest():
+    with pytest.raises(ConfigError, match="did you mean 'max_loops'"):
+        from_dict({"model": {"max_loop": 3}})
+    with pytest.raises(ConfigError, match="did you mean 'train'"):
+        from_dict({"trian": {}})
+    with pytest.raises(ConfigError, match="unknown preset"):
+        load_config("fmnist-maskgti")
+
+
+def test_overrides_are_typed():
+    cfg = apply_overrides(Config(), ["train.lr=3e-4", "model.max_loops=6", "eval.loops=1,2,3", "sample.use_ema=false"])
+    assert cfg.train.lr == 3e-4 and cfg.model.max_loops == 6 and cfg.eval.loops == [1, 2, 3]
+    assert cfg.sample.use_ema is False
+    with pytest.raises(ConfigError, match="integer"):
+        apply_overrides(Config(), ["model.max_loops=2.5"])
+    with pytest.raises(ConfigError, match="section.key=value"):
+        apply_overrides(Config(), ["train.lr"])
+
+
+@pytest.mark.parametrize("override,key", [
+    ("model.min_loops=5", "model.min_loops"), ("model.width=130", "model.width"),
+    ("train.objective=distill", "train.objective"), ("sample.steps=0", "sample.steps"),
+    ("data.dataset=cifar", "data.dataset"),
+])
+def test_validation_names_the_key(override, key):
+    with pytest.raises(ConfigError, match=key):
+        apply_overrides(get_preset("digits-maskgit"), [override]).validate()
+
+
+def test_preset_names_carry_n_and_l():
+    for name in PRESETS:
+        if name in ALIASES:
+            continue
+        cfg = get_preset(name)
+        assert cfg.name == name
+        assert f"{cfg.model.unique_layers}Nx{cfg.model.max_loops}L" in name
+
+
+@pytest.mark.parametrize("name", ["maskgit-L-8Nx3L", "maskgit-L-12Nx2L", "maskgit-XL-7Nx4L", "maskgit-L-24Nx1L"])
+def test_paper_presets_build_and_run_at_reduced_width(name):
+    import torch
+
+    from elt.engine.assets import build_model
+
+    cfg = get_preset(name)
+    assert cfg.model.width in (1024, 1152)
+    cfg.model.width, cfg.model.heads = 64, 4
+    model = build_model(cfg, cfg.tokenizer.codebook_size, 16 * 16, 1000).eval()
+    out = model(torch.randint(0, 1024, (1, 256)), torch.tensor([7]), loops=cfg.model.max_loops)
+    assert out.shape == (1, 256, 1024)
+    assert len(model.stack.layers) == cfg.model.unique_layers
+
+
+def test_paper_parameter_counts():
+    """Spec §4.4: ELT-L 8N×3L ≈ 101M, 12N×2L ≈ 152M, ELT-XL 7N×4L ≈ 111M (layers only, ≈12·d² each)."""
+    import torch
+
+    from elt.engine.assets import build_model
+
+    for name, expected in [("maskgit-L-8Nx3L", 101e6), ("maskgit-L-12Nx2L", 152e6), ("maskgit-XL-7Nx4L", 111e6)]:
+        cfg = get_preset(name)
+        with torch.device("meta"):
+            model = build_model(cfg, 1024, 256, 1000)
+        layers = sum(p.numel() for p in model.stack.parameters())
+        assert abs(layers - expected) / expected < 0.02

@@ -1,0 +1,126 @@
+"""Training engine: checkpoint round trips, exact resume, the CLI end to end on digits."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from elt.cli import main
+from elt.config import apply_overrides
+from elt.engine.train import train
+from elt.presets import get_preset
+
+TINY = ["model.width=32", "model.heads=2", "train.batch_size=16", "train.warmup_steps=2", "train.log_every=2",
+        "eval.n=20", "eval.classifier_epochs=1", "sample.steps=4", "sample.batch_size=50"]
+
+
+def tiny_cfg(steps=6, extra=()):
+    return apply_overrides(get_preset("digits-maskgit"), TINY + [f"train.steps={steps}", *extra]).validate()
+
+
+def _weights(run):
+    return load_file(str(run / "checkpoints" / "last" / "model.safetensors"))
+
+
+def test_resume_continues_exactly(tmp_path, monkeypatch):
+    import elt.engine.train as engine_train
+
+    train(tiny_cfg(6), tmp_path / "straight", progress=False)
+    real_save = engine_train.save_checkpoint
+
+    def crash_after_step_3(run, model, ema, opt, step, gen):
+        real_save(run, model, ema, opt, step, gen)
+        if step == 3:
+            raise KeyboardInterrupt("simulated crash")
+
+    monkeypatch.setattr(engine_train, "save_checkpoint", crash_after_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_cfg(6, ["train.ckpt_every=3"]), tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(engine_train, "save_checkpoint", real_save)
+    train(tiny_cfg(6, ["train.ckpt_every=3"]), tmp_path / "resumed", resume=True, progress=False)
+    a, c = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    for k in a:
+        assert torch.equal(a[k], c[k]), k
+    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 4, 6]
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    train(tiny_cfg(2), tmp_path / "run", progress=False)
+    before = _weights(tmp_path / "run")
+    with pytest.raises(ValueError, match="--resume"):
+        train(tiny_cfg(2), tmp_path / "run", progress=False)
+    after = _weights(tmp_path / "run")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_checkpoint_round_trip_is_exact(tmp_path):
+    from elt.engine.generate import load_run
+
+    train(tiny_cfg(3, ["train.ema_decay=0"]), tmp_path / "run", progress=False)
+    run = load_run(tmp_path / "run")
+    saved = _weights(tmp_path / "run")
+    assert run.step == 3
+    assert all(torch.equal(saved[k], v) for k, v in run.model.state_dict().items())
+
+
+def test_cli_train_sample_evaluate_on_digits(tmp_path, capsys):
+    run = tmp_path / "run"
+    sets = sum((["--set", s] for s in TINY), [])
+    assert main(["--quiet", "train", "--config", "digits-maskgit", "--out", str(run), "--steps", "8", *sets]) == 0
+    assert (run / "config.yaml").is_file() and (run / "metrics.jsonl").is_file()
+    # the run's resolved config is itself a valid --config
+    assert main(["--quiet", "train", "--config", str(run / "config.yaml"), "--out", str(tmp_path / "again"),
+                 "--steps", "2"]) == 0
+
+    out = tmp_path / "s"
+    assert main(["--quiet", "sample", "--run", str(run), "--loops", "2", "--n", "20", "--out", str(out), "--seed", "3"]) == 0
+    z = np.load(out.with_suffix(".npz"))
+    assert z["images"].shape == (20, 8, 8, 1) and z["images"].dtype == np.uint8
+    assert z["labels"].dtype == np.int64 and np.bincount(z["labels"]).tolist() == [2] * 10
+    assert out.with_suffix(".png").is_file()
+    assert main(["--quiet", "sample", "--run", str(run), "--loops", "2", "--n", "20", "--out", str(tmp_path / "t"),
+                 "--seed", "3"]) == 0
+    assert np.array_equal(np.load(tmp_path / "t.npz")["images"], z["images"])  # same seed, same samples
+    assert main(["--quiet", "sample", "--run", str(run), "--loops", "1", "--n", "6", "--out", str(tmp_path / "c"),
+                 "--classes", "3,5"]) == 0
+    assert set(np.load(tmp_path / "c.npz")["labels"].tolist()) == {3, 5}
+
+    assert main(["--quiet", "evaluate", "--run", str(run), "--loops", "1,2,5", "--n", "20"]) == 0
+    report = json.loads((run / "anytime.json").read_text())
+    assert report["lmin"] == 1 and report["lmax"] == 4 and list(report["loops"]) == ["1", "2", "5"]
+    for r in report["loops"].values():
+        assert {"acc_digits_cnn", "fd_digits_cnn", "seconds_per_sample", "gflops_per_sample"} <= set(r)
+    assert report["loops"]["5"]["gflops_per_sample"] > report["loops"]["1"]["gflops_per_sample"]
+    assert (run / "anytime.png").is_file()
+    assert "acc_digits_cnn" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["sample", "--run", "{missing}", "--loops", "1", "--n", "2", "--out", "{tmp}/x"], "not a run folder"),
+    (["sample", "--run", "{run}", "--loops", "1", "--n", "2", "--out", "{tmp}/x", "--classes", "12"], "outside 0..9"),
+    (["sample", "--run", "{run}", "--loops", "1", "--n", "2", "--out", "{tmp}/nodir/x"], "does not exist"),
+    (["sample", "--run", "{run}", "--loops", "1", "--n", "2", "--out", "{tmp}/x", "--cfg", "-1"], "--cfg"),
+    (["evaluate", "--run", "{run}", "--loops", "0,1"], "--loops"),
+    (["train", "--config", "digits-maskgit", "--out", "{run}", "--set", "model.max_loop=3"], "did you mean 'max_loops'"),
+    (["train", "--config", "{tmp}/nope.yaml", "--out", "{tmp}/r2"], "not found"),
+    (["train", "--config", "digits-maskgit", "--out", "{run}"], "--resume"),
+])
+def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, needle):
+    run = tmp_path / "run"
+    train(tiny_cfg(2), run, progress=False)
+    before = sorted(p.name for p in run.rglob("*"))
+    fill = {"{missing}": str(tmp_path / "missing"), "{run}": str(run), "{tmp}": str(tmp_path)}
+    argv = [a.replace(k, v) if k in a else a for a in argv for k, v in [next(((k, v) for k, v in fill.items() if k in a), ("", ""))]]
+    assert main(["--quiet", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("elt: error:") and needle in err[0], err
+    assert sorted(p.name for p in run.rglob("*")) == before
+
+
+def test_cli_rejects_zero_loops(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["sample", "--run", "x", "--loops", "0", "--n", "1", "--out", "y"])
+    assert e.value.code == 2
+    assert "must be >= 1" in capsys.readouterr().err

@@ -1,0 +1,97 @@
+"""The ILSD objective: schedule, Lint draws, loss composition, gradient routing."""
+import pytest
+import torch
+
+from conftest import tiny_masked
+from elt.ilsd import ILSD
+from elt.masked import MaskedFramework
+
+
+def test_lambda_goes_linearly_from_one_to_zero():
+    obj = ILSD(1, 4, total_steps=101)
+    assert obj.lam(0) == 1.0
+    assert obj.lam(50) == pytest.approx(0.5)
+    assert obj.lam(100) == 0.0
+    lams = [obj.lam(s) for s in range(101)]
+    assert all(a >= b for a, b in zip(lams, lams[1:]))
+
+
+def test_student_loops_uniform_in_lmin_to_lmax_minus_one():
+    obj = ILSD(2, 5, total_steps=10)
+    g = torch.Generator().manual_seed(0)
+    draws = [obj.draw_student_loops(g) for _ in range(3000)]
+    assert set(draws) == {2, 3, 4}
+    for v in (2, 3, 4):
+        assert abs(draws.count(v) / 3000 - 1 / 3) < 0.04
+
+
+def test_vanilla_and_degenerate_range_draw_no_student():
+    assert ILSD(1, 4, 10, "vanilla").draw_student_loops() is None
+    assert ILSD(3, 3, 10).draw_student_loops() is None
+    with pytest.raises(ValueError):
+        ILSD(1, 4, 10, "distill")
+    with pytest.raises(ValueError):
+        ILSD(5, 4, 10)
+
+
+def _losses():
+    torch.manual_seed(0)
+    fw = MaskedFramework(codebook_size=11, num_classes=3, label_dropout=0.0, label_smoothing=0.0)
+    tokens = torch.randint(0, 11, (4, 9))
+    labels = torch.tensor([0, 1, 2, 0])
+    inputs, lab, mask = fw.corrupt(tokens, labels)
+    return fw, tokens, inputs, lab, mask
+
+
+def test_total_is_the_spec_formula():
+    fw, target, inputs, lab, mask = _losses()
+    model = tiny_masked()
+    obj = ILSD(1, 3, total_steps=11)
+    outs = model.forward_exits(inputs, lab, loops=3, exits=[2])
+    gt = lambda p: fw.gt_loss(p, target, mask)  # noqa: E731
+    dist = lambda s, t: fw.dist_loss(s, t, mask)  # noqa: E731
+    total, parts = obj(outs, 2, step=3, gt_loss=gt, dist_loss=dist)
+    lam = obj.lam(3)
+    expected = gt(outs[3]) + lam * gt(outs[2]) + (1 - lam) * dist(outs[2], outs[3])
+    assert torch.allclose(total, expected)
+    assert parts["lam"] == lam and parts["lint"] == 2
+    vanilla, vparts = ILSD(1, 3, 11, "vanilla")(outs, None, 3, gt, dist)
+    assert torch.allclose(vanilla, gt(outs[3])) and set(vparts) == {"loss", "loss_teacher"}
+
+
+def test_teacher_gets_no_gradient_from_distillation():
+    fw, target, inputs, lab, mask = _losses()
+    teacher = torch.randn(4, 9, 11, requires_grad=True)
+    student = torch.randn(4, 9, 11, requires_grad=True)
+    obj = ILSD(1, 3, total_steps=2)
+    # last step: λ = 0, so the only path from the student to the loss is the distillation term
+    total, _ = obj({3: teacher, 1: student}, 1, step=1,
+                   gt_loss=lambda p: 0.0 * p.sum(), dist_loss=lambda s, t: fw.dist_loss(s, t, mask))
+    total.backward()
+    assert teacher.grad is not None and torch.count_nonzero(teacher.grad) == 0
+    assert torch.count_nonzero(student.grad) > 0
+
+
+def test_gradients_of_all_terms_reach_shared_weights():
+    fw, target, inputs, lab, mask = _losses()
+    model = tiny_masked().train()
+    obj = ILSD(1, 3, total_steps=4)
+    outs = model.forward_exits(inputs, lab, loops=3, exits=[1])
+    # distillation term alone (teacher detached inside): still reaches the shared layers via the student
+    loss = fw.dist_loss(outs[1], outs[3].detach(), mask)
+    loss.backward()
+    assert all(p.grad is not None for p in model.stack.layers[0].parameters())
+    model.zero_grad()
+    total, _ = obj(model.forward_exits(inputs, lab, loops=3, exits=[1]), 1, 0,
+                   lambda p: fw.gt_loss(p, target, mask), lambda s, t: fw.dist_loss(s, t, mask))
+    total.backward()
+    assert model.stack.layers[1].mlp.fc2.weight.grad.abs().sum() > 0
+
+
+def test_one_forward_pass_per_step():
+    """Teacher and student come from one pass: the embedding runs once."""
+    model = tiny_masked()
+    calls = []
+    model.token_emb.register_forward_hook(lambda *a: calls.append(1))
+    model.forward_exits(torch.zeros(2, 9, dtype=torch.long), torch.zeros(2, dtype=torch.long), loops=4, exits=[1, 2])
+    assert len(calls) == 1

@@ -1,0 +1,126 @@
+"""Masked-token framework: training mask, losses, MaskGIT decoding."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import tiny_masked
+from elt.masked import MaskedFramework, MaskGITSampler, cosine_mask_ratio
+
+
+def test_cosine_mask_ratio_endpoints():
+    assert cosine_mask_ratio(0.0) == 1.0
+    assert cosine_mask_ratio(1.0) == pytest.approx(0.0, abs=1e-12)
+    r = torch.linspace(0, 1, 50)
+    assert torch.all(cosine_mask_ratio(r)[1:] <= cosine_mask_ratio(r)[:-1])
+
+
+def test_corrupt_masks_ceil_gamma_t_positions():
+    fw = MaskedFramework(codebook_size=11, num_classes=3, label_dropout=0.0)
+    tokens = torch.randint(0, 11, (500, 16))
+    g = torch.Generator().manual_seed(0)
+    inputs, labels, mask = fw.corrupt(tokens, torch.zeros(500, dtype=torch.long), g)
+    g = torch.Generator().manual_seed(0)
+    r = torch.rand(500, generator=g)
+    expected = torch.ceil(torch.cos(math.pi * r / 2) * 16).clamp(1, 16)
+    assert torch.equal(mask.sum(1), expected.long())
+    assert torch.all(inputs[mask] == 11) and torch.equal(inputs[~mask], tokens[~mask])
+
+
+def test_label_dropout_rate():
+    fw = MaskedFramework(codebook_size=11, num_classes=3, label_dropout=0.1)
+    _, labels, _ = fw.corrupt(torch.zeros(20000, 4, dtype=torch.long), torch.ones(20000, dtype=torch.long),
+                              torch.Generator().manual_seed(1))
+    assert abs((labels == 3).float().mean().item() - 0.1) < 0.01
+    assert set(labels.unique().tolist()) == {1, 3}
+
+
+def test_gt_loss_uses_only_masked_positions():
+    fw = MaskedFramework(codebook_size=5, num_classes=2, label_smoothing=0.0)
+    logits = torch.randn(2, 6, 5)
+    target = torch.randint(0, 5, (2, 6))
+    mask = torch.tensor([[1, 0, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1]], dtype=torch.bool)
+    loss = fw.gt_loss(logits, target, mask)
+    changed = logits.clone()
+    changed[~mask] = torch.randn_like(changed[~mask]) * 10
+    assert torch.allclose(loss, fw.gt_loss(changed, target, mask))
+    assert torch.allclose(loss, F.cross_entropy(logits[mask], target[mask]))
+
+
+def test_dist_loss_is_soft_cross_entropy_and_minimal_at_teacher():
+    fw = MaskedFramework(codebook_size=5, num_classes=2)
+    teacher = torch.randn(2, 4, 5)
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    at_teacher = fw.dist_loss(teacher, teacher, mask)
+    entropy = -(teacher.softmax(-1) * teacher.log_softmax(-1)).sum(-1).mean()
+    assert torch.allclose(at_teacher, entropy)
+    assert fw.dist_loss(torch.randn(2, 4, 5), teacher, mask) > at_teacher
+
+
+def test_decoding_unmasks_everything_following_the_schedule():
+    model = tiny_masked(tokens=16, codebook=11)
+    sampler = MaskGITSampler(steps=6)
+    masked_counts = []
+    out = sampler(model, torch.tensor([0, 1, 2]), loops=2, generator=torch.Generator().manual_seed(0),
+                  callback=lambda k, toks: masked_counts.append((toks == model.mask_id).sum(1).tolist()))
+    assert out.shape == (3, 16) and not (out == model.mask_id).any()
+    assert out.max() < 11
+    expected, masked = [], 16
+    for k in range(6):
+        n = 0 if k == 5 else min(max(1, math.floor(16 * math.cos(math.pi / 2 * (k + 1) / 6))), masked - 1)
+        expected.append([n] * 3)
+        masked = n
+    assert masked_counts == expected
+
+
+def test_decoded_tokens_are_never_remasked():
+    model = tiny_masked(tokens=16)
+    history = []
+    MaskGITSampler(steps=8)(model, torch.tensor([0, 1]), loops=1, generator=torch.Generator().manual_seed(3),
+                            callback=lambda k, t: history.append(t.clone()))
+    for before, after in zip(history, history[1:]):
+        known = before != model.mask_id
+        assert torch.equal(before[known], after[known])
+
+
+def test_same_seed_same_samples_and_different_seed_differs():
+    model = tiny_masked(tokens=16)
+    s = MaskGITSampler(steps=4, cfg=1.0)
+    labels = torch.tensor([0, 1, 2, 0])
+    a = s(model, labels, 2, torch.Generator().manual_seed(7))
+    b = s(model, labels, 2, torch.Generator().manual_seed(7))
+    c = s(model, labels, 2, torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_cfg_zero_equals_conditional_model():
+    model = tiny_masked(tokens=16)
+    tokens = torch.full((2, 16), model.mask_id)
+    labels = torch.tensor([1, 2])
+    assert torch.equal(MaskGITSampler(cfg=0.0).logits(model, tokens, labels, 2), model(tokens, labels, loops=2))
+    guided = MaskGITSampler(cfg=2.0).logits(model, tokens, labels, 2)
+    cond = model(tokens, labels, loops=2)
+    uncond = model(tokens, torch.full_like(labels, model.null_class), loops=2)
+    assert torch.allclose(guided, 3 * cond - 2 * uncond, atol=1e-5)
+
+
+def test_loop_schedule_per_step_is_used():
+    model = tiny_masked(tokens=16)
+    seen = []
+    orig = model.forward_exits
+
+    def spy(*a, loops, exits=()):
+        seen.append(loops)
+        return orig(*a, loops=loops, exits=exits)
+
+    model.forward_exits = spy
+    MaskGITSampler(steps=3)(model, torch.tensor([0]), loops=[3, 2, 1])
+    assert seen == [3, 2, 1]
+
+
+def test_bad_sampler_settings():
+    with pytest.raises(ValueError, match="steps"):
+        MaskGITSampler(steps=0)
+    with pytest.raises(ValueError, match="cfg"):
+        MaskGITSampler(cfg=-1)

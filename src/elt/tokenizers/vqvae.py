@@ -83,6 +83,7 @@ class VQVAE(nn.Module):
         """images (B, C, H, W) in [0, 1] → ids (B, h·w), row-major."""
         return self.quantizer.nearest(self._latents(images)).view(images.shape[0], -1)
 
+    @torch.no_grad()
     def decode(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, h·w) → images (B, C, H, W) in [0, 1]."""
         z = self.quantizer.codebook[ids].view(ids.shape[0], self.grid, self.grid, -1).permute(0, 3, 1, 2)

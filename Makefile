@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup demo test test-all clean
+.PHONY: setup fmnist demo test test-all clean
 
 setup: $(BIN)/elt fmnist
 
@@ -25,10 +25,10 @@ fmnist:
 	  else echo "note: $(FMNIST) missing and apt unusable; install dataset-fashion-mnist or pass --data-dir"; fi; \
 	fi
 
-.PHONY: fmnist
 
+# --resume: a second `make demo` reuses the finished run and evaluates it again
 demo: setup
-	$(BIN)/elt demo --config fmnist-maskgit --out runs/fmnist-maskgit
+	$(BIN)/elt demo --config fmnist-maskgit --out runs/fmnist-maskgit --resume
 
 test: setup
 	$(BIN)/python -m pytest -q

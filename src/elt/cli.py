@@ -106,7 +106,7 @@ def _check_out_file(out: str) -> Path:
 def cmd_sample(args) -> None:
     import numpy as np
 
-    from .engine.generate import balanced_labels, generate, load_run, to_uint8  # noqa: F401
+    from .engine.generate import balanced_labels, generate, load_run
     from .metrics.anytime import save_grid
 
     if args.cfg is not None and args.cfg < 0:
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             demo(cfg, args.out or f"runs/{cfg.name}-{cfg.train.objective}", resume=args.resume, progress=not args.quiet)
         elif args.command == "presets":
             cmd_presets(args)
-    except (ValueError, FileNotFoundError, PermissionError, KeyError) as e:
+    except (ValueError, FileNotFoundError, PermissionError) as e:
         if args.debug:
             raise
         msg = str(e).strip("'\"") or type(e).__name__

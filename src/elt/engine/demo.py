@@ -6,6 +6,7 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..config import Config
@@ -21,7 +22,6 @@ def anytime_grid(run, loops: list[int], seed: int, path: Path) -> None:
     """One row per L, one column per class, same seed in every row."""
     labels = torch.arange(run.num_classes)
     rows = [generate(run, L, labels, seed) for L in loops]
-    import numpy as np
     save_grid(np.concatenate(rows), len(loops), run.num_classes, path, scale=3 if rows[0].shape[1] <= 32 else 1)
 
 

@@ -20,6 +20,7 @@ def format_table(report: dict) -> str:
         mark = " <- Lmax" if int(L) == report["lmax"] else ""
         lines.append(f"{L:>3} {r['acc_' + p]:>16.3f} {r['fd_' + p]:>14.2f} {r['seconds_per_sample']:>10.4f} "
                      f"{r['gflops_per_sample']:>8.3f}{mark}")
+    lines.append("reference: " + ", ".join(f"{k} {v:.4g}" for k, v in report.get("reference", {}).items()))
     return "\n".join(lines)
 
 
@@ -46,6 +47,10 @@ def plot_report(report: dict, path: Path) -> None:
         ax.plot(gf, vals, "o-")
         for L, x, y in zip(Ls, gf, vals):
             ax.annotate(f"L={L}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        if key.startswith("acc"):
+            ax.set_ylim(0, 1.02)
+        else:
+            ax.set_ylim(0, max(vals) * 1.15)  # from zero: flat curves look flat
         ax.set_xlabel("GFLOPs per sample")
         ax.set_ylabel(key + (" (lower is better)" if key.startswith("fd") else ""))
         ax.grid(alpha=0.3)

@@ -124,3 +124,52 @@ def test_cli_rejects_zero_loops(capsys):
         main(["sample", "--run", "x", "--loops", "0", "--n", "1", "--out", "y"])
     assert e.value.code == 2
     assert "must be >= 1" in capsys.readouterr().err
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import elt.engine.train as engine_train
+    from elt.engine.checkpoint import read_state
+
+    real_update = engine_train.ema_update
+    calls = {"n": 0}
+
+    def ema_then_signal(*a):
+        real_update(*a)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(engine_train, "ema_update", ema_then_signal)
+    with pytest.raises(engine_train.TrainingInterrupted, match="SIGTERM at step 2"):
+        train(tiny_cfg(10), tmp_path / "run", progress=False)
+    assert read_state(tmp_path / "run" / "checkpoints" / "last")["step"] == 2
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+
+def test_nonfinite_losses_are_skipped_then_stop(tmp_path, monkeypatch):
+    from elt.masked import MaskedFramework
+
+    real = MaskedFramework.gt_loss
+    monkeypatch.setattr(MaskedFramework, "gt_loss", lambda self, *a: real(self, *a) * float("nan"))
+    with pytest.raises(FloatingPointError, match="max_nonfinite=2"):
+        train(tiny_cfg(10, ["train.max_nonfinite=2"]), tmp_path / "run", progress=False)
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["nonfinite_count"] for r in records] == [1, 2, 3]
+
+
+def test_periodic_keeps(tmp_path):
+    train(tiny_cfg(4, ["train.keep_every=2", "train.ckpt_every=3"]), tmp_path / "run", progress=False)
+    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert kept == ["last", "step_0000002", "step_0000004"]
+
+
+def test_resume_with_changed_model_is_refused(tmp_path):
+    train(tiny_cfg(2), tmp_path / "run", progress=False)
+    before = (tmp_path / "run" / "config.yaml").read_text()
+    with pytest.raises(ValueError, match="model.width"):
+        train(tiny_cfg(4, ["model.width=64"]), tmp_path / "run", resume=True, progress=False)
+    assert (tmp_path / "run" / "config.yaml").read_text() == before
+    train(tiny_cfg(4), tmp_path / "run", resume=True, progress=False)  # more steps is fine

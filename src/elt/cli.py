@@ -188,8 +188,13 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e).strip("'\"") or type(e).__name__
         print(f"elt: error: {msg}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("elt: interrupted", file=sys.stderr)
+    except FloatingPointError as e:  # training diverged: a runtime failure, not bad input
+        if args.debug:
+            raise
+        print(f"elt: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:
+        print(f"elt: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
         return 130
     return 0
 

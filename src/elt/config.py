@@ -64,9 +64,16 @@ class TrainConfig:
     label_smoothing: float = 0.1
     label_dropout: float = 0.1
     ema_decay: float = 0.999         # 0 disables EMA
+    grad_accum: int = 1              # micro-batches per step; batch_size is the global batch
+    device: str = "auto"             # auto | cpu | cuda
+    precision: str = "fp32"          # fp32 | bf16 (autocast)
+    compile: bool = False            # torch.compile the looped model
+    parallel: str = "ddp"            # ddp | fsdp (FSDP2 fully_shard), used under torchrun
     seed: int = 0
     log_every: int = 50
-    ckpt_every: int = 1000
+    ckpt_every: int = 1000           # rolling checkpoints/last
+    keep_every: int = 0              # also keep checkpoints/step_NNNNNNN every this many steps (0: never)
+    max_nonfinite: int = 20          # non-finite losses are skipped; stop after this many
 
 
 @dataclass
@@ -124,11 +131,16 @@ class Config:
             (t.batch_size >= 1, "train.batch_size", "must be >= 1"),
             (t.lr > 0, "train.lr", "must be > 0"),
             (t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0"),
+            (t.grad_accum >= 1, "train.grad_accum", "must be >= 1"),
+            (t.device in ("auto", "cpu", "cuda"), "train.device", "choose auto, cpu or cuda"),
+            (t.precision in ("fp32", "bf16"), "train.precision", "choose fp32 or bf16"),
+            (t.parallel in ("ddp", "fsdp"), "train.parallel", "choose ddp or fsdp"),
             (t.lr_schedule in ("cosine", "constant"), "train.lr_schedule", "choose cosine or constant"),
             (0 <= t.label_dropout < 1, "train.label_dropout", "must be in [0, 1)"),
             (0 <= t.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)"),
             (0 <= t.ema_decay < 1, "train.ema_decay", "must be in [0, 1) (0 disables EMA)"),
             (t.log_every >= 1 and t.ckpt_every >= 1, "train.log_every", "log_every and ckpt_every must be >= 1"),
+            (t.keep_every >= 0 and t.max_nonfinite >= 0, "train.keep_every", "keep_every and max_nonfinite must be >= 0"),
             (self.sample.steps >= 1, "sample.steps", "must be >= 1"),
             (self.sample.cfg >= 0, "sample.cfg", "must be >= 0"),
             (self.sample.batch_size >= 1, "sample.batch_size", "must be >= 1"),

@@ -26,19 +26,21 @@ def find_checkpoint(run: Path) -> Path | None:
     return None
 
 
-def _state(module: torch.nn.Module) -> dict:
-    return {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
+def _tensors(state: dict) -> dict:
+    return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
 
 
-def save_checkpoint(run: Path, model, ema, optimizer, step: int, generator: torch.Generator) -> Path:
+def save_checkpoint(run: Path, model_state: dict, ema_state: dict | None, optim_state: dict, step: int,
+                    generator: torch.Generator) -> Path:
+    """Write full (unsharded) states; see `distributed.full_state` for FSDP runs."""
     final = ckpt_dir(run)
     tmp = final.with_name(f"last.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(_state(model), str(tmp / "model.safetensors"))
-    if ema is not None:
-        save_file(_state(ema), str(tmp / "ema.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    save_file(_tensors(model_state), str(tmp / "model.safetensors"))
+    if ema_state is not None:
+        save_file(_tensors(ema_state), str(tmp / "ema.safetensors"))
+    torch.save(optim_state, tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps({
         "step": step,
         "generator": generator.get_state().tolist(),
@@ -60,6 +62,17 @@ def read_state(path: Path) -> dict:
         return state
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ValueError(f"checkpoint {path / 'state.json'} is unreadable ({e}); remove the folder to start fresh") from None
+
+
+def keep_copy(run: Path, step: int) -> Path:
+    """Copy `last` to checkpoints/step_NNNNNNN (periodic keeps survive the rolling `last`)."""
+    dest = Path(run) / "checkpoints" / f"step_{step:07d}"
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(ckpt_dir(run), tmp)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+    return dest
 
 
 def load_checkpoint(path: Path, model, ema=None, optimizer=None, generator: torch.Generator | None = None) -> int:

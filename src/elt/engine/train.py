@@ -6,22 +6,29 @@ EMA → log.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
 import math
+import os
+import signal
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from ..config import Config
+from ..config import Config, ConfigError, load_config
 from ..ilsd import ILSD
 from ..tokenizers import PixelTokenizer
 from .assets import build_framework, build_model, encode_dataset, get_tokenizer, load_split
-from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from .distributed import DistInfo, barrier, full_state
+from .distributed import setup as dist_setup
+from .distributed import teardown as dist_teardown
+from .checkpoint import find_checkpoint, keep_copy, load_checkpoint, save_checkpoint
 
 log = logging.getLogger("elt")
 
@@ -49,8 +56,9 @@ def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer
 
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """EMA of the weights; kept unsharded (under FSDP2 the shards are gathered: every rank calls this)."""
     for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p, 1 - decay)
+        e.lerp_(p.full_tensor() if hasattr(p, "full_tensor") else p, 1 - decay)
 
 
 def prepare_run_dir(out: Path, resume: bool) -> None:
@@ -62,81 +70,236 @@ def prepare_run_dir(out: Path, resume: bool) -> None:
                          f"or choose another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write_test"
+        probe = out / f".write_test{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as e:
         raise ValueError(f"cannot write to run folder {out} ({e.strerror}); choose a writable --out") from None
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM arrived; the checkpoint of the last finished step was saved."""
+
+
+@contextmanager
+def stop_requests():
+    """Turn SIGINT/SIGTERM into a flag checked between steps (restored afterwards)."""
+    flag = {"signal": None}
+
+    def handler(signum, frame):
+        if flag["signal"] is not None:  # a second signal: stop at once
+            raise KeyboardInterrupt
+        flag["signal"] = signal.Signals(signum).name
+
+    previous = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        pass
+    try:
+        yield flag
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def check_resume_config(cfg: Config, out: Path) -> None:
+    """A resumed run must keep its config; only train.steps may grow."""
+    saved_path = out / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved, new = _flat(load_config(str(saved_path)).to_dict()), _flat(cfg.to_dict())
+    diff = [k for k in new if k != "train.steps" and new[k] != saved.get(k)]
+    if diff:
+        raise ConfigError(f"--resume with a config that differs from {saved_path} in {', '.join(diff)}; "
+                          f"resume with --config {saved_path} (only --steps may change)")
+
+
+class _ExitsForward(torch.nn.Module):
+    """Makes `forward_exits` the module's forward, so DDP's gradient hooks and torch.compile see it."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs, loops: int, exits=()):
+        return self.model.forward_exits(*inputs, loops=loops, exits=exits)
+
+
+def wrap_model(model: torch.nn.Module, cfg: Config, info: DistInfo) -> torch.nn.Module:
+    """The module the loop calls: DDP/FSDP2 across processes, optionally compiled. Weights are
+    always saved from the bare `model` (no `module.` or `_orig_mod.` prefixes in checkpoints)."""
+    fwd = _ExitsForward(model)
+    if info.enabled and cfg.train.parallel == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+        # One FSDP unit for the whole looped model: its N blocks are reused L times per forward,
+        # so they are gathered once per forward instead of once per loop.
+        fully_shard(fwd)
+    elif info.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+        fwd = DistributedDataParallel(fwd, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+    if cfg.train.compile:
+        fwd = torch.compile(fwd)
+    return fwd
+
+
 def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = True) -> Path:
     out = Path(out)
     cfg.validate()
-    prepare_run_dir(out, resume)
-    cfg.save(out / "config.yaml")
+    info = dist_setup(cfg.train.device)
+    try:
+        return _train(cfg, out, resume, progress and info.is_main, info)
+    finally:
+        dist_teardown(info)
+
+
+def _train(cfg: Config, out: Path, resume: bool, progress: bool, info: DistInfo) -> Path:
     t = cfg.train
-    torch.manual_seed(t.seed)
-    gen = torch.Generator().manual_seed(t.seed)
+    per_rank, rest = divmod(t.batch_size, info.world_size * t.grad_accum)
+    if rest or per_rank < 1:
+        raise ConfigError(f"bad config value train.batch_size: {t.batch_size} is not divisible by "
+                          f"processes ({info.world_size}) x train.grad_accum ({t.grad_accum})")
+    prepare_run_dir(out, resume)
+    if resume and find_checkpoint(out) is not None:
+        check_resume_config(cfg, out)
+    if info.is_main:
+        cfg.save(out / "config.yaml")
+    torch.manual_seed(t.seed)  # same initial weights on every rank (FSDP2 does not broadcast them)
+    gen = torch.Generator().manual_seed(t.seed)  # identical on every rank: the global batch
 
     data = load_split(cfg, "train")
     log.info("data: %s train, %d images %s, %d classes", cfg.data.dataset, len(data), data.images.shape[1:], data.num_classes)
-    tokenizer = get_tokenizer(cfg, data, seed=t.seed, progress=progress)
-    if not isinstance(tokenizer, PixelTokenizer):
+    if info.is_main:  # rank 0 trains (or loads) the tokenizer first; the others then read the cache
+        tokenizer = get_tokenizer(cfg, data, seed=t.seed, progress=progress)
+    barrier(info)
+    if not info.is_main:
+        tokenizer = get_tokenizer(cfg, data, seed=t.seed, progress=False)
+    if info.is_main and not isinstance(tokenizer, PixelTokenizer):
         save_file({k: v.contiguous() for k, v in tokenizer.state_dict().items()}, str(out / "tokenizer.safetensors"))
     tokens = encode_dataset(tokenizer, data)
     labels = torch.as_tensor(data.labels)
 
-    model = build_model(cfg, tokenizer.codebook_size, tokenizer.num_tokens, data.num_classes)
+    model = build_model(cfg, tokenizer.codebook_size, tokenizer.num_tokens, data.num_classes).to(info.device)
     ema = copy.deepcopy(model).eval().requires_grad_(False) if t.ema_decay > 0 else None
+    torch.manual_seed(t.seed + info.rank)  # per-rank dropout; data order comes from `gen`
     framework = build_framework(cfg, data.num_classes, tokenizer.codebook_size)
     objective = ILSD(cfg.model.min_loops, cfg.model.max_loops, t.steps, t.objective)
-    optimizer = make_optimizer(model, cfg)
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("model %s: %.2fM parameters, %dN x %dL, objective %s", cfg.name, n_params / 1e6,
-             cfg.model.unique_layers, cfg.model.max_loops, t.objective)
+    log.info("model %s: %.2fM parameters, %dN x %dL, objective %s, %d process(es) on %s", cfg.name, n_params / 1e6,
+             cfg.model.unique_layers, cfg.model.max_loops, t.objective, info.world_size, info.device)
 
     step = 0
     found = find_checkpoint(out) if resume else None
-    if found is not None:
+    optimizer = make_optimizer(model, cfg)
+    if found is not None:  # restore before wrapping: DDP broadcasts rank 0's weights at wrap time
         step = load_checkpoint(found, model, ema, optimizer, gen)
         log.info("resumed from %s at step %d", found, step)
-    metrics_file = (out / "metrics.jsonl").open("a")
+    fwd = wrap_model(model, cfg, info)
+    if t.parallel == "fsdp" and info.enabled:
+        optimizer = make_optimizer(model, cfg)  # FSDP2 swaps parameters for sharded ones
+        if found is not None:
+            raise ConfigError("resuming FSDP runs is not supported yet; resume with train.parallel=ddp")
+    metrics_file = (out / "metrics.jsonl").open("a") if info.is_main else None
+    try:
+        with stop_requests() as stop:
+            _loop(cfg, out, step, model, fwd, ema, optimizer, gen, tokens, labels, framework, objective,
+                  metrics_file, stop, progress, info)
+    finally:
+        if metrics_file is not None:
+            metrics_file.close()
+    log.info("training done: %s", out)
+    return out
+
+
+def _loop(cfg, out, step, model, fwd, ema, optimizer, gen, tokens, labels, framework, objective, metrics_file,
+          stop, progress, info):
+    t = cfg.train
+    micro = t.batch_size // (info.world_size * t.grad_accum)
+    autocast = torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
+
+    def checkpoint():
+        states = full_state((model.state_dict(), ema.state_dict() if ema is not None else None,
+                             optimizer.state_dict()))  # a collective under FSDP: every rank joins
+        if info.is_main:
+            save_checkpoint(out, *states, step, gen)
+        barrier(info)
+
     bar = tqdm(total=t.steps, initial=step, desc=f"train {cfg.name}", disable=not progress, dynamic_ncols=True)
     model.train()
-    tic, window = time.perf_counter(), 0
+    tic, window, nonfinite = time.perf_counter(), 0, 0
     while step < t.steps:
+        if stop["signal"]:
+            checkpoint()
+            bar.close()
+            raise TrainingInterrupted(f"{stop['signal']} at step {step}: checkpoint saved in {out}; "
+                                      f"continue with --resume")
+        # The global batch, its corruption and Lint are drawn identically on every rank.
         idx = torch.randint(0, len(tokens), (t.batch_size,), generator=gen)
         target, label = tokens[idx], labels[idx]
         inputs, label_in, mask = framework.corrupt(target, label, gen)
         lint = objective.draw_student_loops(gen)
-        outputs = model.forward_exits(inputs, label_in, loops=cfg.model.max_loops, exits=objective.exits(lint))
-        loss, parts = objective(outputs, lint, step,
-                                gt_loss=lambda p: framework.gt_loss(p, target, mask),
-                                dist_loss=lambda s, te: framework.dist_loss(s, te, mask))
-        if not math.isfinite(parts["loss"]):
-            raise FloatingPointError(f"loss became {parts['loss']} at step {step}; lower train.lr or check the data")
+        total_weight = framework.loss_weight(mask)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss_sum = torch.zeros((), device=info.device)
+        for i in range(t.grad_accum):
+            sl = slice((info.rank * t.grad_accum + i) * micro, (info.rank * t.grad_accum + i + 1) * micro)
+            x, y, m, tgt = (v[sl].to(info.device) for v in (inputs, label_in, mask, target))
+            # Weight = this slice's share of the global loss; DDP averages over ranks, hence × world.
+            weight = framework.loss_weight(mask[sl]) / total_weight * info.world_size
+            sync = t.grad_accum == 1 or i == t.grad_accum - 1 or not hasattr(fwd, "no_sync")
+            with (contextlib.nullcontext() if sync else fwd.no_sync()), autocast:
+                outputs = fwd(x, y, loops=cfg.model.max_loops, exits=objective.exits(lint))
+                loss, parts = objective({k: v.float() for k, v in outputs.items()}, lint, step,
+                                        gt_loss=lambda p: framework.gt_loss(p, tgt, m),
+                                        dist_loss=lambda s, te: framework.dist_loss(s, te, m))
+            (loss * weight).backward()
+            loss_sum += loss.detach() * weight / info.world_size
+        if info.enabled:  # every rank decides the same way about a non-finite loss
+            torch.distributed.all_reduce(loss_sum)
+        total_loss = float(loss_sum)
+        if not math.isfinite(total_loss):  # skip the update, keep the weights finite
+            nonfinite += 1
+            log.warning("non-finite loss %s at step %d skipped (%d so far)", total_loss, step, nonfinite)
+            if metrics_file is not None:
+                metrics_file.write(json.dumps({"step": step, "nonfinite_loss": total_loss, "nonfinite_count": nonfinite}) + "\n")
+            if nonfinite > t.max_nonfinite:
+                raise FloatingPointError(f"{nonfinite} non-finite losses (last at step {step}), more than "
+                                         f"train.max_nonfinite={t.max_nonfinite}; lower train.lr or check the data")
+            step += 1
+            bar.update(1)
+            continue
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf)
+        grad_norm = float(full_state(grad_norm))
         optimizer.step()
         if ema is not None:
             ema_update(ema, model, t.ema_decay if step >= t.warmup_steps else 0.0)
         step += 1
         window += 1
         bar.update(1)
-        if step % t.log_every == 0 or step == t.steps:
+        if (step % t.log_every == 0 or step == t.steps) and metrics_file is not None:
             rate = window / (time.perf_counter() - tic)
             tic, window = time.perf_counter(), 0
-            record = {"step": step, **parts, "lr": lr_at(step - 1, cfg), "grad_norm": float(grad_norm), "steps_per_s": rate}
+            record = {"step": step, **parts, "loss": total_loss, "lr": lr_at(step - 1, cfg),
+                      "grad_norm": grad_norm, "steps_per_s": rate}
             metrics_file.write(json.dumps(record) + "\n")
             metrics_file.flush()
-            bar.set_postfix(loss=f"{parts['loss']:.3f}", lam=f"{parts.get('lam', 1.0):.2f}",
-                            lint=parts.get("lint", "-"), gn=f"{float(grad_norm):.2f}", it_s=f"{rate:.1f}")
+            bar.set_postfix(loss=f"{total_loss:.3f}", lam=f"{parts.get('lam', 1.0):.2f}",
+                            lint=parts.get("lint", "-"), gn=f"{grad_norm:.2f}", it_s=f"{rate:.1f}")
         if step % t.ckpt_every == 0 or step == t.steps:
-            save_checkpoint(out, model, ema, optimizer, step, gen)
+            checkpoint()
+        if t.keep_every and step % t.keep_every == 0:
+            if step % t.ckpt_every and step != t.steps:
+                checkpoint()
+            if info.is_main:
+                keep_copy(out, step)
     bar.close()
-    metrics_file.close()
-    log.info("training done: %s", out)
-    return out

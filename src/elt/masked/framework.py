@@ -41,6 +41,10 @@ class MaskedFramework:
         labels_in = torch.where(drop, torch.full_like(labels, self.null_class), labels)
         return inputs, labels_in, mask
 
+    def loss_weight(self, mask: torch.Tensor) -> float:
+        """How many terms the losses average over (masked tokens): splits a batch exactly."""
+        return float(mask.sum())
+
     def gt_loss(self, logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Cross-entropy (label-smoothed) on masked positions, mean over masked tokens."""
         return F.cross_entropy(logits[mask], targets[mask], label_smoothing=self.label_smoothing)

@@ -1,0 +1,55 @@
+"""Multi-process training on CPU (gloo) through torchrun: same weights as one process."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from elt.engine.train import train
+from test_engine import TINY, tiny_cfg
+
+ARGS = ["train.steps=20", "train.batch_size=8", "train.ckpt_every=10", "train.lr=1e-3"]
+
+
+def torchrun(tmp_path, out, extra=(), nproc=2):
+    sets = sum((["--set", s] for s in TINY + ARGS + list(extra)), [])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "elt.cli", "--quiet", "train", "--config", "digits-maskgit", "--out", str(out), *sets]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return load_file(str(out / "checkpoints" / "last" / "model.safetensors"))
+
+
+def single(tmp_path, name, extra=()):
+    torch.set_num_threads(1)
+    try:
+        train(tiny_cfg(20, ARGS + list(extra)), tmp_path / name, progress=False)
+    finally:
+        torch.set_num_threads(os.cpu_count() or 1)
+    return load_file(str(tmp_path / name / "checkpoints" / "last" / "model.safetensors"))
+
+
+def assert_close(a, b, atol=1e-6):
+    assert a.keys() == b.keys()
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst <= atol, f"max weight difference {worst}"
+
+
+def test_grad_accumulation_matches_one_big_batch(tmp_path):
+    assert_close(single(tmp_path, "one"), single(tmp_path, "accum", ["train.grad_accum=2"]))
+
+
+def test_ddp_two_processes_match_one(tmp_path):
+    ref = single(tmp_path, "one")
+    assert_close(ref, torchrun(tmp_path, tmp_path / "ddp"))
+    assert_close(ref, torchrun(tmp_path, tmp_path / "ddp_accum", ["train.grad_accum=2"]))
+
+
+def test_fsdp2_trains_and_saves_full_weights(tmp_path):
+    ref = single(tmp_path, "one")
+    got = torchrun(tmp_path, tmp_path / "fsdp", ["train.parallel=fsdp"])
+    assert all(got[k].shape == ref[k].shape for k in ref)
+    assert_close(ref, got)

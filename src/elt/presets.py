@@ -20,8 +20,9 @@ def _fmnist_maskgit() -> Config:
         data=DataConfig(dataset="fmnist"),
         tokenizer=TokenizerConfig(kind="vqvae", codebook_size=512, latent_dim=16, hidden=64,
                                   downsample_stages=2, steps=1200),
-        # 1200 steps of batch 64 (~1.3 epochs, ~7 min on 2 cores): the 15-minute demo budget
-        train=TrainConfig(steps=1200, batch_size=64, lr=1.5e-3, warmup_steps=100, ema_decay=0.995),
+        # 2400 steps of batch 32 (~1.3 epochs, ~8 min on 2 cores): the 15-minute demo budget. At equal
+        # compute, batch 32 x 2400 beat batch 64 x 1200 (fd_fmnist_cnn ~40 vs ~48, acc 0.93 vs 0.88).
+        train=TrainConfig(steps=2400, batch_size=32, lr=1.5e-3, warmup_steps=100, ema_decay=0.995),
         sample=SampleConfig(steps=12, cfg=1.0),
         eval=EvalConfig(n=500),
     )

@@ -198,6 +198,8 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, info: DistInfo)
 
     step = 0
     found = find_checkpoint(out) if resume else None
+    if found is not None and t.parallel == "fsdp" and info.enabled:
+        raise ConfigError("resuming FSDP runs is not supported yet; resume with --set train.parallel=ddp")
     optimizer = make_optimizer(model, cfg)
     if found is not None:  # restore before wrapping: DDP broadcasts rank 0's weights at wrap time
         step = load_checkpoint(found, model, ema, optimizer, gen)
@@ -205,8 +207,6 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, info: DistInfo)
     fwd = wrap_model(model, cfg, info)
     if t.parallel == "fsdp" and info.enabled:
         optimizer = make_optimizer(model, cfg)  # FSDP2 swaps parameters for sharded ones
-        if found is not None:
-            raise ConfigError("resuming FSDP runs is not supported yet; resume with train.parallel=ddp")
     metrics_file = (out / "metrics.jsonl").open("a") if info.is_main else None
     try:
         with stop_requests() as stop:

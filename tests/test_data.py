@@ -50,5 +50,7 @@ def test_image_folder_dataset(tmp_path):
     assert d.images.shape == (6, 16, 16, 3) and d.class_names == ["cat", "dog"]
     assert d.labels.tolist() == [0, 0, 0, 1, 1, 1]
     assert tuple(d.images[4, 8, 8]) == (0, 0, 255)
+    with pytest.raises(ValueError, match="broken.jpg"):
+        load_data("folder", "train", data_dir=str(tmp_path), image_size=16, strict_images=True)
     with pytest.raises(FileNotFoundError):
         load_data("folder", "train", data_dir=str(tmp_path / "missing"), image_size=16)

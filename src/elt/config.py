@@ -35,6 +35,7 @@ class DataConfig:
     dataset: str = "fmnist"          # fmnist | digits | folder
     data_dir: typing.Optional[str] = None
     image_size: typing.Optional[int] = None   # folder data only (square resize)
+    strict_images: bool = False      # folder data: a corrupt image is an error instead of skipped
 
 
 @dataclass

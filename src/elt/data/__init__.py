@@ -32,7 +32,8 @@ class ImageData:
 DATASETS = ("fmnist", "digits", "folder")
 
 
-def load_data(dataset: str, split: str, data_dir: str | None = None, image_size: int | None = None) -> ImageData:
+def load_data(dataset: str, split: str, data_dir: str | None = None, image_size: int | None = None,
+              strict_images: bool = False) -> ImageData:
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if dataset == "fmnist":
@@ -42,6 +43,6 @@ def load_data(dataset: str, split: str, data_dir: str | None = None, image_size:
         images, labels = load_digits_split(split)
         return ImageData(images, labels, [str(i) for i in range(10)])
     if dataset == "folder":
-        images, labels, names = load_image_folder(data_dir, split, image_size)
+        images, labels, names = load_image_folder(data_dir, split, image_size, strict_images)
         return ImageData(images, labels, names)
     raise ValueError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")

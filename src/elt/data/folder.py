@@ -2,7 +2,8 @@
 
 If ROOT has no train/test sub-folders, ROOT itself holds the class folders and serves both splits.
 Images are center-cropped to a square and resized to `image_size`; grayscale stays 1 channel only if
-every image is grayscale. Unreadable images are skipped and counted in a warning.
+every image is grayscale. Unreadable images are skipped and counted in a warning, or are an
+error with `strict=True` (config `data.strict_images`).
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 log = logging.getLogger(__name__)
 
 
-def load_image_folder(root: str | None, split: str, image_size: int | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def load_image_folder(root: str | None, split: str, image_size: int | None,
+                      strict: bool = False) -> tuple[np.ndarray, np.ndarray, list[str]]:
     from PIL import Image, UnidentifiedImageError
 
     if root is None:
@@ -43,7 +45,10 @@ def load_image_folder(root: str | None, split: str, image_size: int | None) -> t
                     im = im.crop((left, top, left + s, top + s)).resize((image_size, image_size), Image.BICUBIC)
                     images.append(np.asarray(im, dtype=np.uint8))
                     labels.append(idx)
-            except (UnidentifiedImageError, OSError):
+            except (UnidentifiedImageError, OSError) as e:
+                if strict:
+                    raise ValueError(f"corrupt or unreadable image {f} ({e}); remove it, or drop "
+                                     f"data.strict_images to skip such files") from None
                 skipped += 1
     if skipped:
         log.warning("skipped %d unreadable image(s) in %s", skipped, base)

@@ -101,7 +101,7 @@ def metric_prefix(cfg: Config) -> str:
 
 
 def load_split(cfg: Config, split: str) -> ImageData:
-    return load_data(cfg.data.dataset, split, cfg.data.data_dir, cfg.data.image_size)
+    return load_data(cfg.data.dataset, split, cfg.data.data_dir, cfg.data.image_size, cfg.data.strict_images)
 
 
 @torch.no_grad()

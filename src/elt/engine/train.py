@@ -77,6 +77,31 @@ def prepare_run_dir(out: Path, resume: bool) -> None:
         raise ValueError(f"cannot write to run folder {out} ({e.strerror}); choose a writable --out") from None
 
 
+class MetricsLog:
+    """metrics.jsonl in the run folder, mirrored to tensorboard (run/tensorboard) when it is installed."""
+
+    def __init__(self, out: Path):
+        self.file = (out / "metrics.jsonl").open("a")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(out / "tensorboard"))
+        except ImportError:  # tensorboard is an optional extra
+            self.tb = None
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """SIGINT/SIGTERM arrived; the checkpoint of the last finished step was saved."""
 
@@ -207,7 +232,7 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, info: DistInfo)
     fwd = wrap_model(model, cfg, info)
     if t.parallel == "fsdp" and info.enabled:
         optimizer = make_optimizer(model, cfg)  # FSDP2 swaps parameters for sharded ones
-    metrics_file = (out / "metrics.jsonl").open("a") if info.is_main else None
+    metrics_file = MetricsLog(out) if info.is_main else None
     try:
         with stop_requests() as stop:
             _loop(cfg, out, step, model, fwd, ema, optimizer, gen, tokens, labels, framework, objective,
@@ -271,7 +296,7 @@ def _loop(cfg, out, step, model, fwd, ema, optimizer, gen, tokens, labels, frame
             nonfinite += 1
             log.warning("non-finite loss %s at step %d skipped (%d so far)", total_loss, step, nonfinite)
             if metrics_file is not None:
-                metrics_file.write(json.dumps({"step": step, "nonfinite_loss": total_loss, "nonfinite_count": nonfinite}) + "\n")
+                metrics_file.write({"step": step, "nonfinite_loss": total_loss, "nonfinite_count": nonfinite})
             if nonfinite > t.max_nonfinite:
                 raise FloatingPointError(f"{nonfinite} non-finite losses (last at step {step}), more than "
                                          f"train.max_nonfinite={t.max_nonfinite}; lower train.lr or check the data")
@@ -291,8 +316,7 @@ def _loop(cfg, out, step, model, fwd, ema, optimizer, gen, tokens, labels, frame
             tic, window = time.perf_counter(), 0
             record = {"step": step, **parts, "loss": total_loss, "lr": lr_at(step - 1, cfg),
                       "grad_norm": grad_norm, "steps_per_s": rate}
-            metrics_file.write(json.dumps(record) + "\n")
-            metrics_file.flush()
+            metrics_file.write(record)
             bar.set_postfix(loss=f"{total_loss:.3f}", lam=f"{parts.get('lam', 1.0):.2f}",
                             lint=parts.get("lint", "-"), gn=f"{grad_norm:.2f}", it_s=f"{rate:.1f}")
         if step % t.ckpt_every == 0 or step == t.steps:

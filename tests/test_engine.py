@@ -173,3 +173,15 @@ def test_resume_with_changed_model_is_refused(tmp_path):
         train(tiny_cfg(4, ["model.width=64"]), tmp_path / "run", resume=True, progress=False)
     assert (tmp_path / "run" / "config.yaml").read_text() == before
     train(tiny_cfg(4), tmp_path / "run", resume=True, progress=False)  # more steps is fine
+
+
+def test_corrupt_checkpoint_is_an_error_naming_the_file(tmp_path, capsys):
+    train(tiny_cfg(2), tmp_path / "run", progress=False)
+    weights = tmp_path / "run" / "checkpoints" / "last" / "ema.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert main(["--quiet", "sample", "--run", str(tmp_path / "run"), "--loops", "1", "--n", "2",
+                 "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "ema.safetensors" in err and "unreadable" in err
+    with pytest.raises(ValueError, match="unreadable"):
+        train(tiny_cfg(4), tmp_path / "run", resume=True, progress=False)

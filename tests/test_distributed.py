@@ -53,3 +53,27 @@ def test_fsdp2_trains_and_saves_full_weights(tmp_path):
     got = torchrun(tmp_path, tmp_path / "fsdp", ["train.parallel=fsdp"])
     assert all(got[k].shape == ref[k].shape for k in ref)
     assert_close(ref, got)
+
+
+def test_sampling_and_evaluation_split_across_ranks(tmp_path):
+    import json
+
+    import numpy as np
+
+    run = tmp_path / "run"
+    train(tiny_cfg(4), run, progress=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "elt.cli", "--quiet"]
+    # torchrun's own parser claims abbreviations of its options (--run, --n): use the long spellings
+    proc = subprocess.run(base + ["sample", "--run-dir", str(run), "--loops", "2", "--num-samples", "10",
+                                  "--out", str(tmp_path / "s")],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    z = np.load(tmp_path / "s.npz")
+    assert z["images"].shape == (10, 8, 8, 1) and z["labels"].tolist() == list(range(10))
+    assert len({z["images"][i].tobytes() for i in range(10)}) > 1  # ranks did not all draw the same sample
+    proc = subprocess.run(base + ["evaluate", "--run-dir", str(run), "--loops", "1,2", "--num-samples", "20"],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((run / "anytime.json").read_text())
+    assert report["sampling"]["n"] == 20 and list(report["loops"]) == ["1", "2"]

@@ -53,9 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder (config.yaml, checkpoints, metrics.jsonl)")
 
     p = sub.add_parser("sample", help="generate class-conditional samples at a chosen loop count")
-    p.add_argument("--run", required=True, help="run folder written by `elt train`")
+    p.add_argument("--run", "--run-dir", dest="run", required=True,
+                   help="run folder written by `elt train` (under torchrun spell it --run-dir)")
     p.add_argument("--loops", type=_positive, required=True, help="loop count L used at every decoding step")
-    p.add_argument("--n", type=_positive, default=100, help="number of samples (default 100)")
+    p.add_argument("--n", "--num-samples", dest="n", type=_positive, default=100,
+                   help="number of samples (default 100; under torchrun spell it --num-samples)")
     p.add_argument("--out", required=True, help="output path; writes OUT.npz (images, labels) and OUT.png (grid)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same samples (default 0)")
     p.add_argument("--steps", type=_positive, help="decoding steps K (default: the run's sample.steps)")
@@ -64,9 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
 
     p = sub.add_parser("evaluate", help="any-time report: quality, time and GFLOPs per loop count")
-    p.add_argument("--run", required=True, help="run folder written by `elt train`")
+    p.add_argument("--run", "--run-dir", dest="run", required=True,
+                   help="run folder written by `elt train` (under torchrun spell it --run-dir)")
     p.add_argument("--loops", type=_int_list, help="loop counts, e.g. 1,2,3 (default 1..Lmax+2)")
-    p.add_argument("--n", type=_positive, help="samples per loop count (default: the run's eval.n)")
+    p.add_argument("--n", "--num-samples", dest="n", type=_positive,
+                   help="samples per loop count (default: the run's eval.n; under torchrun --num-samples)")
     p.add_argument("--seed", type=int, help="sampling seed (default: the run's eval.seed)")
     p.add_argument("--steps", type=_positive, help="decoding steps K")
     p.add_argument("--cfg", type=float, help="classifier-free guidance scale w >= 0")
@@ -103,6 +107,13 @@ def _check_out_file(out: str) -> Path:
     return path
 
 
+def _is_main() -> bool:
+    """Under torchrun, `sample` and `evaluate` split the work across ranks; rank 0 writes and prints."""
+    from .engine.distributed import setup
+
+    return setup("cpu").is_main
+
+
 def cmd_sample(args) -> None:
     import numpy as np
 
@@ -114,7 +125,10 @@ def cmd_sample(args) -> None:
     base = _check_out_file(args.out)
     run = load_run(args.run, use_ema=not args.no_ema)
     labels = balanced_labels(args.n, run.num_classes, args.classes)
+    main_rank = _is_main()
     images = generate(run, args.loops, labels, args.seed, args.steps, args.cfg, progress=not args.quiet)
+    if not main_rank:
+        return
     s = run.cfg.sample
     settings = dict(loops=args.loops, steps=args.steps or s.steps, cfg=s.cfg if args.cfg is None else args.cfg,
                     temp_base=s.temp_base, temp_anneal=s.temp_anneal, choice_temperature=s.choice_temperature,
@@ -136,7 +150,10 @@ def cmd_evaluate(args) -> None:
     if args.loops is not None and (not args.loops or min(args.loops) < 1):
         raise ValueError("--loops needs loop counts >= 1, e.g. --loops 1,2,4")
     run = load_run(args.run)
-    report = evaluate(run, args.loops, args.n, args.seed, args.steps, args.cfg, progress=not args.quiet)
+    main_rank = _is_main()
+    report = evaluate(run, args.loops, args.n, args.seed, args.steps, args.cfg, progress=not args.quiet and main_rank)
+    if not main_rank:
+        return
     print(format_table(report))
     print(f"wrote {run.path / 'anytime.json'} and {run.path / 'anytime.png'}")
 
@@ -196,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         print(f"elt: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
         return 130
+    finally:
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized():  # torchrun sample/evaluate
+            dist.destroy_process_group()
     return 0
 
 

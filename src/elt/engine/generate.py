@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ..config import Config, ConfigError, load_config
@@ -84,16 +85,33 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 @torch.no_grad()
 def generate(run: Run, loops, labels: torch.Tensor, seed: int = 0, steps: int | None = None,
              cfg_scale: float | None = None, progress: bool = False) -> np.ndarray:
-    """Images uint8 (N, H, W, C) for `labels`; same seed → same images."""
+    """Images uint8 (N, H, W, C) for `labels`; same seed (and process count) → same images.
+
+    Under torchrun every rank samples every world_size-th label (seeded seed + rank) and the images
+    are gathered back into label order on every rank."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     sampler = sampler_for(run, steps, cfg_scale)
     schedule = LoopSchedule.coerce(loops)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed + rank)
+    mine = labels[rank::world]
     out = []
     bs = run.cfg.sample.batch_size
-    for i in tqdm(range(0, len(labels), bs), desc=f"sample {schedule}", disable=not progress, leave=False):
-        ids = sampler(run.model, labels[i: i + bs], schedule, gen)
+    for i in tqdm(range(0, len(mine), bs), desc=f"sample {schedule}", disable=not progress or rank > 0, leave=False):
+        ids = sampler(run.model, mine[i: i + bs], schedule, gen)
         out.append(to_uint8(run.tokenizer.decode(ids)))
-    return np.concatenate(out)
+    images = np.concatenate(out) if out else np.zeros((0, *run_image_shape(run)), np.uint8)
+    if world == 1:
+        return images
+    parts = [None] * world
+    dist.all_gather_object(parts, images)
+    full = np.empty((len(labels), *images.shape[1:]), np.uint8)
+    for r, part in enumerate(parts):
+        full[r::world] = part
+    return full
+
+
+def run_image_shape(run: Run) -> tuple[int, int, int]:
+    return tuple(to_uint8(run.tokenizer.decode(torch.zeros(1, run.model.num_tokens, dtype=torch.long))).shape[1:])
 
 
 def gflops_per_sample(run: Run, loops: int, steps: int, cfg_scale: float) -> float:
@@ -147,5 +165,6 @@ def evaluate(run: Run, loops: list[int] | None = None, n: int | None = None, see
                      "seed": seed, "n": n, "ema": c.sample.use_ema},
         "loops": per_loop,
     }
-    write_report(report, run.path)
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        write_report(report, run.path)
     return report

@@ -99,19 +99,15 @@ def generate(run: Run, loops, labels: torch.Tensor, seed: int = 0, steps: int | 
     for i in tqdm(range(0, len(mine), bs), desc=f"sample {schedule}", disable=not progress or rank > 0, leave=False):
         ids = sampler(run.model, mine[i: i + bs], schedule, gen)
         out.append(to_uint8(run.tokenizer.decode(ids)))
-    images = np.concatenate(out) if out else np.zeros((0, *run_image_shape(run)), np.uint8)
     if world == 1:
-        return images
+        return np.concatenate(out)
     parts = [None] * world
-    dist.all_gather_object(parts, images)
-    full = np.empty((len(labels), *images.shape[1:]), np.uint8)
-    for r, part in enumerate(parts):
+    dist.all_gather_object(parts, out)  # a rank with no labels sends an empty list
+    parts = [np.concatenate(p) for p in parts if p]
+    full = np.empty((len(labels), *parts[0].shape[1:]), np.uint8)
+    for r, part in enumerate(parts):  # ranks with no labels are the last ones, so r stays aligned
         full[r::world] = part
     return full
-
-
-def run_image_shape(run: Run) -> tuple[int, int, int]:
-    return tuple(to_uint8(run.tokenizer.decode(torch.zeros(1, run.model.num_tokens, dtype=torch.long))).shape[1:])
 
 
 def gflops_per_sample(run: Run, loops: int, steps: int, cfg_scale: float) -> float:

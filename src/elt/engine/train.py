@@ -225,13 +225,11 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, info: DistInfo)
     found = find_checkpoint(out) if resume else None
     if found is not None and t.parallel == "fsdp" and info.enabled:
         raise ConfigError("resuming FSDP runs is not supported yet; resume with --set train.parallel=ddp")
-    optimizer = make_optimizer(model, cfg)
-    if found is not None:  # restore before wrapping: DDP broadcasts rank 0's weights at wrap time
+    fwd = wrap_model(model, cfg, info)
+    optimizer = make_optimizer(model, cfg)  # after wrapping: FSDP2 swaps parameters for sharded ones
+    if found is not None:  # every rank loads the same file, in place, so replicas stay identical
         step = load_checkpoint(found, model, ema, optimizer, gen)
         log.info("resumed from %s at step %d", found, step)
-    fwd = wrap_model(model, cfg, info)
-    if t.parallel == "fsdp" and info.enabled:
-        optimizer = make_optimizer(model, cfg)  # FSDP2 swaps parameters for sharded ones
     metrics_file = MetricsLog(out) if info.is_main else None
     try:
         with stop_requests() as stop:
@@ -319,11 +317,9 @@ def _loop(cfg, out, step, model, fwd, ema, optimizer, gen, tokens, labels, frame
             metrics_file.write(record)
             bar.set_postfix(loss=f"{total_loss:.3f}", lam=f"{parts.get('lam', 1.0):.2f}",
                             lint=parts.get("lint", "-"), gn=f"{grad_norm:.2f}", it_s=f"{rate:.1f}")
-        if step % t.ckpt_every == 0 or step == t.steps:
+        keep = t.keep_every and step % t.keep_every == 0
+        if step % t.ckpt_every == 0 or step == t.steps or keep:
             checkpoint()
-        if t.keep_every and step % t.keep_every == 0:
-            if step % t.ckpt_every and step != t.steps:
-                checkpoint()
-            if info.is_main:
-                keep_copy(out, step)
+        if keep and info.is_main:
+            keep_copy(out, step)
     bar.close()

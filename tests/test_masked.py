@@ -110,9 +110,9 @@ def test_loop_schedule_per_step_is_used():
     seen = []
     orig = model.forward_exits
 
-    def spy(*a, loops, exits=()):
+    def spy(*a, loops, exits=(), **kw):
         seen.append(loops)
-        return orig(*a, loops=loops, exits=exits)
+        return orig(*a, loops=loops, exits=exits, **kw)
 
     model.forward_exits = spy
     MaskGITSampler(steps=3)(model, torch.tensor([0]), loops=[3, 2, 1])

@@ -80,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run folder (default: runs/<preset>-<objective>)")
 
     sub.add_parser("presets", help="list presets with parameters and GFLOPs per forward pass")
+
+    p = sub.add_parser("bench", help="speed and memory: ILSD vs vanilla step, sampling time per L, looped vs "
+                                     "flat throughput, training FLOP/s and MFU (see benchmarks/README.md)")
+    p.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run; numbers are noisier)")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--preset", action="append", help="preset to measure (repeatable; default: "
+                                                     "fmnist-maskgit-2Nx4L and fmnist-maskgit-w256-2Nx4L)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to measure (default cpu)")
     return parser
 
 
@@ -161,7 +169,7 @@ def cmd_evaluate(args) -> None:
 def cmd_presets(args) -> None:
     import torch
 
-    from .engine.assets import build_model, token_shape
+    from .engine.assets import build_model, nominal_shape, token_shape
     from .presets import ALIASES, PRESETS, get_preset
 
     print(f"{'preset':<24} {'N':>3} {'Lmax':>4} {'width':>5} {'tokens':>6} {'params':>9} {'GFLOPs/fwd@Lmax':>16}")
@@ -169,7 +177,7 @@ def cmd_presets(args) -> None:
         if name in ALIASES:
             continue
         cfg = get_preset(name)
-        size, classes = {"fmnist": (28, 10), "digits": (8, 10)}.get(cfg.data.dataset, (cfg.data.image_size, 1000))
+        size, classes = nominal_shape(cfg)
         tokens = token_shape(cfg, size)
         with torch.device("meta"):  # exact counts without allocating the big models
             model = build_model(cfg, cfg.tokenizer.codebook_size, tokens, classes)
@@ -178,6 +186,27 @@ def cmd_presets(args) -> None:
         print(f"{name:<24} {m.unique_layers:>3} {m.max_loops:>4} {m.width:>5} {tokens:>6} {params / 1e6:>8.1f}M "
               f"{model.flops(m.max_loops) / 1e9:>16.2f}")
     print("aliases: " + ", ".join(f"{a} -> {t}" for a, t in ALIASES.items()))
+
+
+def cmd_bench(args) -> None:
+    import torch
+
+    from .bench import DEFAULT_PRESETS, format_results, run_bench, write_json
+    from .presets import PRESETS
+
+    presets = tuple(args.preset or DEFAULT_PRESETS)
+    unknown = [p for p in presets if p not in PRESETS]
+    if unknown:
+        raise ValueError(f"unknown preset {unknown[0]!r}; `elt presets` lists them")
+    if args.json:
+        _check_out_file(args.json)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU is visible here; use --device cpu")
+    results = run_bench(presets, args.quick, args.device, log=(lambda *a: None) if args.quiet else print)
+    print(format_results(results))
+    if args.json:
+        write_json(results, args.json)
+        print(f"wrote {args.json}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
             demo(cfg, args.out or f"runs/{cfg.name}-{cfg.train.objective}", resume=args.resume, progress=not args.quiet)
         elif args.command == "presets":
             cmd_presets(args)
+        elif args.command == "bench":
+            cmd_bench(args)
     except (ValueError, FileNotFoundError, PermissionError) as e:
         if args.debug:
             raise

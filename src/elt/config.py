@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+PRECISIONS = ("fp32", "bf16", "auto")
+
 
 class ConfigError(ValueError):
     """A bad configuration value; the message names the key and the fix."""
@@ -48,6 +50,7 @@ class TokenizerConfig:
     steps: int = 1200
     batch_size: int = 128
     lr: float = 2e-3
+    precision: str = "auto"          # fp32 | bf16 | auto: bf16 autocast where the hardware has it
 
 
 @dataclass
@@ -68,8 +71,8 @@ class TrainConfig:
     ema_decay: float = 0.999         # 0 disables EMA
     grad_accum: int = 1              # micro-batches per step; batch_size is the global batch
     device: str = "auto"             # auto | cpu | cuda
-    precision: str = "fp32"          # fp32 | bf16 (autocast)
-    compile: bool = False            # torch.compile the looped model
+    precision: str = "fp32"          # fp32 | bf16 (autocast) | auto (bf16 where the hardware has it)
+    compile: bool = False            # torch.compile the block once; every loop and every L reuse it
     parallel: str = "ddp"            # ddp | fsdp (FSDP2 fully_shard), used under torchrun
     seed: int = 0
     log_every: int = 50
@@ -139,7 +142,8 @@ class Config:
             (t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0"),
             (t.grad_accum >= 1, "train.grad_accum", "must be >= 1"),
             (t.device in ("auto", "cpu", "cuda"), "train.device", "choose auto, cpu or cuda"),
-            (t.precision in ("fp32", "bf16"), "train.precision", "choose fp32 or bf16"),
+            (t.precision in PRECISIONS, "train.precision", "choose fp32, bf16 or auto"),
+            (self.tokenizer.precision in PRECISIONS, "tokenizer.precision", "choose fp32, bf16 or auto"),
             (t.parallel in ("ddp", "fsdp"), "train.parallel", "choose ddp or fsdp"),
             (t.lr_schedule in ("cosine", "constant"), "train.lr_schedule", "choose cosine or constant"),
             (0 <= t.label_dropout < 1, "train.label_dropout", "must be in [0, 1)"),

@@ -25,6 +25,13 @@ class LoopedStack(nn.Module):
     def unique_layers(self) -> int:
         return len(self.layers)
 
+    def compile_layers(self, **compile_kwargs) -> None:
+        """torch.compile each layer in place (state-dict keys unchanged). The loop stays in Python,
+        so one compiled graph serves every layer, every loop and every L: no recompilation when the
+        loop count or the exits change."""
+        for layer in self.layers:
+            layer.compile(**compile_kwargs)
+
     def forward(self, h: torch.Tensor, loops: int, exits: Iterable[int] = (), **cond) -> dict[int, torch.Tensor]:
         """Run `loops` repetitions of the block; return {loop: hidden state} for `exits` and `loops`."""
         check_loops(loops)
@@ -52,14 +59,15 @@ class LoopedModel(nn.Module):
     def head(self, h: torch.Tensor, **cond) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward_exits(self, *inputs, loops: int, exits: Iterable[int] = ()) -> dict[int, torch.Tensor]:
-        """Outputs after each loop in `exits` and after `loops`, all from one forward pass."""
+    def forward_exits(self, *inputs, loops: int, exits: Iterable[int] = (), **head_kw) -> dict[int, torch.Tensor]:
+        """Outputs after each loop in `exits` and after `loops`, all from one forward pass.
+        `head_kw` goes to the head only (e.g. which positions to decode)."""
         h, cond = self.embed(*inputs)
         states = self.stack(h, loops, exits, **cond)
-        return {loop: self.head(s, **cond) for loop, s in states.items()}
+        return {loop: self.head(s, **cond, **head_kw) for loop, s in states.items()}
 
-    def forward(self, *inputs, loops: int) -> torch.Tensor:
-        return self.forward_exits(*inputs, loops=loops)[loops]
+    def forward(self, *inputs, loops: int, **head_kw) -> torch.Tensor:
+        return self.forward_exits(*inputs, loops=loops, **head_kw)[loops]
 
 
 def check_loops(loops) -> None:

@@ -19,6 +19,7 @@ from ..masked import MaskedFramework, MaskedTransformer, MaskGITSampler
 from ..metrics.classifier import FeatureClassifier, train_classifier
 from ..tokenizers import VQVAE, PixelTokenizer, train_vqvae
 from ..tokenizers.vqvae import batched, to_float
+from . import precision
 
 log = logging.getLogger("elt")
 
@@ -82,9 +83,10 @@ def get_tokenizer(cfg: Config, data: ImageData, seed: int = 0, progress: bool = 
     if isinstance(tok, PixelTokenizer):
         return tok
     t = cfg.tokenizer
+    bf16 = precision.resolve(t.precision, torch.device("cpu")) == "bf16"
     settings = {k: getattr(t, k) for k in ("codebook_size", "latent_dim", "hidden", "downsample_stages",
-                                            "steps", "batch_size", "lr")} | {"seed": seed}
-    fit = lambda: train_vqvae(tok, data.images, t.steps, t.batch_size, t.lr, seed, progress)  # noqa: E731
+                                            "steps", "batch_size", "lr")} | {"seed": seed, "bf16": bf16}
+    fit = lambda: train_vqvae(tok, data.images, t.steps, t.batch_size, t.lr, seed, progress, bf16)  # noqa: E731
     return _cached("vqvae", settings, data, tok, fit, progress)[0]
 
 
@@ -113,6 +115,11 @@ def build_model(cfg: Config, codebook_size: int, num_tokens: int, num_classes: i
     m = cfg.model
     return MaskedTransformer(codebook_size, num_tokens, num_classes, m.width, m.heads,
                              m.unique_layers, m.mlp_ratio, m.dropout)
+
+
+def nominal_shape(cfg: Config) -> tuple[int, int]:
+    """(image size, classes) a preset implies without reading its data (for counts and benchmarks)."""
+    return {"fmnist": (28, 10), "digits": (8, 10)}.get(cfg.data.dataset, (cfg.data.image_size or 256, 1000))
 
 
 def token_shape(cfg: Config, image_size: int) -> int:

@@ -110,9 +110,9 @@ def generate(run: Run, loops, labels: torch.Tensor, seed: int = 0, steps: int | 
     return full
 
 
-def gflops_per_sample(run: Run, loops: int, steps: int, cfg_scale: float) -> float:
+def gflops_per_sample(run: Run, loops, steps: int, cfg_scale: float) -> float:
     """Transformer GFLOPs of decoding one sample (CFG doubles the batch); tokenizer decode excluded."""
-    return run.model.flops(loops) * steps * (2 if cfg_scale > 0 else 1) / 1e9
+    return sampler_for(run, steps, cfg_scale).flops(run.model, loops) / 1e9
 
 
 def evaluate(run: Run, loops: list[int] | None = None, n: int | None = None, seed: int | None = None,

@@ -25,6 +25,7 @@ from ..config import Config, ConfigError, load_config
 from ..ilsd import ILSD
 from ..tokenizers import PixelTokenizer
 from .assets import build_framework, build_model, encode_dataset, get_tokenizer, load_split
+from . import precision
 from .distributed import DistInfo, barrier, full_state
 from .distributed import setup as dist_setup
 from .distributed import teardown as dist_teardown
@@ -149,19 +150,29 @@ def check_resume_config(cfg: Config, out: Path) -> None:
 
 
 class _ExitsForward(torch.nn.Module):
-    """Makes `forward_exits` the module's forward, so DDP's gradient hooks and torch.compile see it."""
+    """Makes `forward_exits` the module's forward, so DDP's gradient hooks see it."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
-    def forward(self, *inputs, loops: int, exits=()):
-        return self.model.forward_exits(*inputs, loops=loops, exits=exits)
+    def forward(self, *inputs, loops: int, exits=(), **head_kw):
+        return self.model.forward_exits(*inputs, loops=loops, exits=exits, **head_kw)
+
+
+def forward_loss(fwd, framework, objective: ILSD, inputs: tuple, target, mask, lint: int | None, step: int):
+    """One looped forward pass (teacher at Lmax, student exit at `lint`) and the ILSD loss."""
+    outputs = fwd(*inputs, loops=objective.max_loops, exits=objective.exits(lint), **framework.head_kwargs(mask))
+    return objective({k: v.float() for k, v in outputs.items()}, lint, step,
+                     gt_loss=lambda p: framework.gt_loss(p, target, mask),
+                     dist_loss=lambda s, t: framework.dist_loss(s, t, mask))
 
 
 def wrap_model(model: torch.nn.Module, cfg: Config, info: DistInfo) -> torch.nn.Module:
     """The module the loop calls: DDP/FSDP2 across processes, optionally compiled. Weights are
     always saved from the bare `model` (no `module.` or `_orig_mod.` prefixes in checkpoints)."""
+    if cfg.train.compile:  # the block, not the loop: Lint changes every step
+        model.stack.compile_layers()
     fwd = _ExitsForward(model)
     if info.enabled and cfg.train.parallel == "fsdp":
         from torch.distributed.fsdp import fully_shard
@@ -171,8 +182,6 @@ def wrap_model(model: torch.nn.Module, cfg: Config, info: DistInfo) -> torch.nn.
     elif info.enabled:
         from torch.nn.parallel import DistributedDataParallel
         fwd = DistributedDataParallel(fwd, device_ids=[info.device.index] if info.device.type == "cuda" else None)
-    if cfg.train.compile:
-        fwd = torch.compile(fwd)
     return fwd
 
 
@@ -246,7 +255,7 @@ def _loop(cfg, out, step, model, fwd, ema, optimizer, gen, tokens, labels, frame
           stop, progress, info):
     t = cfg.train
     micro = t.batch_size // (info.world_size * t.grad_accum)
-    autocast = torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
+    autocast = precision.autocast(t.precision, info.device)
 
     def checkpoint():
         states = full_state((model.state_dict(), ema.state_dict() if ema is not None else None,
@@ -281,10 +290,7 @@ def _loop(cfg, out, step, model, fwd, ema, optimizer, gen, tokens, labels, frame
             weight = framework.loss_weight(mask[sl]) / total_weight * info.world_size
             sync = t.grad_accum == 1 or i == t.grad_accum - 1 or not hasattr(fwd, "no_sync")
             with (contextlib.nullcontext() if sync else fwd.no_sync()), autocast:
-                outputs = fwd(x, y, loops=cfg.model.max_loops, exits=objective.exits(lint))
-                loss, parts = objective({k: v.float() for k, v in outputs.items()}, lint, step,
-                                        gt_loss=lambda p: framework.gt_loss(p, tgt, m),
-                                        dist_loss=lambda s, te: framework.dist_loss(s, te, m))
+                loss, parts = forward_loss(fwd, framework, objective, (x, y), tgt, m, lint, step)
             (loss * weight).backward()
             loss_sum += loss.detach() * weight / info.world_size
         if info.enabled:  # every rank decides the same way about a non-finite loss

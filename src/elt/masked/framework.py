@@ -45,11 +45,20 @@ class MaskedFramework:
         """How many terms the losses average over (masked tokens): splits a batch exactly."""
         return float(mask.sum())
 
+    def head_kwargs(self, mask: torch.Tensor) -> dict:
+        """The losses only read masked positions: the head decodes only those (see `head`)."""
+        return {"positions": mask}
+
     def gt_loss(self, logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Cross-entropy (label-smoothed) on masked positions, mean over masked tokens."""
-        return F.cross_entropy(logits[mask], targets[mask], label_smoothing=self.label_smoothing)
+        return F.cross_entropy(_at(logits, mask), targets[mask], label_smoothing=self.label_smoothing)
 
     def dist_loss(self, student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Soft cross-entropy against the teacher's full softmax (T=1) on masked positions."""
-        p_teacher = teacher[mask].softmax(dim=-1)
-        return -(p_teacher * student[mask].log_softmax(dim=-1)).sum(dim=-1).mean()
+        p_teacher = _at(teacher, mask).softmax(dim=-1)
+        return -(p_teacher * _at(student, mask).log_softmax(dim=-1)).sum(dim=-1).mean()
+
+
+def _at(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Logits at the masked positions: (B, T, V) → (M, V); logits the head decoded only there pass."""
+    return logits[mask] if logits.shape[:-1] == mask.shape else logits

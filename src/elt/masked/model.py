@@ -45,15 +45,21 @@ class MaskedTransformer(LoopedModel):
         h = torch.cat([self.class_emb(labels)[:, None], self.token_emb(tokens)], dim=1)
         return self.emb_drop(h + self.pos_emb), {}
 
-    def head(self, h: torch.Tensor) -> torch.Tensor:
-        """(B, 1+T, D) → logits (B, T, codebook_size); the class position is dropped."""
-        return self.out(self.norm(h[:, 1:]))
+    def head(self, h: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 1+T, D) → logits (B, T, codebook_size); the class position is dropped. With `positions`
+        (B, T) bool, only those positions are decoded: logits (M, codebook_size), M = positions.sum(),
+        in row-major order — the training loss and the sampler need no others."""
+        h = h[:, 1:]
+        if positions is not None:
+            h = h[positions]
+        return self.out(self.norm(h))
 
-    def flops(self, loops: int) -> int:
-        """Analytic forward FLOPs of one sequence at `loops` loops."""
+    def flops(self, loops: int, heads: int = 1) -> int:
+        """Analytic forward FLOPs (matmuls; multiply-add = 2) of one sequence at `loops` loops with the
+        head evaluated at `heads` exits (ILSD training: 2)."""
         seq = self.num_tokens + 1
         layers = len(self.stack.layers) * loops * block_flops(self.width, seq, self.mlp_ratio)
-        return layers + 2 * self.num_tokens * self.width * self.codebook_size
+        return layers + heads * 2 * self.num_tokens * self.width * self.codebook_size
 
 
 def _init(m: nn.Module) -> None:

@@ -3,7 +3,7 @@
 At step k of K, ratio = (k+1)/K:
   1. sample ids at masked positions from softmax(logits / STemp_k), STemp_k = t0 + t1·(1 − ratio);
   2. confidence = log p(sampled id) + τ_k·Gumbel with τ_k = choice_temperature·(1 − ratio);
-     known tokens get +inf;
+     decoded tokens are final (only masked positions are candidates);
   3. keep floor(T·cos(π/2·ratio)) lowest-confidence positions masked (≥1 and ≤ #masked−1 while
      steps remain), so every position is decoded after K steps.
 CFG: logits = (1+w)·cond − w·uncond with the null class; w = 0 runs the conditional model only.
@@ -21,6 +21,14 @@ from ..loops import LoopSchedule
 def gumbel(shape, generator: torch.Generator | None) -> torch.Tensor:
     u = torch.rand(shape, generator=generator).clamp_(1e-20, 1.0 - 1e-7)
     return -torch.log(-torch.log(u))
+
+
+def categorical(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One draw per row of softmax(logits) by inverting the CDF: one uniform per row instead of
+    Gumbel noise on every logit (random numbers are the slow part on CPU)."""
+    cdf = logits.softmax(-1).cumsum(-1)
+    u = torch.rand(cdf.shape[:-1] + (1,), generator=generator).to(cdf.device) * cdf[..., -1:]
+    return (cdf < u).sum(-1).clamp_(max=cdf.shape[-1] - 1)
 
 
 @dataclass
@@ -42,38 +50,60 @@ class MaskGITSampler:
         ratio = (step + 1) / self.steps
         return math.floor(num_tokens * math.cos(math.pi / 2 * ratio))
 
-    def logits(self, model, tokens, labels, loops: int) -> torch.Tensor:
+    def keep_masked(self, step: int, num_tokens: int, masked: int) -> int:
+        """Positions left masked after step `step` when `masked` were masked before it."""
+        if step == self.steps - 1:
+            return 0
+        return min(max(1, self.masked_after(step, num_tokens)), masked - 1)
+
+    def flops(self, model, loops) -> float:
+        """Transformer FLOPs of decoding one sample (x2 with CFG): every layer at every step, the head
+        only at the positions still masked."""
+        schedule = LoopSchedule.coerce(loops)
+        t, masked, total = model.num_tokens, model.num_tokens, 0.0
+        for k in range(self.steps):
+            L = schedule.loops_at(k, self.steps)
+            layers = model.flops(L, heads=0)
+            total += layers + (model.flops(L, heads=1) - layers) * masked / t
+            masked = self.keep_masked(k, t, masked)
+        return total * (2 if self.cfg > 0 else 1)
+
+    def logits(self, model, tokens, labels, loops: int, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Guided logits, (B, T, V), or (M, V) at `positions` only."""
         if self.cfg == 0:
-            return model(tokens, labels, loops=loops).float()
+            return model(tokens, labels, loops=loops, positions=positions).float()
         null = torch.full_like(labels, model.null_class)
-        both = model(torch.cat([tokens, tokens]), torch.cat([labels, null]), loops=loops).float()
+        both = model(torch.cat([tokens, tokens]), torch.cat([labels, null]), loops=loops,
+                     positions=None if positions is None else torch.cat([positions, positions])).float()
         cond, uncond = both.chunk(2)
         return (1 + self.cfg) * cond - self.cfg * uncond
 
     @torch.no_grad()
     def __call__(self, model, labels: torch.Tensor, loops, generator: torch.Generator | None = None,
                  callback=None) -> torch.Tensor:
-        """Decode token ids (B, T) for class `labels` (B,); `loops` is an int or a LoopSchedule."""
+        """Decode token ids (B, T) for class `labels` (B,); `loops` is an int or a LoopSchedule.
+
+        Every row has the same number n of masked positions at every step, so the head decodes just
+        those: logits (B, n, V)."""
         schedule = LoopSchedule.coerce(loops)
         b, t = labels.shape[0], model.num_tokens
         tokens = torch.full((b, t), model.mask_id, dtype=torch.long, device=labels.device)
         for k in range(self.steps):
             ratio = (k + 1) / self.steps
-            logits = self.logits(model, tokens, labels, schedule.loops_at(k, self.steps))
             unknown = tokens == model.mask_id
+            n = int(unknown[0].sum())
+            where = unknown.nonzero()[:, 1].view(b, n)  # the masked positions of each row, ascending
+            logits = self.logits(model, tokens, labels, schedule.loops_at(k, self.steps), unknown).view(b, n, -1)
             stemp = self.temp_base + self.temp_anneal * (1 - ratio)
-            sampled = (logits / stemp + gumbel(logits.shape, generator).to(logits.device)).argmax(-1)
-            sampled = torch.where(unknown, sampled, tokens)
-            logp = logits.log_softmax(-1).gather(-1, sampled[..., None])[..., 0]
+            sampled = categorical(logits / stemp, generator)
+            logp = logits.gather(-1, sampled[..., None])[..., 0] - logits.logsumexp(-1)
             tau = self.choice_temperature * (1 - ratio)
             confidence = logp + tau * gumbel(logp.shape, generator).to(logp.device)
-            confidence = torch.where(unknown, confidence, torch.full_like(confidence, math.inf))
-            n_unknown = int(unknown[0].sum())
-            n_keep = 0 if k == self.steps - 1 else min(max(1, self.masked_after(k, t)), n_unknown - 1)
-            remask = torch.zeros_like(unknown)
-            if n_keep > 0:  # exactly n_keep lowest-confidence positions per sample stay masked
-                remask.scatter_(1, confidence.topk(n_keep, dim=-1, largest=False).indices, True)
-            tokens = torch.where(remask, torch.full_like(tokens, model.mask_id), sampled)
+            tokens = tokens.scatter(1, where, sampled)
+            n_keep = self.keep_masked(k, t, n)
+            if n_keep > 0:  # exactly n_keep lowest-confidence positions per row stay masked
+                lowest = confidence.topk(n_keep, dim=-1, largest=False).indices
+                tokens.scatter_(1, where.gather(1, lowest), model.mask_id)
             if callback is not None:
                 callback(k, tokens)
         return tokens

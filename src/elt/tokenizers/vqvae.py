@@ -75,7 +75,7 @@ class VQVAE(nn.Module):
         self.quantizer = VectorQuantizer(codebook_size, latent_dim)
 
     def _latents(self, images: torch.Tensor) -> torch.Tensor:
-        z = self.encoder(images * 2 - 1)  # (B, D, h, w)
+        z = self.encoder(images * 2 - 1).float()  # (B, D, h, w); the quantiser always works in fp32
         return z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
 
     @torch.no_grad()
@@ -98,7 +98,7 @@ class VQVAE(nn.Module):
             self.quantizer.update(z.detach(), ids, generator)
         commit = F.mse_loss(z, q)
         zq = (z + (q - z).detach()).view(b, self.grid, self.grid, -1).permute(0, 3, 1, 2)
-        recon = F.mse_loss(self.decoder(zq), images * 2 - 1)
+        recon = F.mse_loss(self.decoder(zq).float(), images * 2 - 1)
         return recon + self.beta * commit, recon
 
 
@@ -109,8 +109,9 @@ def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 def train_vqvae(model: VQVAE, images: np.ndarray, steps: int, batch_size: int = 128, lr: float = 2e-3,
-                seed: int = 0, progress: bool = True) -> VQVAE:
-    """Train on uint8 images (N, H, W, C); codebook initialised from encoder outputs of the first batch."""
+                seed: int = 0, progress: bool = True, bf16: bool = False) -> VQVAE:
+    """Train on uint8 images (N, H, W, C); codebook initialised from encoder outputs of the first batch.
+    `bf16`: convolutions under bf16 autocast (the quantiser and the losses stay fp32)."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     data = to_float(images)
@@ -125,7 +126,8 @@ def train_vqvae(model: VQVAE, images: np.ndarray, steps: int, batch_size: int = 
     bar = tqdm(range(steps), desc="tokenizer (VQ-VAE)", disable=not progress, dynamic_ncols=True)
     for step in bar:
         batch = data[torch.randint(0, len(data), (batch_size,), generator=g)]
-        loss, recon = model.loss(batch, g)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss, recon = model.loss(batch, g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -1,0 +1,96 @@
+"""Fast paths against the plain ones: compiled block vs eager, head on chosen positions vs all,
+analytic FLOPs vs torch's FLOP counter, bf16 tokenizer training, and `elt bench`'s report."""
+import json
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from conftest import tiny_masked
+from elt.engine import precision
+from elt.masked import MaskedFramework, MaskGITSampler
+
+
+def _counted_flops(fn) -> int:
+    # The math SDPA backend decomposes attention into matmuls the counter sees.
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("loops", [1, 3])
+def test_analytic_forward_flops_equal_torch_flop_counter(loops):
+    model = tiny_masked(tokens=16)
+    x, y = torch.randint(0, 11, (4, 16)), torch.tensor([0, 1, 2, 0])
+    assert _counted_flops(lambda: model(x, y, loops=loops)) == 4 * model.flops(loops)
+
+
+@pytest.mark.parametrize("cfg", [0.0, 1.0])
+def test_analytic_sampling_flops_equal_torch_flop_counter(cfg):
+    model = tiny_masked(tokens=16)
+    sampler = MaskGITSampler(steps=5, cfg=cfg)
+    labels = torch.tensor([0, 1, 2])
+    counted = _counted_flops(lambda: sampler(model, labels, [1, 3, 2, 2, 1], torch.Generator().manual_seed(0)))
+    assert counted == pytest.approx(3 * sampler.flops(model, [1, 3, 2, 2, 1]), rel=1e-9)
+
+
+def test_head_at_positions_equals_full_head_indexed():
+    model = tiny_masked(tokens=16)
+    x, y = torch.randint(0, 11, (3, 16)), torch.tensor([0, 1, 2])
+    positions = torch.rand(3, 16) < 0.5
+    full = model(x, y, loops=2)
+    assert torch.allclose(model(x, y, loops=2, positions=positions), full[positions], atol=1e-6)
+    fw = MaskedFramework(11, 3)  # the losses give the same value on either form
+    target = torch.randint(0, 11, (3, 16))
+    assert torch.allclose(fw.gt_loss(full, target, positions),
+                          fw.gt_loss(model(x, y, loops=2, positions=positions), target, positions), atol=1e-6)
+
+
+def test_compiled_block_matches_eager_and_never_recompiles_for_new_loop_counts():
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = tiny_masked(tokens=16)
+    x, y = torch.randint(0, 11, (4, 16)), torch.tensor([0, 1, 2, 0])
+    eager = {L: model.forward_exits(x, y, loops=L, exits=range(1, L)) for L in (1, 2, 4)}
+    model.stack.compile_layers()
+    compiled = {L: model.forward_exits(x, y, loops=L, exits=range(1, L)) for L in (1, 2, 4)}
+    for L in eager:
+        for exit_loop, out in eager[L].items():
+            assert torch.allclose(compiled[L][exit_loop], out, atol=1e-5)
+    # one graph for both unique layers, every loop, every L and every set of exits
+    assert counters["stats"]["unique_graphs"] == 1
+    assert set(model.state_dict()) == set(tiny_masked(tokens=16).state_dict())  # keys unchanged
+
+
+def test_precision_auto_resolves_to_a_concrete_choice():
+    cpu = torch.device("cpu")
+    assert precision.resolve("auto", cpu) == ("bf16" if precision.native_bf16(cpu) else "fp32")
+    assert precision.resolve("fp32", cpu) == "fp32"
+
+
+def test_bf16_tokenizer_training_keeps_the_quantiser_in_fp32():
+    from elt.tokenizers import VQVAE, train_vqvae
+
+    images = (torch.rand(64, 8, 8, 1) * 255).to(torch.uint8).numpy()
+    vq = train_vqvae(VQVAE(8, 1, 16, 4, 16, 1), images, steps=5, batch_size=16, progress=False, bf16=True)
+    assert vq.quantizer.codebook.dtype == torch.float32 and torch.isfinite(vq.quantizer.codebook).all()
+    ids = vq.encode(torch.rand(2, 1, 8, 8))
+    assert ids.shape == (2, 16) and ids.max() < 16
+
+
+def test_bench_quick_writes_every_key(tmp_path):
+    from elt.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["--quiet", "bench", "--quick", "--preset", "digits-maskgit-2Nx4L", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    for key in ("ilsd_over_vanilla_step", "sampling_seconds_by_loops", "looped_over_flat_inference_throughput",
+                "gemm_peak_gflops", "train_gflops_per_s", "mfu", "peak_memory_bytes", "machine"):
+        assert key in r
+    assert sorted(r["sampling_seconds_by_loops"], key=int) == ["1", "2", "3", "4"]
+    assert set(r["looped_over_flat_inference_throughput"]) == {"1", "8", "64"}
+    assert r["peak_memory_bytes"]["train"] > 0 and r["peak_memory_bytes"]["sampling"] > 0
+    assert 0 < r["mfu"] < 1.5 and r["ilsd_over_vanilla_step"] > 0

@@ -17,6 +17,7 @@ import copy
 import json
 import os
 import platform
+import random
 import statistics
 import time
 from dataclasses import dataclass
@@ -36,14 +37,13 @@ DEFAULT_PRESETS = ("fmnist-maskgit-2Nx4L", "fmnist-maskgit-w256-2Nx4L")
 @dataclass
 class Settings:
     warmup: int = 3
-    repeats: int = 10
-    sample_batch: int = 64
+    repeats: int = 20
     throughput_batches: tuple = (1, 8, 64)
     device: str = "cpu"
 
     @classmethod
     def quick(cls, device: str = "cpu") -> "Settings":
-        return cls(warmup=1, repeats=3, sample_batch=16, device=device)
+        return cls(warmup=1, repeats=3, device=device)
 
 
 def _sync(device: torch.device) -> None:
@@ -65,13 +65,16 @@ def median_seconds(fn, warmup: int, repeats: int, device: torch.device) -> float
 
 
 def interleaved_medians(fns: dict, warmup: int, repeats: int, device: torch.device) -> dict:
-    """Median seconds of each fn, alternating them so that drift of the machine hits all equally."""
+    """Median seconds of each fn, run in rounds (in a shuffled order each round) so that drift and
+    noise of a shared machine hit all of them alike."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times = {k: [] for k in fns}
+    order = random.Random(0)
     for _ in range(repeats):
-        for k, fn in fns.items():
+        for k in order.sample(list(fns), len(fns)):
+            fn = fns[k]
             _sync(device)
             tic = time.perf_counter()
             fn()
@@ -132,6 +135,8 @@ class _Bench:
         torch.manual_seed(0)
         self.model = self.build(cfg.model.unique_layers)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        if cfg.train.compile:  # as `elt train` does: the block compiled once (the EMA copy samples eagerly)
+            self.model.stack.compile_layers()
         self.framework = build_framework(cfg, self.num_classes, self.codebook)
         self.optimizer = make_optimizer(self.model, cfg)
         self.fwd = _ExitsForward(self.model)
@@ -193,10 +198,11 @@ def bench_preset(name: str, s: Settings, peaks: dict, log=print) -> dict:
     train_gflops = train_flops / steps["ilsd"] / 1e9
     peak = peaks[bench.precision]
 
-    log(f"[{name}] sampling, batch {s.sample_batch}, {cfg.sample.steps} steps, L = 1..{m.max_loops}")
+    sample_batch = cfg.sample.batch_size  # the preset's own sampling batch
+    log(f"[{name}] sampling, batch {sample_batch}, {cfg.sample.steps} steps, L = 1..{m.max_loops}")
     bench.ema.eval()
-    sampling = interleaved_medians({str(L): bench.sample_fn(L, s.sample_batch) for L in range(1, m.max_loops + 1)},
-                                   1, max(3, s.repeats // 2), device)
+    sampling = interleaved_medians({str(L): bench.sample_fn(L, sample_batch) for L in range(1, m.max_loops + 1)},
+                                   1, s.repeats, device)
 
     log(f"[{name}] inference throughput, {m.unique_layers}Nx{m.max_loops}L vs "
         f"{m.unique_layers * m.max_loops}Nx1L, batches {list(s.throughput_batches)}")
@@ -211,14 +217,14 @@ def bench_preset(name: str, s: Settings, peaks: dict, log=print) -> dict:
 
     log(f"[{name}] peak memory")
     memory = {"train": peak_memory_bytes(bench.train_step("ilsd"), device),
-              "sampling": peak_memory_bytes(bench.sample_fn(m.max_loops, s.sample_batch), device)}
+              "sampling": peak_memory_bytes(bench.sample_fn(m.max_loops, sample_batch), device)}
     lmax = sampling[str(m.max_loops)]
     return {
         "preset": name,
         "settings": {"batch_size": t.batch_size, "precision": bench.precision, "compile": t.compile, "width": m.width,
                      "unique_layers": m.unique_layers, "max_loops": m.max_loops, "min_loops": m.min_loops,
                      "num_tokens": bench.num_tokens, "codebook_size": bench.codebook,
-                     "sample_batch": s.sample_batch, "sample_steps": cfg.sample.steps, "cfg": cfg.sample.cfg,
+                     "sample_batch": sample_batch, "sample_steps": cfg.sample.steps, "cfg": cfg.sample.cfg,
                      "parameters": sum(p.numel() for p in bench.model.parameters())},
         "train_step_seconds": steps,
         "ilsd_over_vanilla_step": steps["ilsd"] / steps["vanilla"],

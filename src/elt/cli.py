@@ -247,7 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         import torch.distributed as dist
         if dist.is_available() and dist.is_initialized():  # torchrun sample/evaluate
-            dist.destroy_process_group()
+            try:  # no rank tears its connections down while rank 0 still writes and gathers
+                dist.barrier()
+            finally:
+                dist.destroy_process_group()
     return 0
 
 

@@ -95,8 +95,9 @@ class MaskGITSampler:
             where = unknown.nonzero()[:, 1].view(b, n)  # the masked positions of each row, ascending
             logits = self.logits(model, tokens, labels, schedule.loops_at(k, self.steps), unknown).view(b, n, -1)
             stemp = self.temp_base + self.temp_anneal * (1 - ratio)
-            sampled = categorical(logits / stemp, generator)
-            logp = logits.gather(-1, sampled[..., None])[..., 0] - logits.logsumexp(-1)
+            logp = logits.log_softmax(-1)
+            sampled = categorical(logp / stemp, generator)  # softmax(logp/T) = softmax(logits/T)
+            logp = logp.gather(-1, sampled[..., None])[..., 0]
             tau = self.choice_temperature * (1 - ratio)
             confidence = logp + tau * gumbel(logp.shape, generator).to(logp.device)
             tokens = tokens.scatter(1, where, sampled)

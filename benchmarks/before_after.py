@@ -1,0 +1,77 @@
+"""Time the demo preset's training step and sampling with whichever `elt` is importable, so two
+commits can be compared side by side (see benchmarks/README.md):
+
+    git worktree add /tmp/elt-before 7ff975c
+    PYTHONPATH=/tmp/elt-before/src python benchmarks/before_after.py --label before
+    PYTHONPATH=src                 python benchmarks/before_after.py --label after [--compile]
+
+Uses only the API both versions share: `forward_exits`, the framework's loss terms, the ILSD
+objective and `MaskGITSampler`. Medians over repeats after warm-up.
+"""
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+import elt
+from elt.engine.assets import build_framework, build_model
+from elt.engine.train import make_optimizer
+from elt.ilsd import ILSD
+from elt.masked import MaskGITSampler
+from elt.presets import get_preset
+
+
+def median(fn, warmup=3, repeats=15):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - tic)
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--label", required=True)
+    ap.add_argument("--compile", action="store_true", help="compile the block (train.compile)")
+    ap.add_argument("--sample-batch", type=int, default=32)
+    args = ap.parse_args()
+    cfg = get_preset("fmnist-maskgit-2Nx4L")
+    torch.manual_seed(0)
+    model = build_model(cfg, 512, 49, 10)
+    if args.compile:
+        model.stack.compile_layers()
+    framework = build_framework(cfg, 10, 512)
+    objective = ILSD(1, 4, cfg.train.steps, "ilsd")
+    opt = make_optimizer(model, cfg)
+    gen = torch.Generator().manual_seed(0)
+    head_kwargs = getattr(framework, "head_kwargs", lambda mask: {})  # absent before the fast path
+
+    def train_step():
+        tokens = torch.randint(0, 512, (cfg.train.batch_size, 49), generator=gen)
+        labels = torch.randint(0, 10, (cfg.train.batch_size,), generator=gen)
+        x, y, mask = framework.corrupt(tokens, labels, gen)
+        lint = objective.draw_student_loops(gen)
+        outs = model.forward_exits(x, y, loops=4, exits=objective.exits(lint), **head_kwargs(mask))
+        loss, _ = objective(outs, lint, 100, lambda p: framework.gt_loss(p, tokens, mask),
+                            lambda s, t: framework.dist_loss(s, t, mask))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    result = {"label": args.label, "elt": elt.__file__, "compile": args.compile,
+              "train_step_ms": 1e3 * median(train_step)}
+    model.eval()
+    sampler = MaskGITSampler(steps=12, cfg=1.0)  # fixed here: the preset's own settings changed over time
+    labels = torch.arange(args.sample_batch) % 10
+    result["sampling_s"] = {L: median(lambda: sampler(model, labels, L, gen), 1, 5) for L in (1, 2, 3, 4)}
+    result["sampling_over_lmax"] = {L: v / result["sampling_s"][4] for L, v in result["sampling_s"].items()}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

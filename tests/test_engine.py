@@ -123,7 +123,8 @@ def test_cli_rejects_zero_loops(capsys):
     with pytest.raises(SystemExit) as e:
         main(["sample", "--run", "x", "--loops", "0", "--n", "1", "--out", "y"])
     assert e.value.code == 2
-    assert "must be >= 1" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "must be >= 1" in err[0] and "--help" in err[0], err
 
 
 def test_sigterm_saves_and_exits_cleanly(tmp_path, monkeypatch):

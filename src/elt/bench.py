@@ -64,8 +64,8 @@ def median_seconds(fn, warmup: int, repeats: int, device: torch.device) -> float
     return statistics.median(times)
 
 
-def interleaved_medians(fns: dict, warmup: int, repeats: int, device: torch.device) -> dict:
-    """Median seconds of each fn, run in rounds (in a shuffled order each round) so that drift and
+def interleaved_times(fns: dict, warmup: int, repeats: int, device: torch.device) -> dict:
+    """Seconds of each fn per round; rounds run every fn once, in a shuffled order, so that drift and
     noise of a shared machine hit all of them alike."""
     for fn in fns.values():
         for _ in range(warmup):
@@ -80,7 +80,11 @@ def interleaved_medians(fns: dict, warmup: int, repeats: int, device: torch.devi
             fn()
             _sync(device)
             times[k].append(time.perf_counter() - tic)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def interleaved_medians(fns: dict, warmup: int, repeats: int, device: torch.device) -> dict:
+    return {k: statistics.median(v) for k, v in interleaved_times(fns, warmup, repeats, device).items()}
 
 
 def gemm_peak_gflops(dtype: torch.dtype, device: torch.device, n: int = 1024, repeats: int = 10) -> float:
@@ -192,7 +196,10 @@ def bench_preset(name: str, s: Settings, peaks: dict, log=print) -> dict:
     bench = _Bench(cfg, device)
     m, t = cfg.model, cfg.train
     log(f"[{name}] training step, ILSD vs vanilla (batch {t.batch_size}, {bench.precision})")
-    steps = interleaved_medians({k: bench.train_step(k) for k in ("ilsd", "vanilla")}, s.warmup, s.repeats, device)
+    rounds = interleaved_times({k: bench.train_step(k) for k in ("ilsd", "vanilla")}, s.warmup, s.repeats, device)
+    steps = {k: statistics.median(v) for k, v in rounds.items()}
+    # The ratio is the median of per-round ratios: the two steps of a round ran back to back.
+    step_ratio = statistics.median(a / b for a, b in zip(rounds["ilsd"], rounds["vanilla"]))
     # Forward FLOPs × 3 (backward = 2 × forward); ILSD evaluates the head at two exits.
     train_flops = 3 * t.batch_size * bench.model.flops(m.max_loops, heads=2 if m.min_loops < m.max_loops else 1)
     train_gflops = train_flops / steps["ilsd"] / 1e9
@@ -227,7 +234,7 @@ def bench_preset(name: str, s: Settings, peaks: dict, log=print) -> dict:
                      "sample_batch": sample_batch, "sample_steps": cfg.sample.steps, "cfg": cfg.sample.cfg,
                      "parameters": sum(p.numel() for p in bench.model.parameters())},
         "train_step_seconds": steps,
-        "ilsd_over_vanilla_step": steps["ilsd"] / steps["vanilla"],
+        "ilsd_over_vanilla_step": step_ratio,
         "train_gflops_per_step": train_flops / 1e9,
         "train_gflops_per_s": train_gflops,
         "mfu": train_gflops / peak,

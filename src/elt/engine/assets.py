@@ -41,16 +41,25 @@ def _key(kind: str, settings: dict, data: ImageData) -> str:
     return f"{kind}-{hashlib.sha1(blob.encode()).hexdigest()[:16]}"
 
 
-def load_weights(module: torch.nn.Module, path: Path, what: str) -> None:
+def load_weights(module: torch.nn.Module, path: Path, what: str,
+                 fix: str = "delete it so it is rebuilt", layout=None) -> None:
+    """Load a safetensors file into `module`; `layout(state)` may first re-shard it (FSDP2)."""
     try:
         state = load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for corrupt files
-        raise ValueError(f"{what} file {path} is unreadable ({e}); delete it so it is rebuilt") from None
+        raise ValueError(f"{what} file {path} is unreadable ({e}); {fix}") from None
     try:
-        module.load_state_dict(state)
+        module.load_state_dict(layout(state) if layout is not None else state)
     except RuntimeError as e:
-        raise ValueError(f"{what} file {path} does not match its config ({str(e).splitlines()[0]}); "
-                         f"delete it so it is rebuilt") from None
+        raise ValueError(f"{what} file {path} does not match its config ({str(e).splitlines()[0]}); {fix}") from None
+
+
+def save_weights(module: torch.nn.Module, path: Path) -> None:
+    """safetensors, written to a temporary file and renamed: a crash never leaves a partial file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(tmp))
+    os.replace(tmp, path)
 
 
 def _cached(kind: str, settings: dict, data: ImageData, module: torch.nn.Module, fit, progress: bool):
@@ -62,9 +71,7 @@ def _cached(kind: str, settings: dict, data: ImageData, module: torch.nn.Module,
         return module.eval(), True
     fit()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
+    save_weights(module, path)
     log.info("cached %s at %s", kind, path)
     return module.eval(), False
 

@@ -12,6 +12,11 @@ import torch
 from safetensors.torch import save_file
 
 from .assets import load_weights
+from .distributed import like, optimizer_state_like
+
+
+DAMAGED = ("the checkpoint is damaged: copy a kept checkpoints/step_N over checkpoints/last, or remove "
+           "checkpoints/last to train from scratch")
 
 
 def ckpt_dir(run: Path) -> Path:
@@ -35,7 +40,8 @@ def save_checkpoint(run: Path, model_state: dict, ema_state: dict | None, optim_
     """Write full (unsharded) states; see `distributed.full_state` for FSDP runs."""
     final = ckpt_dir(run)
     tmp = final.with_name(f"last.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    for stale in final.parent.glob("last.tmp*"):  # ours, or left by a process that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(_tensors(model_state), str(tmp / "model.safetensors"))
     if ema_state is not None:
@@ -61,7 +67,7 @@ def read_state(path: Path) -> dict:
         int(state["step"])
         return state
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"checkpoint {path / 'state.json'} is unreadable ({e}); remove the folder to start fresh") from None
+        raise ValueError(f"checkpoint file {path / 'state.json'} is unreadable ({e}); {DAMAGED}") from None
 
 
 def keep_copy(run: Path, step: int) -> Path:
@@ -79,14 +85,15 @@ def load_checkpoint(path: Path, model, ema=None, optimizer=None, generator: torc
     """Restore into the given objects; return the step. Errors name the file and the fix."""
     state = read_state(path)
     step = int(state["step"])
-    load_weights(model, path / "model.safetensors", "checkpoint")
+    load_weights(model, path / "model.safetensors", "checkpoint", DAMAGED, lambda s: like(s, model.state_dict()))
     if ema is not None:
-        load_weights(ema, path / "ema.safetensors", "checkpoint EMA")
+        load_weights(ema, path / "ema.safetensors", "checkpoint EMA", DAMAGED)
     if optimizer is not None:
         try:
-            optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+            full = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+            optimizer.load_state_dict(optimizer_state_like(full, optimizer))
         except Exception as e:
-            raise ValueError(f"checkpoint {path / 'optimizer.pt'} is unreadable ({e}); remove the folder") from None
+            raise ValueError(f"checkpoint file {path / 'optimizer.pt'} is unreadable ({e}); {DAMAGED}") from None
     if generator is not None:
         generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
         torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))

@@ -67,6 +67,26 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+def like(full: dict, reference: dict) -> dict:
+    """Full tensors laid out like `reference`'s: sharded where it holds FSDP2 DTensors (every rank
+    holds the full tensor; each keeps its shard), unchanged elsewhere. The inverse of `full_state`."""
+    out = {}
+    for k, v in full.items():
+        ref = reference.get(k)
+        if isinstance(v, torch.Tensor) and hasattr(ref, "device_mesh") and v.shape == ref.shape:
+            from torch.distributed.tensor import distribute_tensor
+            v = distribute_tensor(v.to(ref.device_mesh.device_type), ref.device_mesh, ref.placements)
+        out[k] = v
+    return out
+
+
+def optimizer_state_like(full: dict, optimizer: torch.optim.Optimizer) -> dict:
+    """A full optimizer state (as saved) with each parameter's moments sharded like the parameter."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    state = {i: like(s, {k: params[int(i)] for k in s}) for i, s in full["state"].items()}
+    return {**full, "state": state}
+
+
 def full_state(obj):
     """Replace sharded DTensors (FSDP2) in a nested state by full tensors. A collective under FSDP:
     call it on every rank, in the same order."""

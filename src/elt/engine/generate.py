@@ -20,7 +20,7 @@ from ..tokenizers import PixelTokenizer
 from ..tokenizers.vqvae import to_float
 from .assets import (build_model, build_sampler, get_classifier, load_split, load_weights, make_tokenizer,
                      metric_prefix)
-from .checkpoint import find_checkpoint, read_state
+from .checkpoint import DAMAGED, find_checkpoint, read_state
 
 log = logging.getLogger("elt")
 
@@ -50,12 +50,13 @@ def load_run(path: str | Path, use_ema: bool | None = None) -> Run:
     data = load_split(cfg, "test")  # shapes and class names; small
     tokenizer = make_tokenizer(cfg, data)
     if not isinstance(tokenizer, PixelTokenizer):
-        load_weights(tokenizer, path / "tokenizer.safetensors", "tokenizer")
+        load_weights(tokenizer, path / "tokenizer.safetensors", "tokenizer",
+                     "retrain the run, or copy tokenizer.safetensors from a run of the same config")
     tokenizer.eval()
     model = build_model(cfg, tokenizer.codebook_size, tokenizer.num_tokens, data.num_classes)
     use_ema = cfg.sample.use_ema if use_ema is None else use_ema
     weights = "ema.safetensors" if use_ema and (ckpt / "ema.safetensors").is_file() else "model.safetensors"
-    load_weights(model, ckpt / weights, "checkpoint")
+    load_weights(model, ckpt / weights, "checkpoint", DAMAGED)
     step = int(read_state(ckpt)["step"])
     return Run(path, cfg, model.eval(), tokenizer, step, data.class_names)
 

@@ -12,19 +12,19 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..config import Config, ConfigError, load_config
 from ..ilsd import ILSD
 from ..tokenizers import PixelTokenizer
-from .assets import build_framework, build_model, encode_dataset, get_tokenizer, load_split
+from .assets import build_framework, build_model, encode_dataset, get_tokenizer, load_split, save_weights
 from . import precision
 from .distributed import DistInfo, barrier, full_state
 from .distributed import setup as dist_setup
@@ -103,6 +103,24 @@ class MetricsLog:
             self.tb.close()
 
 
+def trim_metrics(path: Path, step: int) -> None:
+    """On resume, drop records past the checkpoint (the steps are trained again) and a line a crash
+    cut short, so metrics.jsonl reads as one uninterrupted run."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(line)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text("".join(f"{line}\n" for line in kept))
+    os.replace(tmp, path)
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """SIGINT/SIGTERM arrived; the checkpoint of the last finished step was saved."""
 
@@ -171,7 +189,9 @@ def forward_loss(fwd, framework, objective: ILSD, inputs: tuple, target, mask, l
 def wrap_model(model: torch.nn.Module, cfg: Config, info: DistInfo) -> torch.nn.Module:
     """The module the loop calls: DDP/FSDP2 across processes, optionally compiled. Weights are
     always saved from the bare `model` (no `module.` or `_orig_mod.` prefixes in checkpoints)."""
-    if cfg.train.compile:  # the block, not the loop: Lint changes every step
+    if cfg.train.compile and info.device.type == "cpu" and not (shutil.which("c++") or shutil.which("g++")):
+        log.warning("train.compile: no C++ compiler found (torch.compile needs one on CPU); training eagerly")
+    elif cfg.train.compile:  # the block, not the loop: Lint changes every step
         model.stack.compile_layers()
     fwd = _ExitsForward(model)
     if info.enabled and cfg.train.parallel == "fsdp":
@@ -217,7 +237,7 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, info: DistInfo)
     if not info.is_main:
         tokenizer = get_tokenizer(cfg, data, seed=t.seed, progress=False)
     if info.is_main and not isinstance(tokenizer, PixelTokenizer):
-        save_file({k: v.contiguous() for k, v in tokenizer.state_dict().items()}, str(out / "tokenizer.safetensors"))
+        save_weights(tokenizer, out / "tokenizer.safetensors")
     tokens = encode_dataset(tokenizer, data)
     labels = torch.as_tensor(data.labels)
 
@@ -232,13 +252,13 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, info: DistInfo)
 
     step = 0
     found = find_checkpoint(out) if resume else None
-    if found is not None and t.parallel == "fsdp" and info.enabled:
-        raise ConfigError("resuming FSDP runs is not supported yet; resume with --set train.parallel=ddp")
     fwd = wrap_model(model, cfg, info)
     optimizer = make_optimizer(model, cfg)  # after wrapping: FSDP2 swaps parameters for sharded ones
     if found is not None:  # every rank loads the same file, in place, so replicas stay identical
         step = load_checkpoint(found, model, ema, optimizer, gen)
         log.info("resumed from %s at step %d", found, step)
+        if info.is_main:
+            trim_metrics(out / "metrics.jsonl", step)
     metrics_file = MetricsLog(out) if info.is_main else None
     try:
         with stop_requests() as stop:
@@ -282,7 +302,7 @@ def _loop(cfg, out, step, model, fwd, ema, optimizer, gen, tokens, labels, frame
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         optimizer.zero_grad(set_to_none=True)
-        loss_sum = torch.zeros((), device=info.device)
+        loss_terms: dict[str, float] = {}  # loss parts, weighted like the loss: the global batch's values
         for i in range(t.grad_accum):
             sl = slice((info.rank * t.grad_accum + i) * micro, (info.rank * t.grad_accum + i + 1) * micro)
             x, y, m, tgt = (v[sl].to(info.device) for v in (inputs, label_in, mask, target))
@@ -292,10 +312,15 @@ def _loop(cfg, out, step, model, fwd, ema, optimizer, gen, tokens, labels, frame
             with (contextlib.nullcontext() if sync else fwd.no_sync()), autocast:
                 loss, parts = forward_loss(fwd, framework, objective, (x, y), tgt, m, lint, step)
             (loss * weight).backward()
-            loss_sum += loss.detach() * weight / info.world_size
-        if info.enabled:  # every rank decides the same way about a non-finite loss
-            torch.distributed.all_reduce(loss_sum)
-        total_loss = float(loss_sum)
+            for k, v in {**parts, "loss": loss.item()}.items():
+                if k.startswith("loss"):
+                    loss_terms[k] = loss_terms.get(k, 0.0) + v * weight / info.world_size
+        keys = sorted(loss_terms)
+        summed = torch.tensor([loss_terms[k] for k in keys], dtype=torch.float64, device=info.device)
+        if info.enabled:  # every rank logs the global values and decides alike about a non-finite loss
+            torch.distributed.all_reduce(summed)
+        parts.update(zip(keys, summed.tolist()))
+        total_loss = parts["loss"]
         if not math.isfinite(total_loss):  # skip the update, keep the weights finite
             nonfinite += 1
             log.warning("non-finite loss %s at step %d skipped (%d so far)", total_loss, step, nonfinite)
@@ -318,7 +343,7 @@ def _loop(cfg, out, step, model, fwd, ema, optimizer, gen, tokens, labels, frame
         if (step % t.log_every == 0 or step == t.steps) and metrics_file is not None:
             rate = window / (time.perf_counter() - tic)
             tic, window = time.perf_counter(), 0
-            record = {"step": step, **parts, "loss": total_loss, "lr": lr_at(step - 1, cfg),
+            record = {"step": step, **parts, "lr": lr_at(step - 1, cfg),
                       "grad_norm": grad_norm, "steps_per_s": rate}
             metrics_file.write(record)
             bar.set_postfix(loss=f"{total_loss:.3f}", lam=f"{parts.get('lam', 1.0):.2f}",

@@ -95,3 +95,30 @@ def test_one_forward_pass_per_step():
     model.token_emb.register_forward_hook(lambda *a: calls.append(1))
     model.forward_exits(torch.zeros(2, 9, dtype=torch.long), torch.zeros(2, dtype=torch.long), loops=4, exits=[1, 2])
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.3, 1.0])
+def test_fused_student_loss_equals_the_separate_terms(lam):
+    fw, target, inputs, lab, mask = _losses()
+    teacher = torch.randn(4, 9, 11)
+    student = torch.randn(4, 9, 11, requires_grad=True)
+    combined, gt, dist = fw.student_loss(student, teacher, target, mask, lam)
+    separate = lam * fw.gt_loss(student, target, mask) + (1 - lam) * fw.dist_loss(student, teacher, mask)
+    assert torch.allclose(combined, separate, atol=1e-6)
+    assert torch.allclose(gt, fw.gt_loss(student, target, mask), atol=1e-6)
+    assert torch.allclose(dist, fw.dist_loss(student, teacher, mask), atol=1e-6)
+    (g_fused,) = torch.autograd.grad(combined, student)
+    (g_sep,) = torch.autograd.grad(separate, student)
+    assert torch.allclose(g_fused, g_sep, atol=1e-6)
+
+
+def test_teacher_gets_no_gradient_through_the_fused_student_loss():
+    fw, target, inputs, lab, mask = _losses()
+    teacher = torch.randn(4, 9, 11, requires_grad=True)
+    student = torch.randn(4, 9, 11, requires_grad=True)
+    total, parts = ILSD(1, 3, total_steps=2)(
+        {3: teacher, 1: student}, 1, step=1, gt_loss=lambda p: 0.0 * p.sum(), dist_loss=None,
+        student_loss=lambda s, t, lam: fw.student_loss(s, t, target, mask, lam))
+    total.backward()
+    assert teacher.grad is not None and torch.count_nonzero(teacher.grad) == 0
+    assert torch.count_nonzero(student.grad) > 0 and parts["loss_dist"] > 0

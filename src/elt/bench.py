@@ -196,7 +196,7 @@ def bench_preset(name: str, s: Settings, peaks: dict, log=print) -> dict:
     bench = _Bench(cfg, device)
     m, t = cfg.model, cfg.train
     log(f"[{name}] training step, ILSD vs vanilla (batch {t.batch_size}, {bench.precision})")
-    rounds = interleaved_times({k: bench.train_step(k) for k in ("ilsd", "vanilla")}, s.warmup, s.repeats, device)
+    rounds = interleaved_times({k: bench.train_step(k) for k in ("ilsd", "vanilla")}, s.warmup, 2 * s.repeats, device)
     steps = {k: statistics.median(v) for k, v in rounds.items()}
     # The ratio is the median of per-round ratios: the two steps of a round ran back to back.
     step_ratio = statistics.median(a / b for a, b in zip(rounds["ilsd"], rounds["vanilla"]))

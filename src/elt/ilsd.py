@@ -5,7 +5,9 @@
 Teacher and student come from ONE forward pass (the student is the exit after Lint loops of the
 teacher's trajectory). Lint ~ U{Lmin, …, Lmax-1} once per step; λ falls linearly from 1 to 0 over
 the run. The framework supplies `gt_loss(pred)` and `dist_loss(student, teacher)`; this module
-never sees what the predictions are (logits, noise, velocities...).
+never sees what the predictions are (logits, noise, velocities...). A framework may also supply
+`student_loss(student, teacher, lam)` → (λ·L_GT + (1-λ)·L_dist, L_GT, L_dist) computing the two
+student terms together (e.g. one softmax instead of two); the result must equal the separate terms.
 
 `objective="vanilla"` is the paper's ablation: the teacher's ground-truth loss alone.
 """
@@ -56,6 +58,7 @@ class ILSD:
         step: int,
         gt_loss: Callable[[torch.Tensor], torch.Tensor],
         dist_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        student_loss: Callable | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         teacher = outputs[self.max_loops]
         loss_teacher = gt_loss(teacher)
@@ -63,9 +66,13 @@ class ILSD:
             return loss_teacher, {"loss": loss_teacher.item(), "loss_teacher": loss_teacher.item()}
         lam = self.lam(step)
         student = outputs[student_loops]
-        loss_student = gt_loss(student)
-        loss_dist = dist_loss(student, teacher.detach())  # stop-gradient on the teacher only here
-        total = loss_teacher + lam * loss_student + (1.0 - lam) * loss_dist
+        if student_loss is None:
+            loss_student = gt_loss(student)
+            loss_dist = dist_loss(student, teacher.detach())  # stop-gradient on the teacher only here
+            total = loss_teacher + lam * loss_student + (1.0 - lam) * loss_dist
+        else:
+            combined, loss_student, loss_dist = student_loss(student, teacher.detach(), lam)
+            total = loss_teacher + combined
         return total, {
             "loss": total.item(),
             "loss_teacher": loss_teacher.item(),

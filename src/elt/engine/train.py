@@ -183,7 +183,8 @@ def forward_loss(fwd, framework, objective: ILSD, inputs: tuple, target, mask, l
     outputs = fwd(*inputs, loops=objective.max_loops, exits=objective.exits(lint), **framework.head_kwargs(mask))
     return objective({k: v.float() for k, v in outputs.items()}, lint, step,
                      gt_loss=lambda p: framework.gt_loss(p, target, mask),
-                     dist_loss=lambda s, t: framework.dist_loss(s, t, mask))
+                     dist_loss=lambda s, t: framework.dist_loss(s, t, mask),
+                     student_loss=lambda s, t, lam: framework.student_loss(s, t, target, mask, lam))
 
 
 def wrap_model(model: torch.nn.Module, cfg: Config, info: DistInfo) -> torch.nn.Module:

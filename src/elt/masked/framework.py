@@ -59,6 +59,24 @@ class MaskedFramework:
         return -(p_teacher * _at(student, mask).log_softmax(dim=-1)).sum(dim=-1).mean()
 
 
+    def student_loss(self, student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+                     lam: float):
+        """λ·gt_loss + (1-λ)·dist_loss as one soft cross-entropy: both terms are −Σ q·log p(student),
+        so the mixed target q = λ·smoothed one-hot + (1-λ)·p_teacher needs one log-softmax, not two.
+        Returns (combined, gt_loss value, dist_loss value); the values are for logging."""
+        logp = _at(student, mask).log_softmax(-1)
+        p_teacher = _at(teacher, mask).softmax(-1)
+        y = targets[mask][:, None]
+        eps, vocab = self.label_smoothing, logp.shape[-1]
+        q = ((1 - lam) * p_teacher + lam * eps / vocab).scatter_add_(1, y, torch.full(y.shape, lam * (1 - eps),
+                                                                                        dtype=logp.dtype, device=logp.device))
+        combined = -(q * logp).sum(-1).mean()
+        with torch.no_grad():
+            gt = -((1 - eps) * logp.gather(1, y)[:, 0] + eps * logp.mean(-1)).mean()
+            dist = -(p_teacher * logp).sum(-1).mean()
+        return combined, gt, dist
+
+
 def _at(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Logits at the masked positions: (B, T, V) → (M, V); logits the head decoded only there pass."""
     return logits[mask] if logits.shape[:-1] == mask.shape else logits

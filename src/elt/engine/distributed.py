@@ -57,9 +57,15 @@ def setup(device: str = "auto") -> DistInfo:
     return DistInfo(rank, world, local, dev)
 
 
-def teardown(info: DistInfo) -> None:
+def teardown(info: DistInfo, finished: bool = False) -> None:
+    """`finished`: every rank got here normally, so wait for all of them first (gloo aborts a rank
+    whose peer closes its connections early); after an error, leave at once instead of waiting."""
     if info.enabled and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if finished:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def barrier(info: DistInfo) -> None:

@@ -210,10 +210,13 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
     out = Path(out)
     cfg.validate()
     info = dist_setup(cfg.train.device)
+    finished = False
     try:
-        return _train(cfg, out, resume, progress and info.is_main, info)
+        result = _train(cfg, out, resume, progress and info.is_main, info)
+        finished = True
+        return result
     finally:
-        dist_teardown(info)
+        dist_teardown(info, finished)
 
 
 def _train(cfg: Config, out: Path, resume: bool, progress: bool, info: DistInfo) -> Path:

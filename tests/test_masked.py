@@ -124,3 +124,13 @@ def test_bad_sampler_settings():
         MaskGITSampler(steps=0)
     with pytest.raises(ValueError, match="cfg"):
         MaskGITSampler(cfg=-1)
+
+
+def test_categorical_draws_follow_the_softmax():
+    from elt.masked.sampler import categorical
+
+    logits = torch.tensor([[2.0, 0.0, -1.0, 1.0], [0.0, 0.0, 0.0, 5.0]])
+    draws = categorical(logits.repeat(20000, 1), torch.Generator().manual_seed(0)).view(20000, 2)
+    for row in range(2):
+        freq = torch.bincount(draws[:, row], minlength=4).float() / 20000
+        assert torch.allclose(freq, logits[row].softmax(-1), atol=0.015), freq

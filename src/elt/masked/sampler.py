@@ -28,7 +28,7 @@ def categorical(logits: torch.Tensor, generator: torch.Generator | None) -> torc
     Gumbel noise on every logit (random numbers are the slow part on CPU)."""
     cdf = logits.softmax(-1).cumsum(-1)
     u = torch.rand(cdf.shape[:-1] + (1,), generator=generator).to(cdf.device) * cdf[..., -1:]
-    return (cdf < u).sum(-1).clamp_(max=cdf.shape[-1] - 1)
+    return torch.searchsorted(cdf, u, right=True)[..., 0].clamp_(max=cdf.shape[-1] - 1)
 
 
 @dataclass
@@ -76,7 +76,7 @@ class MaskGITSampler:
         both = model(torch.cat([tokens, tokens]), torch.cat([labels, null]), loops=loops,
                      positions=None if positions is None else torch.cat([positions, positions])).float()
         cond, uncond = both.chunk(2)
-        return (1 + self.cfg) * cond - self.cfg * uncond
+        return torch.lerp(uncond, cond, 1 + self.cfg)  # (1+w)·cond − w·uncond in one pass
 
     @torch.no_grad()
     def __call__(self, model, labels: torch.Tensor, loops, generator: torch.Generator | None = None,

@@ -179,7 +179,7 @@ def cmd_presets(args) -> None:
     from .engine.assets import build_model, nominal_shape, token_shape
     from .presets import ALIASES, PRESETS, get_preset
 
-    print(f"{'preset':<24} {'N':>3} {'Lmax':>4} {'width':>5} {'tokens':>6} {'params':>9} {'GFLOPs/fwd@Lmax':>16}")
+    print(f"{'preset':<26} {'N':>3} {'Lmax':>4} {'width':>5} {'tokens':>6} {'params':>9} {'GFLOPs/fwd@Lmax':>16}")
     for name in PRESETS:
         if name in ALIASES:
             continue
@@ -190,7 +190,7 @@ def cmd_presets(args) -> None:
             model = build_model(cfg, cfg.tokenizer.codebook_size, tokens, classes)
         params = sum(p.numel() for p in model.parameters())
         m = cfg.model
-        print(f"{name:<24} {m.unique_layers:>3} {m.max_loops:>4} {m.width:>5} {tokens:>6} {params / 1e6:>8.1f}M "
+        print(f"{name:<26} {m.unique_layers:>3} {m.max_loops:>4} {m.width:>5} {tokens:>6} {params / 1e6:>8.1f}M "
               f"{model.flops(m.max_loops) / 1e9:>16.2f}")
     print("aliases: " + ", ".join(f"{a} -> {t}" for a, t in ALIASES.items()))
 

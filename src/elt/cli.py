@@ -248,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"elt: error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # e.g. `elt presets | head`: the reader left; stop quietly
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt as e:
         print(f"elt: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
         return 130

@@ -51,19 +51,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_seconds(fn, warmup: int, repeats: int, device: torch.device) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        tic = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - tic)
-    return statistics.median(times)
-
-
 def interleaved_times(fns: dict, warmup: int, repeats: int, device: torch.device) -> dict:
     """Seconds of each fn per round; rounds run every fn once, in a shuffled order, so that drift and
     noise of a shared machine hit all of them alike."""
@@ -90,7 +77,7 @@ def interleaved_medians(fns: dict, warmup: int, repeats: int, device: torch.devi
 def gemm_peak_gflops(dtype: torch.dtype, device: torch.device, n: int = 1024, repeats: int = 10) -> float:
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    return 2 * n**3 / median_seconds(lambda: a @ b, 3, repeats, device) / 1e9
+    return 2 * n**3 / interleaved_medians({"gemm": lambda: a @ b}, 3, repeats, device)["gemm"] / 1e9
 
 
 def peak_memory_bytes(fn, device: torch.device) -> int:

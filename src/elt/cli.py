@@ -221,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    finished = False
     try:
         if args.command == "train":
             from .engine.train import train
@@ -237,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd_presets(args)
         elif args.command == "bench":
             cmd_bench(args)
+        finished = True
     except (ValueError, FileNotFoundError, PermissionError) as e:
         if args.debug:
             raise
@@ -255,13 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         print(f"elt: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
         return 130
-    finally:
-        import torch.distributed as dist
-        if dist.is_available() and dist.is_initialized():  # torchrun sample/evaluate
-            try:  # no rank tears its connections down while rank 0 still writes and gathers
-                dist.barrier()
-            finally:
-                dist.destroy_process_group()
+    finally:  # torchrun sample/evaluate: every rank waits for rank 0 to finish writing
+        from .engine.distributed import teardown
+        teardown(finished)
     return 0
 
 

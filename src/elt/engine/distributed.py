@@ -57,10 +57,11 @@ def setup(device: str = "auto") -> DistInfo:
     return DistInfo(rank, world, local, dev)
 
 
-def teardown(info: DistInfo, finished: bool = False) -> None:
-    """`finished`: every rank got here normally, so wait for all of them first (gloo aborts a rank
-    whose peer closes its connections early); after an error, leave at once instead of waiting."""
-    if info.enabled and dist.is_initialized():
+def teardown(finished: bool = False) -> None:
+    """End the process group, if one runs. `finished`: every rank got here normally, so wait for all
+    of them first (gloo aborts a rank whose peer closes its connections early); after an error, leave
+    at once instead of waiting."""
+    if dist.is_available() and dist.is_initialized():
         try:
             if finished:
                 dist.barrier()

@@ -216,7 +216,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
         finished = True
         return result
     finally:
-        dist_teardown(info, finished)
+        dist_teardown(finished)
 
 
 def _train(cfg: Config, out: Path, resume: bool, progress: bool, info: DistInfo) -> Path:

@@ -36,3 +36,65 @@ def test_vqvae_training_reduces_reconstruction_error():
     assert after < 0.5 * before
     used = vq.encode(x).unique().numel()
     assert used > 8  # dead-code restarts keep the codebook in use
+
+
+def test_pixel_space_pads_scales_and_crops_back_exactly():
+    from elt.tokenizers import PixelSpace
+
+    codec = PixelSpace(28, 1, pad_to=32)
+    x = torch.rand(3, 1, 28, 28)
+    z = codec.encode(x)
+    assert z.shape == (3, 1, 32, 32) and codec.latent_shape == (1, 32, 32)
+    assert z.min() >= -1 and z.max() <= 1 and torch.all(z[:, :, :2] == -1)  # padding is black
+    assert torch.allclose(codec.decode(z), x, atol=1e-6)
+
+
+def test_klvae_trains_and_its_latents_have_unit_scale():
+    from elt.tokenizers import KLVAE, train_klvae
+
+    data = load_data("digits", "train")
+    images = np.repeat(np.repeat(data.images, 2, 1), 2, 2)  # 16×16
+    vae = KLVAE(16, 1, latent_dim=4, hidden=16, downsample_stages=2)
+    x = to_float(images[:256])
+    before = (vae.decode(vae.encode(x)) - x).pow(2).mean().item()
+    train_klvae(vae, images, steps=150, batch_size=64, lr=3e-3, progress=False)
+    z = vae.encode(x)
+    assert z.shape == (256, 4, 4, 4) and vae.latent_shape == (4, 4, 4)
+    assert 0.7 < z.std().item() < 1.3  # scaled by 1/std of the training latents, as SD's 0.18215
+    after = (vae.decode(z) - x).pow(2).mean().item()
+    assert after < 0.5 * before
+
+
+def _tiny_autoencoder_kl():
+    diffusers = __import__("pytest").importorskip("diffusers")
+    torch.manual_seed(0)
+    return diffusers.AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                                   up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16),
+                                   latent_channels=4, norm_num_groups=4, layers_per_block=1, sample_size=16)
+
+
+def test_diffusers_autoencoder_kl_from_a_local_folder(tmp_path):
+    """A tiny AutoencoderKL built from a config (no download), saved, and loaded by path as a codec."""
+    from elt.tokenizers import DiffusersVAE
+
+    vae = _tiny_autoencoder_kl()
+    vae.save_pretrained(tmp_path / "vae")
+    codec = DiffusersVAE(str(tmp_path / "vae"), image_size=16, channels=3)
+    assert codec.latent_shape == (4, 8, 8)
+    x = torch.rand(2, 3, 16, 16)
+    z = codec.encode(x)
+    assert z.shape == (2, 4, 8, 8)
+    expected = vae.encode(x * 2 - 1).latent_dist.mean * vae.config.scaling_factor
+    assert torch.allclose(z, expected, atol=1e-5)
+    out = codec.decode(z)
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+
+
+def test_missing_diffusers_vae_folder_is_a_clear_error(tmp_path):
+    import pytest
+
+    from elt.tokenizers import DiffusersVAE
+
+    pytest.importorskip("diffusers")
+    with pytest.raises(FileNotFoundError, match="not a diffusers AutoencoderKL folder"):
+        DiffusersVAE(str(tmp_path / "nothing"), image_size=16)

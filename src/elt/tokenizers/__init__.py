@@ -1,5 +1,8 @@
-"""Tokenizers turn images (float (B, C, H, W) in [0, 1]) into token ids (B, T) and back."""
+"""Tokenizers and codecs. Discrete (masked framework): images (B, C, H, W) in [0, 1] → token ids
+(B, T) and back. Continuous (diffusion framework): images → latents (B, c, h, w) and back."""
+from .continuous import KLVAE, DiffusersVAE, PixelSpace, train_klvae
 from .pixel import PixelTokenizer
-from .vqvae import VQVAE, train_vqvae
+from .vqvae import VQVAE, train_autoencoder, train_vqvae
 
-__all__ = ["PixelTokenizer", "VQVAE", "train_vqvae"]
+__all__ = ["PixelTokenizer", "VQVAE", "train_vqvae", "PixelSpace", "KLVAE", "train_klvae", "DiffusersVAE",
+           "train_autoencoder"]

@@ -48,6 +48,27 @@ class VectorQuantizer(nn.Module):
             self.ema_count[dead] = 1.0
 
 
+def conv_encoder(channels: int, hidden: int, out: int, stages: int) -> nn.Sequential:
+    """`stages` stride-2 4×4 convs, a 3×3 conv, a 1×1 conv to `out` channels (VQ-VAE and KL-VAE)."""
+    layers, c = [], channels
+    for i in range(stages):
+        width = hidden // 2 if i == 0 and stages > 1 else hidden
+        layers += [nn.Conv2d(c, width, 4, 2, 1), nn.ReLU()]
+        c = width
+    return nn.Sequential(*layers, nn.Conv2d(c, hidden, 3, 1, 1), nn.ReLU(), nn.Conv2d(hidden, out, 1))
+
+
+def conv_decoder(latent: int, hidden: int, channels: int, stages: int) -> nn.Sequential:
+    """The mirror of `conv_encoder`: a 3×3 conv, then `stages` stride-2 transposed convs."""
+    layers, c = [nn.Conv2d(latent, hidden, 3, 1, 1), nn.ReLU()], hidden
+    for i in range(stages):
+        last = i == stages - 1
+        width = channels if last else (hidden // 2 if i == stages - 2 else hidden)
+        layers += [nn.ConvTranspose2d(c, width, 4, 2, 1)] + ([] if last else [nn.ReLU()])
+        c = width
+    return nn.Sequential(*layers)
+
+
 class VQVAE(nn.Module):
     def __init__(self, image_size: int = 28, channels: int = 1, codebook_size: int = 512, latent_dim: int = 16,
                  hidden: int = 64, downsample_stages: int = 2, beta: float = 0.25):
@@ -58,20 +79,8 @@ class VQVAE(nn.Module):
         self.codebook_size = codebook_size
         self.grid = image_size // 2 ** downsample_stages
         self.num_tokens = self.grid * self.grid
-        enc, c = [], channels
-        for i in range(downsample_stages):
-            out = hidden // 2 if i == 0 and downsample_stages > 1 else hidden
-            enc += [nn.Conv2d(c, out, 4, 2, 1), nn.ReLU()]
-            c = out
-        self.encoder = nn.Sequential(*enc, nn.Conv2d(c, hidden, 3, 1, 1), nn.ReLU(), nn.Conv2d(hidden, latent_dim, 1))
-        dec = [nn.Conv2d(latent_dim, hidden, 3, 1, 1), nn.ReLU()]
-        c = hidden
-        for i in range(downsample_stages):
-            last = i == downsample_stages - 1
-            out = channels if last else (hidden // 2 if i == downsample_stages - 2 else hidden)
-            dec += [nn.ConvTranspose2d(c, out, 4, 2, 1)] + ([] if last else [nn.ReLU()])
-            c = out
-        self.decoder = nn.Sequential(*dec)
+        self.encoder = conv_encoder(channels, hidden, latent_dim, downsample_stages)
+        self.decoder = conv_decoder(latent_dim, hidden, channels, downsample_stages)
         self.quantizer = VectorQuantizer(codebook_size, latent_dim)
 
     def _latents(self, images: torch.Tensor) -> torch.Tensor:
@@ -88,6 +97,14 @@ class VQVAE(nn.Module):
         """ids (B, h·w) → images (B, C, H, W) in [0, 1]."""
         z = self.quantizer.codebook[ids].view(ids.shape[0], self.grid, self.grid, -1).permute(0, 3, 1, 2)
         return ((self.decoder(z) + 1) / 2).clamp(0, 1)
+
+    @torch.no_grad()
+    def prepare(self, data: torch.Tensor, generator: torch.Generator) -> None:
+        """k-means++-free init: random encoder outputs as the first codebook."""
+        z = self._latents(data[torch.randperm(len(data), generator=generator)[:2048]])
+        pick = torch.randint(0, z.shape[0], (self.codebook_size,), generator=generator)
+        self.quantizer.codebook.copy_(z[pick])
+        self.quantizer.ema_sum.copy_(z[pick])
 
     def loss(self, images: torch.Tensor, generator: torch.Generator | None = None):
         b = images.shape[0]
@@ -108,22 +125,20 @@ def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     return t.permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def train_vqvae(model: VQVAE, images: np.ndarray, steps: int, batch_size: int = 128, lr: float = 2e-3,
-                seed: int = 0, progress: bool = True, bf16: bool = False) -> VQVAE:
-    """Train on uint8 images (N, H, W, C); codebook initialised from encoder outputs of the first batch.
-    `bf16`: convolutions under bf16 autocast (the quantiser and the losses stay fp32)."""
+def train_autoencoder(model: nn.Module, images: np.ndarray, steps: int, batch_size: int = 128, lr: float = 2e-3,
+                      seed: int = 0, progress: bool = True, bf16: bool = False, desc: str = "tokenizer"):
+    """Adam with cosine decay on uint8 images (N, H, W, C) for any model with `loss(batch, generator)`
+    → (loss, reconstruction MSE) and optionally `prepare(data, generator)` (run once first) and
+    `finish(data)` (after training). `bf16`: convolutions under bf16 autocast."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     data = to_float(images)
-    opt = torch.optim.Adam([p for n, p in model.named_parameters()], lr=lr)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     model.train()
-    with torch.no_grad():  # k-means++-free init: random encoder outputs as the first codebook
-        z = model._latents(data[torch.randperm(len(data), generator=g)[:2048]])
-        pick = torch.randint(0, z.shape[0], (model.codebook_size,), generator=g)
-        model.quantizer.codebook.copy_(z[pick])
-        model.quantizer.ema_sum.copy_(z[pick])
-    bar = tqdm(range(steps), desc="tokenizer (VQ-VAE)", disable=not progress, dynamic_ncols=True)
+    if hasattr(model, "prepare"):
+        model.prepare(data, g)
+    bar = tqdm(range(steps), desc=desc, disable=not progress, dynamic_ncols=True)
     for step in bar:
         batch = data[torch.randint(0, len(data), (batch_size,), generator=g)]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -135,7 +150,15 @@ def train_vqvae(model: VQVAE, images: np.ndarray, steps: int, batch_size: int = 
         if step % 50 == 0:
             bar.set_postfix(recon_mse=f"{recon.item():.4f}")
     model.eval()
+    if hasattr(model, "finish"):
+        model.finish(data)
     return model
+
+
+def train_vqvae(model: VQVAE, images: np.ndarray, steps: int, batch_size: int = 128, lr: float = 2e-3,
+                seed: int = 0, progress: bool = True, bf16: bool = False) -> VQVAE:
+    """Train on uint8 images (N, H, W, C); the quantiser always runs in fp32."""
+    return train_autoencoder(model, images, steps, batch_size, lr, seed, progress, bf16, "tokenizer (VQ-VAE)")
 
 
 @torch.no_grad()

@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup fmnist demo test test-all clean
+.PHONY: setup fmnist demo demo-dit test test-all clean
 
 setup: $(BIN)/elt fmnist
 
@@ -29,6 +29,10 @@ fmnist:
 # --resume: a second `make demo` reuses the finished run and evaluates it again
 demo: setup
 	$(BIN)/elt demo --config fmnist-maskgit --out runs/fmnist-maskgit --resume
+
+# the diffusion track's demo (looped DiT in pixel space; ~20 minutes on 2 cores)
+demo-dit: setup
+	$(BIN)/elt demo --config fmnist-dit --out runs/fmnist-dit --resume
 
 test: setup
 	$(BIN)/python -m pytest -q

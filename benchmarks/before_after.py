@@ -12,6 +12,7 @@ import argparse
 import json
 import statistics
 import time
+from types import SimpleNamespace
 
 import torch
 
@@ -42,10 +43,16 @@ def main():
     args = ap.parse_args()
     cfg = get_preset("fmnist-maskgit-2Nx4L")
     torch.manual_seed(0)
-    model = build_model(cfg, 512, 49, 10)
+    try:
+        model = build_model(cfg, SimpleNamespace(codebook_size=512, num_tokens=49), 10)
+    except TypeError:  # builds before build_model took a tokenizer
+        model = build_model(cfg, 512, 49, 10)
     if args.compile:
         model.stack.compile_layers()
-    framework = build_framework(cfg, 10, 512)
+    try:
+        framework = build_framework(cfg, 10, SimpleNamespace(codebook_size=512))
+    except AttributeError:
+        framework = build_framework(cfg, 10, 512)
     objective = ILSD(1, 4, cfg.train.steps, "ilsd")
     opt = make_optimizer(model, cfg)
     gen = torch.Generator().manual_seed(0)
@@ -54,7 +61,8 @@ def main():
     def train_step():
         tokens = torch.randint(0, 512, (cfg.train.batch_size, 49), generator=gen)
         labels = torch.randint(0, 10, (cfg.train.batch_size,), generator=gen)
-        x, y, mask = framework.corrupt(tokens, labels, gen)
+        out = framework.corrupt(tokens, labels, gen)
+        (x, y), mask = (out[0], out[2]) if isinstance(out[0], tuple) else (out[:2], out[2])  # before/after the engine took any framework
         lint = objective.draw_student_loops(gen)
         outs = model.forward_exits(x, y, loops=4, exits=objective.exits(lint), **head_kwargs(mask))
         loss, _ = objective(outs, lint, 100, lambda p: framework.gt_loss(p, tokens, mask),

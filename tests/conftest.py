@@ -19,3 +19,18 @@ def tiny_masked(unique_layers=2, width=32, heads=4, codebook=11, tokens=9, class
 
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def tiny_dit(unique_layers=2, width=32, heads=4, size=8, channels=2, patch=2, classes=3, perturb=True):
+    """A small looped DiT. `perturb`: give the zero-initialised adaLN-Zero and final layers random
+    values, so blocks are not the identity and outputs are not zero (invariant tests need that)."""
+    from elt.diffusion import DiT
+
+    torch.manual_seed(0)
+    model = DiT(size, channels, classes, patch, width, heads, unique_layers)
+    if perturb:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "ada" in name or "final" in name:
+                    p.normal_(0, 0.05)
+    return model.eval()

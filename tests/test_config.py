@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import pytest
 
 from elt.config import Config, ConfigError, apply_overrides, from_dict, load_config
@@ -60,7 +62,7 @@ def test_paper_presets_build_and_run_at_reduced_width(name):
     cfg = get_preset(name)
     assert cfg.model.width in (1024, 1152)
     cfg.model.width, cfg.model.heads = 64, 4
-    model = build_model(cfg, cfg.tokenizer.codebook_size, 16 * 16, 1000).eval()
+    model = build_model(cfg, SimpleNamespace(codebook_size=cfg.tokenizer.codebook_size, num_tokens=256), 1000).eval()
     out = model(torch.randint(0, 1024, (1, 256)), torch.tensor([7]), loops=cfg.model.max_loops)
     assert out.shape == (1, 256, 1024)
     assert len(model.stack.layers) == cfg.model.unique_layers
@@ -75,6 +77,49 @@ def test_paper_parameter_counts():
     for name, expected in [("maskgit-L-8Nx3L", 101e6), ("maskgit-L-12Nx2L", 152e6), ("maskgit-XL-7Nx4L", 111e6)]:
         cfg = get_preset(name)
         with torch.device("meta"):
-            model = build_model(cfg, 1024, 256, 1000)
+            model = build_model(cfg, SimpleNamespace(codebook_size=1024, num_tokens=256), 1000)
         layers = sum(p.numel() for p in model.stack.parameters())
         assert abs(layers - expected) / expected < 0.02
+
+
+DIT_PAPER = ["dit-16Nx2L", "dit-8Nx4L", "dit-4Nx8L", "dit-1Nx32L", "dit-16Nx1L", "dit-32Nx1L"]
+
+
+@pytest.mark.parametrize("name", DIT_PAPER)
+def test_paper_dit_presets_build_and_run_at_reduced_width(name):
+    import torch
+
+    from elt.engine.assets import build_model, nominal_tokenizer
+
+    cfg = get_preset(name)
+    assert cfg.framework == "diffusion" and cfg.tokenizer.kind == "diffusers_vae"
+    assert cfg.model.unique_layers * cfg.model.max_loops in (16, 32)  # effective depth (spec §4.2)
+    tok = nominal_tokenizer(cfg)
+    assert tok.latent_shape == (4, 32, 32)  # SD VAE latents of 256×256 images
+    cfg.model.width, cfg.model.heads = 64, 4
+    model = build_model(cfg, tok, 1000).eval()
+    assert model.num_tokens == 256  # patch 2
+    out = model(torch.randn(1, 4, 32, 32), torch.tensor([0.5]), torch.tensor([7]), loops=cfg.model.max_loops)
+    assert out.shape == (1, 4, 32, 32)
+    assert len(model.stack.layers) == cfg.model.unique_layers
+
+
+def test_paper_dit_parameter_counts():
+    """Spec §5: DiT 16 layers 1.1B, 32 layers 2.1B; ELT 8N×4L 539M, 4N×8L 271M."""
+    import torch
+
+    from elt.engine.assets import build_model, nominal_tokenizer
+
+    for name, expected in [("dit-16Nx1L", 1.1e9), ("dit-32Nx1L", 2.1e9), ("dit-8Nx4L", 539e6), ("dit-4Nx8L", 271e6)]:
+        cfg = get_preset(name)
+        with torch.device("meta"):
+            model = build_model(cfg, nominal_tokenizer(cfg), 1000)
+        total = sum(p.numel() for p in model.parameters())
+        assert abs(total - expected) / expected < 0.035, (name, total)
+
+
+def test_tokenizer_must_suit_the_framework():
+    with pytest.raises(ConfigError, match="tokenizer.kind"):
+        apply_overrides(get_preset("digits-dit"), ["tokenizer.kind=vqvae"]).validate()
+    with pytest.raises(ConfigError, match="diffusion.prediction"):
+        apply_overrides(get_preset("digits-dit"), ["diffusion.prediction=score"]).validate()

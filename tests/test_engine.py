@@ -186,3 +186,39 @@ def test_corrupt_checkpoint_is_an_error_naming_the_file(tmp_path, capsys):
     assert "ema.safetensors" in err and "unreadable" in err
     with pytest.raises(ValueError, match="unreadable"):
         train(tiny_cfg(4), tmp_path / "run", resume=True, progress=False)
+
+
+@pytest.mark.parametrize("tokenizer", [["tokenizer.kind=pixel"],
+                                       ["tokenizer.kind=klvae", "tokenizer.downsample_stages=1", "tokenizer.steps=20",
+                                        "tokenizer.hidden=16", "model.patch_size=1"]])
+def test_cli_diffusion_train_sample_evaluate_on_digits(tmp_path, capsys, tokenizer):
+    run = tmp_path / "run"
+    sets = sum((["--set", s] for s in TINY + tokenizer), [])
+    assert main(["--quiet", "train", "--config", "digits-dit", "--out", str(run), "--steps", "6", *sets]) == 0
+    assert ((run / "tokenizer.safetensors").is_file()) == ("tokenizer.kind=klvae" in tokenizer)
+    out = tmp_path / "s"
+    args = ["--quiet", "sample", "--run", str(run), "--loops", "2", "--n", "10", "--steps", "3", "--cfg", "2"]
+    assert main([*args, "--out", str(out), "--seed", "1"]) == 0
+    z = np.load(out.with_suffix(".npz"))
+    assert z["images"].shape == (10, 8, 8, 1) and z["images"].dtype == np.uint8
+    assert np.bincount(z["labels"]).tolist() == [1] * 10
+    assert "'sampler': 'ddim'" in str(z["settings"]) and "'cfg': 2.0" in str(z["settings"])
+    assert main([*args, "--out", str(tmp_path / "again"), "--seed", "1"]) == 0
+    assert np.array_equal(np.load(tmp_path / "again.npz")["images"], z["images"])  # same seed, same samples
+    assert main(["--quiet", "evaluate", "--run", str(run), "--loops", "1,3", "--n", "20"]) == 0
+    report = json.loads((run / "anytime.json").read_text())
+    assert report["sampling"]["sampler"] == "ddim" and report["sampling"]["steps"] == 4
+    assert report["loops"]["3"]["gflops_per_sample"] == pytest.approx(3 * report["loops"]["1"]["gflops_per_sample"],
+                                                                      rel=0.2)
+    assert "fd_digits_cnn" in capsys.readouterr().out
+
+
+def test_cli_presets_lists_every_preset_with_size_and_flops(capsys):
+    from elt.presets import ALIASES, PRESETS
+
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    for name in PRESETS:
+        if name not in ALIASES:
+            line = next(l for l in out.splitlines() if l.startswith(name + " "))
+            assert line.split()[-2].endswith("M") and float(line.split()[-1]) > 0

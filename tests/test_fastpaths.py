@@ -81,11 +81,12 @@ def test_bf16_tokenizer_training_keeps_the_quantiser_in_fp32():
     assert ids.shape == (2, 16) and ids.max() < 16
 
 
-def test_bench_quick_writes_every_key(tmp_path):
+@pytest.mark.parametrize("preset", ["digits-maskgit-2Nx4L", "digits-dit-2Nx4L"])
+def test_bench_quick_writes_every_key(tmp_path, preset):
     from elt.cli import main
 
     out = tmp_path / "bench.json"
-    assert main(["--quiet", "bench", "--quick", "--preset", "digits-maskgit-2Nx4L", "--json", str(out)]) == 0
+    assert main(["--quiet", "bench", "--quick", "--preset", preset, "--json", str(out)]) == 0
     r = json.loads(out.read_text())
     for key in ("ilsd_over_vanilla_step", "sampling_seconds_by_loops", "looped_over_flat_inference_throughput",
                 "gemm_peak_gflops", "train_gflops_per_s", "mfu", "peak_memory_bytes", "machine"):

@@ -39,7 +39,7 @@ def _losses():
     fw = MaskedFramework(codebook_size=11, num_classes=3, label_dropout=0.0, label_smoothing=0.0)
     tokens = torch.randint(0, 11, (4, 9))
     labels = torch.tensor([0, 1, 2, 0])
-    inputs, lab, mask = fw.corrupt(tokens, labels)
+    (inputs, lab), _, mask = fw.corrupt(tokens, labels)
     return fw, tokens, inputs, lab, mask
 
 

@@ -20,7 +20,7 @@ def test_corrupt_masks_ceil_gamma_t_positions():
     fw = MaskedFramework(codebook_size=11, num_classes=3, label_dropout=0.0)
     tokens = torch.randint(0, 11, (500, 16))
     g = torch.Generator().manual_seed(0)
-    inputs, labels, mask = fw.corrupt(tokens, torch.zeros(500, dtype=torch.long), g)
+    (inputs, labels), _, mask = fw.corrupt(tokens, torch.zeros(500, dtype=torch.long), g)
     g = torch.Generator().manual_seed(0)
     r = torch.rand(500, generator=g)
     expected = torch.ceil(torch.cos(math.pi * r / 2) * 16).clamp(1, 16)
@@ -30,7 +30,7 @@ def test_corrupt_masks_ceil_gamma_t_positions():
 
 def test_label_dropout_rate():
     fw = MaskedFramework(codebook_size=11, num_classes=3, label_dropout=0.1)
-    _, labels, _ = fw.corrupt(torch.zeros(20000, 4, dtype=torch.long), torch.ones(20000, dtype=torch.long),
+    (_, labels), _, _ = fw.corrupt(torch.zeros(20000, 4, dtype=torch.long), torch.ones(20000, dtype=torch.long),
                               torch.Generator().manual_seed(1))
     assert abs((labels == 3).float().mean().item() - 0.1) < 0.01
     assert set(labels.unique().tolist()) == {1, 3}

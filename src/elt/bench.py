@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import Config
-from .engine.assets import build_framework, build_model, build_sampler, nominal_shape, token_shape
+from .engine.assets import build_framework, build_model, build_sampler, nominal_shape, nominal_tokenizer
 from .engine import precision
 from .engine.train import _ExitsForward, ema_update, forward_loss, make_optimizer
 from .ilsd import ILSD
@@ -40,6 +40,7 @@ class Settings:
     repeats: int = 20
     throughput_batches: tuple = (1, 8, 64)
     device: str = "cpu"
+    sample_budget_s: float = 90.0
 
     @classmethod
     def quick(cls, device: str = "cpu") -> "Settings":
@@ -120,15 +121,15 @@ class _Bench:
 
     def __init__(self, cfg: Config, device: torch.device):
         self.cfg, self.device = cfg, device
-        size, self.num_classes = nominal_shape(cfg)
-        self.codebook = cfg.tokenizer.codebook_size
-        self.num_tokens = token_shape(cfg, size)
+        _, self.num_classes = nominal_shape(cfg)
+        self.tok = nominal_tokenizer(cfg)
         torch.manual_seed(0)
         self.model = self.build(cfg.model.unique_layers)
+        self.num_tokens = self.model.num_tokens
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         if cfg.train.compile:  # as `elt train` does: the block compiled once (the EMA copy samples eagerly)
             self.model.stack.compile_layers()
-        self.framework = build_framework(cfg, self.num_classes, self.codebook)
+        self.framework = build_framework(cfg, self.num_classes, self.tok)
         self.optimizer = make_optimizer(self.model, cfg)
         self.fwd = _ExitsForward(self.model)
         self.precision = precision.resolve(cfg.train.precision, device)
@@ -137,7 +138,7 @@ class _Bench:
     def build(self, unique_layers: int):
         cfg = copy.deepcopy(self.cfg)
         cfg.model.unique_layers = unique_layers
-        return build_model(cfg, self.codebook, self.num_tokens, self.num_classes).to(self.device)
+        return build_model(cfg, self.tok, self.num_classes).to(self.device)
 
     def train_step(self, objective: str):
         """A closure running one full training step; batches and Lint come from a fixed seed."""
@@ -147,33 +148,44 @@ class _Bench:
         b = t.batch_size
 
         def step():
-            tokens = torch.randint(0, self.codebook, (b, self.num_tokens), generator=gen)
+            data = self.random_data(b, gen)
             labels = torch.randint(0, self.num_classes, (b,), generator=gen)
-            inputs, labels_in, mask = self.framework.corrupt(tokens, labels, gen)
+            inputs, target, aux = self.framework.corrupt(data, labels, gen)
             lint = ilsd.draw_student_loops(gen)
-            x, y, msk, tgt = (v.to(self.device) for v in (inputs, labels_in, mask, tokens))
+            x = tuple(v.to(self.device) for v in inputs)
             self.optimizer.zero_grad(set_to_none=True)
             with self.autocast:
-                loss, _ = forward_loss(self.fwd, self.framework, ilsd, (x, y), tgt, msk, lint, t.steps // 2)
+                loss, _ = forward_loss(self.fwd, self.framework, ilsd, x, target.to(self.device),
+                                       aux.to(self.device), lint, t.steps // 2)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
             self.optimizer.step()
             ema_update(self.ema, self.model, t.ema_decay)
         return step
 
+    def random_data(self, b: int, gen: torch.Generator) -> torch.Tensor:
+        """A batch of random training data: token ids (masked) or unit-variance latents (diffusion)."""
+        if self.cfg.framework == "diffusion":
+            return torch.randn((b, *self.tok.latent_shape), generator=gen)
+        return torch.randint(0, self.tok.codebook_size, (b, self.num_tokens), generator=gen)
+
     def sample_fn(self, loops: int, batch: int):
-        sampler = build_sampler(self.cfg)
+        sampler = build_sampler(self.cfg, self.tok)
         labels = torch.arange(batch, device=self.device) % self.num_classes
         gen = torch.Generator().manual_seed(0)
         return lambda: sampler(self.ema, labels, loops, gen)
 
     def forward_fn(self, model, loops: int, batch: int):
-        tokens = torch.full((batch, self.num_tokens), model.mask_id, device=self.device)
         labels = torch.arange(batch, device=self.device) % self.num_classes
+        if self.cfg.framework == "diffusion":
+            x = self.random_data(batch, torch.Generator().manual_seed(0)).to(self.device)
+            inputs = (x, torch.full((batch,), 0.5, device=self.device), labels)
+        else:
+            inputs = (torch.full((batch, self.num_tokens), model.mask_id, device=self.device), labels)
 
         @torch.no_grad()
         def run():
-            return model(tokens, labels, loops=loops)
+            return model(*inputs, loops=loops)
         return run
 
 
@@ -195,8 +207,14 @@ def bench_preset(name: str, s: Settings, peaks: dict, log=print) -> dict:
     sample_batch = cfg.sample.batch_size  # the preset's own sampling batch
     log(f"[{name}] sampling, batch {sample_batch}, {cfg.sample.steps} steps, L = 1..{m.max_loops}")
     bench.ema.eval()
-    sampling = interleaved_medians({str(L): bench.sample_fn(L, sample_batch) for L in range(1, m.max_loops + 1)},
-                                   1, s.repeats, device)
+    fns = {str(L): bench.sample_fn(L, sample_batch) for L in range(1, m.max_loops + 1)}
+    # Rounds cost sum over L of a call; slow samplers (diffusion: tens of network passes per call) get
+    # fewer rounds, so that this part stays near `sample_budget_s` (at least 3 rounds).
+    tic = time.perf_counter()
+    fns[str(m.max_loops)]()
+    round_s = (time.perf_counter() - tic) * (m.max_loops + 1) / 2
+    sample_repeats = max(3, min(s.repeats, int(s.sample_budget_s / max(round_s, 1e-9))))
+    sampling = interleaved_medians(fns, 0, sample_repeats, device)
 
     log(f"[{name}] inference throughput, {m.unique_layers}Nx{m.max_loops}L vs "
         f"{m.unique_layers * m.max_loops}Nx1L, batches {list(s.throughput_batches)}")
@@ -217,8 +235,9 @@ def bench_preset(name: str, s: Settings, peaks: dict, log=print) -> dict:
         "preset": name,
         "settings": {"batch_size": t.batch_size, "precision": bench.precision, "compile": t.compile, "width": m.width,
                      "unique_layers": m.unique_layers, "max_loops": m.max_loops, "min_loops": m.min_loops,
-                     "num_tokens": bench.num_tokens, "codebook_size": bench.codebook,
+                     "num_tokens": bench.num_tokens, "framework": cfg.framework,
                      "sample_batch": sample_batch, "sample_steps": cfg.sample.steps, "cfg": cfg.sample.cfg,
+                     "sample_repeats": sample_repeats,
                      "parameters": sum(p.numel() for p in bench.model.parameters())},
         "train_step_seconds": steps,
         "ilsd_over_vanilla_step": step_ratio,

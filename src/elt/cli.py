@@ -67,8 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="number of samples (default 100; under torchrun spell it --num-samples)")
     p.add_argument("--out", required=True, help="output path; writes OUT.npz (images, labels) and OUT.png (grid)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same samples (default 0)")
-    p.add_argument("--steps", type=_positive, help="decoding steps K (default: the run's sample.steps)")
-    p.add_argument("--cfg", type=float, help="classifier-free guidance scale w >= 0 (default: the run's)")
+    p.add_argument("--steps", type=_positive, help="sampling steps: masked decoding steps K or diffusion "
+                   "denoising steps (default: the run's sample.steps)")
+    p.add_argument("--cfg", type=float, help="classifier-free guidance scale >= 0 (default: the run's sample.cfg); "
+                   "masked: w in (1+w)cond - w*uncond, 0 = off; diffusion: s in uncond + s(cond - uncond), 1 = off")
     p.add_argument("--classes", type=_int_list, help="comma-separated class ids to cycle through (default: all, balanced)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
 
@@ -79,8 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", "--num-samples", dest="n", type=_positive,
                    help="samples per loop count (default: the run's eval.n; under torchrun --num-samples)")
     p.add_argument("--seed", type=int, help="sampling seed (default: the run's eval.seed)")
-    p.add_argument("--steps", type=_positive, help="decoding steps K")
-    p.add_argument("--cfg", type=float, help="classifier-free guidance scale w >= 0")
+    p.add_argument("--steps", type=_positive, help="sampling steps (masked decoding or diffusion denoising)")
+    p.add_argument("--cfg", type=float, help="guidance scale >= 0 (masked: 0 = off; diffusion: 1 = off)")
 
     p = sub.add_parser("demo", help="train a preset, evaluate every L, write the any-time grid")
     _add_config_args(p, "fmnist-maskgit")
@@ -132,7 +134,7 @@ def _is_main() -> bool:
 def cmd_sample(args) -> None:
     import numpy as np
 
-    from .engine.generate import balanced_labels, generate, load_run
+    from .engine.generate import balanced_labels, generate, load_run, sampler_for
     from .metrics.anytime import save_grid
 
     if args.cfg is not None and args.cfg < 0:
@@ -144,9 +146,7 @@ def cmd_sample(args) -> None:
     images = generate(run, args.loops, labels, args.seed, args.steps, args.cfg, progress=not args.quiet)
     if not main_rank:
         return
-    s = run.cfg.sample
-    settings = dict(loops=args.loops, steps=args.steps or s.steps, cfg=s.cfg if args.cfg is None else args.cfg,
-                    temp_base=s.temp_base, temp_anneal=s.temp_anneal, choice_temperature=s.choice_temperature,
+    settings = dict(loops=args.loops, **sampler_for(run, args.steps, args.cfg).settings(),
                     seed=args.seed, checkpoint_step=run.step, ema=not args.no_ema)
     np.savez(base.with_suffix(".npz"), images=images, labels=labels.numpy().astype(np.int64),
              settings=np.array(str(settings)))
@@ -176,7 +176,7 @@ def cmd_evaluate(args) -> None:
 def cmd_presets(args) -> None:
     import torch
 
-    from .engine.assets import build_model, nominal_shape, token_shape
+    from .engine.assets import build_model, nominal_shape, nominal_tokenizer
     from .presets import ALIASES, PRESETS, get_preset
 
     print(f"{'preset':<26} {'N':>3} {'Lmax':>4} {'width':>5} {'tokens':>6} {'params':>9} {'GFLOPs/fwd@Lmax':>16}")
@@ -184,10 +184,10 @@ def cmd_presets(args) -> None:
         if name in ALIASES:
             continue
         cfg = get_preset(name)
-        size, classes = nominal_shape(cfg)
-        tokens = token_shape(cfg, size)
+        _, classes = nominal_shape(cfg)
         with torch.device("meta"):  # exact counts without allocating the big models
-            model = build_model(cfg, cfg.tokenizer.codebook_size, tokens, classes)
+            model = build_model(cfg, nominal_tokenizer(cfg), classes)
+        tokens = model.num_tokens
         params = sum(p.numel() for p in model.parameters())
         m = cfg.model
         print(f"{name:<26} {m.unique_layers:>3} {m.max_loops:>4} {m.width:>5} {tokens:>6} {params / 1e6:>8.1f}M "

@@ -15,6 +15,8 @@ from pathlib import Path
 import yaml
 
 PRECISIONS = ("fp32", "bf16", "auto")
+FRAMEWORKS = ("masked", "diffusion")
+TOKENIZERS = {"masked": ("vqvae", "pixel"), "diffusion": ("pixel", "klvae", "diffusers_vae")}
 
 
 class ConfigError(ValueError):
@@ -29,7 +31,20 @@ class ModelConfig:
     unique_layers: int = 2          # N
     max_loops: int = 4              # Lmax (training teacher)
     min_loops: int = 1              # Lmin (smallest student loop count)
-    dropout: float = 0.0
+    dropout: float = 0.0            # masked framework only
+    patch_size: int = 2             # diffusion framework only: p×p latent patches per token
+
+
+@dataclass
+class DiffusionConfig:
+    """Diffusion framework settings (spec §4.2); ignored by the masked framework."""
+    prediction: str = "v"           # v | eps | x0: what the network predicts (the others are derived)
+    schedule: str = "shifted_cosine"  # shifted_cosine | cosine (shift 0)
+    shift: typing.Optional[float] = None  # log-SNR shift; None: 2·log(shift_reference / latent size)
+    shift_reference: int = 64       # d_ref of the shifted cosine
+    logsnr_min: float = -15.0
+    logsnr_max: float = 15.0
+    weight_bias: float = -3.0       # b of the sigmoid weighting sigmoid(b − λ) on the ε-MSE
 
 
 @dataclass
@@ -42,7 +57,7 @@ class DataConfig:
 
 @dataclass
 class TokenizerConfig:
-    kind: str = "vqvae"              # vqvae | pixel
+    kind: str = "vqvae"              # masked: vqvae | pixel (quantised levels); diffusion: pixel | klvae | diffusers_vae
     codebook_size: int = 512         # vqvae codes, or pixel levels
     latent_dim: int = 16
     hidden: int = 64
@@ -51,6 +66,9 @@ class TokenizerConfig:
     batch_size: int = 128
     lr: float = 2e-3
     precision: str = "auto"          # fp32 | bf16 | auto: bf16 autocast where the hardware has it
+    pad_to: typing.Optional[int] = None   # diffusion pixel space: zero-pad images to this size
+    kl_weight: float = 1e-4          # klvae: weight of the KL term (per latent value)
+    path: typing.Optional[str] = None     # diffusers_vae: local AutoencoderKL folder
 
 
 @dataclass
@@ -83,8 +101,11 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    steps: int = 12                  # decoding steps K
-    cfg: float = 0.0                 # CFG scale w: (1+w)·cond − w·uncond
+    steps: int = 12                  # decoding steps K (masked) or denoising steps (diffusion)
+    cfg: float = 0.0                 # masked: w in (1+w)·cond − w·uncond (0 = off); diffusion: s in
+                                     # uncond + s·(cond − uncond) (1 = off)
+    sampler: str = "ddim"            # diffusion: ddim | ddpm
+    clip_denoised: bool = True       # diffusion in pixel space: clip the predicted x0 to [-1, 1]
     temp_base: float = 0.5           # STemp_k = temp_base + temp_anneal·(1 − ratio)
     temp_anneal: float = 0.8
     choice_temperature: float = 4.5  # Gumbel noise scale on confidences, annealed to 0
@@ -105,6 +126,7 @@ class Config:
     name: str = "custom"
     framework: str = "masked"
     model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -124,7 +146,8 @@ class Config:
     def validate(self) -> "Config":
         m, t = self.model, self.train
         checks = [
-            (self.framework == "masked", "framework", f"unknown framework {self.framework!r}; use 'masked'"),
+            (self.framework in FRAMEWORKS, "framework", f"unknown framework {self.framework!r}; choose "
+             f"{' or '.join(FRAMEWORKS)}"),
             (m.width > 0 and m.heads > 0 and m.width % m.heads == 0, "model.width",
              f"width {m.width} must be positive and divisible by heads {m.heads}"),
             (m.unique_layers >= 1, "model.unique_layers", "must be >= 1"),
@@ -132,7 +155,8 @@ class Config:
             (1 <= m.min_loops <= m.max_loops, "model.min_loops", f"must be in 1..max_loops ({m.max_loops})"),
             (0 <= m.dropout < 1, "model.dropout", "must be in [0, 1)"),
             (self.data.dataset in ("fmnist", "digits", "folder"), "data.dataset", "choose fmnist, digits or folder"),
-            (self.tokenizer.kind in ("vqvae", "pixel"), "tokenizer.kind", "choose vqvae or pixel"),
+            (self.tokenizer.kind in TOKENIZERS.get(self.framework, ()), "tokenizer.kind",
+             f"choose {' or '.join(TOKENIZERS.get(self.framework, ()))} for the {self.framework} framework"),
             (self.tokenizer.codebook_size >= 2, "tokenizer.codebook_size", "must be >= 2"),
             (self.tokenizer.steps >= 1, "tokenizer.steps", "must be >= 1"),
             (t.objective in ("ilsd", "vanilla"), "train.objective", "choose ilsd or vanilla"),
@@ -155,6 +179,15 @@ class Config:
             (self.sample.cfg >= 0, "sample.cfg", "must be >= 0"),
             (self.sample.batch_size >= 1, "sample.batch_size", "must be >= 1"),
             (self.eval.n >= 2, "eval.n", "must be >= 2 (Fréchet distance needs a covariance)"),
+            (self.sample.sampler in ("ddim", "ddpm"), "sample.sampler", "choose ddim or ddpm"),
+            (m.patch_size >= 1, "model.patch_size", "must be >= 1"),
+            (self.diffusion.prediction in ("v", "eps", "x0"), "diffusion.prediction", "choose v, eps or x0"),
+            (self.diffusion.schedule in ("shifted_cosine", "cosine"), "diffusion.schedule",
+             "choose shifted_cosine or cosine"),
+            (self.diffusion.logsnr_min < self.diffusion.logsnr_max, "diffusion.logsnr_min",
+             "must be below diffusion.logsnr_max"),
+            (self.diffusion.shift_reference >= 1, "diffusion.shift_reference", "must be >= 1"),
+            (self.tokenizer.pad_to is None or self.tokenizer.pad_to >= 1, "tokenizer.pad_to", "must be >= 1"),
         ]
         for ok, key, fix in checks:
             if not ok:

@@ -61,3 +61,34 @@ def block_flops(width: int, tokens: int, mlp_ratio: float = 4.0) -> int:
     proj = 2 * tokens * width * (3 * width + width + 2 * int(width * mlp_ratio))
     attn = 2 * 2 * tokens * tokens * width  # QK^T and AV
     return proj + attn
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: x·(1 + scale) + shift, with per-example (B, D) shift and scale broadcast over tokens."""
+    return torch.addcmul(shift[:, None], x, 1 + scale[:, None])
+
+
+class AdaLNBlock(nn.Module):
+    """DiT block with adaLN-Zero (Peebles & Xie 2023): SiLU(c) → Linear(D, 6D) gives shift, scale and
+    gate for the attention and the MLP branches. The modulation is zero-initialised, so every gate is
+    0 and the block starts as the identity. `c` (B, D) is the conditioning (timestep + class)."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(width, heads)
+        self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.mlp = MLP(width, int(width * mlp_ratio))
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
+        nn.init.zeros_(self.ada[1].weight)
+        nn.init.zeros_(self.ada[1].bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=-1)
+        x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1, scale1))
+        return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
+
+
+def adaln_block_flops(width: int, tokens: int, mlp_ratio: float = 4.0) -> int:
+    """`block_flops` plus the per-example modulation Linear(D, 6D)."""
+    return block_flops(width, tokens, mlp_ratio) + 2 * width * 6 * width

@@ -16,10 +16,9 @@ from ..config import Config, ConfigError, load_config
 from ..loops import LoopSchedule
 from ..metrics.anytime import write_report
 from ..metrics.frechet import feature_stats, frechet_distance
-from ..tokenizers import PixelTokenizer
 from ..tokenizers.vqvae import to_float
-from .assets import (build_model, build_sampler, get_classifier, load_split, load_weights, make_tokenizer,
-                     metric_prefix)
+from .assets import (build_model, build_sampler, get_classifier, is_learned, load_split, load_weights,
+                     make_tokenizer, metric_prefix)
 from .checkpoint import DAMAGED, find_checkpoint, read_state
 
 log = logging.getLogger("elt")
@@ -49,11 +48,11 @@ def load_run(path: str | Path, use_ema: bool | None = None) -> Run:
         raise FileNotFoundError(f"run folder {path} has no checkpoint yet; train it first (elt train --out {path})")
     data = load_split(cfg, "test")  # shapes and class names; small
     tokenizer = make_tokenizer(cfg, data)
-    if not isinstance(tokenizer, PixelTokenizer):
+    if is_learned(tokenizer):
         load_weights(tokenizer, path / "tokenizer.safetensors", "tokenizer",
                      "retrain the run, or copy tokenizer.safetensors from a run of the same config")
     tokenizer.eval()
-    model = build_model(cfg, tokenizer.codebook_size, tokenizer.num_tokens, data.num_classes)
+    model = build_model(cfg, tokenizer, data.num_classes)
     use_ema = cfg.sample.use_ema if use_ema is None else use_ema
     weights = "ema.safetensors" if use_ema and (ckpt / "ema.safetensors").is_file() else "model.safetensors"
     load_weights(model, ckpt / weights, "checkpoint", DAMAGED)
@@ -75,7 +74,7 @@ def balanced_labels(n: int, num_classes: int, classes: list[int] | None = None) 
 def sampler_for(run: Run, steps: int | None = None, cfg_scale: float | None = None):
     s = run.cfg.sample
     overrides = {k: v for k, v in (("steps", steps), ("cfg", cfg_scale)) if v is not None}
-    return build_sampler(dataclasses.replace(run.cfg, sample=dataclasses.replace(s, **overrides)))
+    return build_sampler(dataclasses.replace(run.cfg, sample=dataclasses.replace(s, **overrides)), run.tokenizer)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -112,7 +111,7 @@ def generate(run: Run, loops, labels: torch.Tensor, seed: int = 0, steps: int | 
 
 
 def gflops_per_sample(run: Run, loops, steps: int, cfg_scale: float) -> float:
-    """Transformer GFLOPs of decoding one sample (CFG doubles the batch); tokenizer decode excluded."""
+    """Network GFLOPs of sampling one example (guidance doubles the batch); tokenizer decode excluded."""
     return sampler_for(run, steps, cfg_scale).flops(run.model, loops) / 1e9
 
 
@@ -157,9 +156,8 @@ def evaluate(run: Run, loops: list[int] | None = None, n: int | None = None, see
         "run": str(run.path), "config": c.name, "objective": c.train.objective,
         "checkpoint_step": run.step, "lmin": c.model.min_loops, "lmax": c.model.max_loops,
         "metric_extractor": prefix, "reference": reference,
-        "sampling": {"steps": steps, "cfg": cfg_scale, "temp_base": c.sample.temp_base,
-                     "temp_anneal": c.sample.temp_anneal, "choice_temperature": c.sample.choice_temperature,
-                     "seed": seed, "n": n, "ema": c.sample.use_ema},
+        "sampling": {**sampler_for(run, steps, cfg_scale).settings(), "seed": seed, "n": n,
+                     "ema": c.sample.use_ema},
         "loops": per_loop,
     }
     if not dist.is_initialized() or dist.get_rank() == 0:

@@ -23,8 +23,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config, ConfigError, load_config
 from ..ilsd import ILSD
-from ..tokenizers import PixelTokenizer
-from .assets import build_framework, build_model, encode_dataset, get_tokenizer, load_split, save_weights
+from .assets import build_framework, build_model, encode_dataset, get_tokenizer, is_learned, load_split, save_weights
 from . import precision
 from .distributed import DistInfo, barrier, full_state
 from .distributed import setup as dist_setup
@@ -178,13 +177,15 @@ class _ExitsForward(torch.nn.Module):
         return self.model.forward_exits(*inputs, loops=loops, exits=exits, **head_kw)
 
 
-def forward_loss(fwd, framework, objective: ILSD, inputs: tuple, target, mask, lint: int | None, step: int):
-    """One looped forward pass (teacher at Lmax, student exit at `lint`) and the ILSD loss."""
-    outputs = fwd(*inputs, loops=objective.max_loops, exits=objective.exits(lint), **framework.head_kwargs(mask))
+def forward_loss(fwd, framework, objective: ILSD, inputs: tuple, target, aux, lint: int | None, step: int):
+    """One looped forward pass (teacher at Lmax, student exit at `lint`) and the ILSD loss. `aux` is
+    what the framework's corruption returned beside inputs and target (the mask, the loss weights)."""
+    outputs = fwd(*inputs, loops=objective.max_loops, exits=objective.exits(lint), **framework.head_kwargs(aux))
+    fused = getattr(framework, "student_loss", None)
     return objective({k: v.float() for k, v in outputs.items()}, lint, step,
-                     gt_loss=lambda p: framework.gt_loss(p, target, mask),
-                     dist_loss=lambda s, t: framework.dist_loss(s, t, mask),
-                     student_loss=lambda s, t, lam: framework.student_loss(s, t, target, mask, lam))
+                     gt_loss=lambda p: framework.gt_loss(p, target, aux),
+                     dist_loss=lambda s, t: framework.dist_loss(s, t, aux),
+                     student_loss=None if fused is None else lambda s, t, lam: fused(s, t, target, aux, lam))
 
 
 def wrap_model(model: torch.nn.Module, cfg: Config, info: DistInfo) -> torch.nn.Module:
@@ -240,15 +241,15 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, info: DistInfo)
     barrier(info)
     if not info.is_main:
         tokenizer = get_tokenizer(cfg, data, seed=t.seed, progress=False)
-    if info.is_main and not isinstance(tokenizer, PixelTokenizer):
+    if info.is_main and is_learned(tokenizer):
         save_weights(tokenizer, out / "tokenizer.safetensors")
-    tokens = encode_dataset(tokenizer, data)
+    tokens = encode_dataset(tokenizer, data)  # token ids (masked) or latents (diffusion)
     labels = torch.as_tensor(data.labels)
 
-    model = build_model(cfg, tokenizer.codebook_size, tokenizer.num_tokens, data.num_classes).to(info.device)
+    model = build_model(cfg, tokenizer, data.num_classes).to(info.device)
     ema = copy.deepcopy(model).eval().requires_grad_(False) if t.ema_decay > 0 else None
     torch.manual_seed(t.seed + info.rank)  # per-rank dropout; data order comes from `gen`
-    framework = build_framework(cfg, data.num_classes, tokenizer.codebook_size)
+    framework = build_framework(cfg, data.num_classes, tokenizer)
     objective = ILSD(cfg.model.min_loops, cfg.model.max_loops, t.steps, t.objective)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model %s: %.2fM parameters, %dN x %dL, objective %s, %d process(es) on %s", cfg.name, n_params / 1e6,
@@ -299,22 +300,22 @@ def _loop(cfg, out, step, model, fwd, ema, optimizer, gen, tokens, labels, frame
                                       f"continue with --resume")
         # The global batch, its corruption and Lint are drawn identically on every rank.
         idx = torch.randint(0, len(tokens), (t.batch_size,), generator=gen)
-        target, label = tokens[idx], labels[idx]
-        inputs, label_in, mask = framework.corrupt(target, label, gen)
+        inputs, target, aux = framework.corrupt(tokens[idx], labels[idx], gen)
         lint = objective.draw_student_loops(gen)
-        total_weight = framework.loss_weight(mask)
+        total_weight = framework.loss_weight(aux)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         optimizer.zero_grad(set_to_none=True)
         loss_terms: dict[str, float] = {}  # loss parts, weighted like the loss: the global batch's values
         for i in range(t.grad_accum):
             sl = slice((info.rank * t.grad_accum + i) * micro, (info.rank * t.grad_accum + i + 1) * micro)
-            x, y, m, tgt = (v[sl].to(info.device) for v in (inputs, label_in, mask, target))
+            x = tuple(v[sl].to(info.device) for v in inputs)
+            tgt, a = target[sl].to(info.device), aux[sl].to(info.device)
             # Weight = this slice's share of the global loss; DDP averages over ranks, hence × world.
-            weight = framework.loss_weight(mask[sl]) / total_weight * info.world_size
+            weight = framework.loss_weight(aux[sl]) / total_weight * info.world_size
             sync = t.grad_accum == 1 or i == t.grad_accum - 1 or not hasattr(fwd, "no_sync")
             with (contextlib.nullcontext() if sync else fwd.no_sync()), autocast:
-                loss, parts = forward_loss(fwd, framework, objective, (x, y), tgt, m, lint, step)
+                loss, parts = forward_loss(fwd, framework, objective, x, tgt, a, lint, step)
             (loss * weight).backward()
             for k, v in {**parts, "loss": loss.item()}.items():
                 if k.startswith("loss"):

@@ -29,7 +29,8 @@ class MaskedFramework:
     def corrupt(self, tokens: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None):
         """Mask ceil(γ(r)·T) random positions per example and drop labels.
 
-        Returns (inputs, labels_in, mask) with mask True where a token was hidden.
+        Returns ((inputs, labels_in), tokens, mask): the network's inputs, the targets, and mask True
+        where a token was hidden.
         """
         b, t = tokens.shape
         r = torch.rand(b, generator=generator)
@@ -39,7 +40,7 @@ class MaskedFramework:
         inputs = torch.where(mask, torch.full_like(tokens, self.mask_id), tokens)
         drop = torch.rand(b, generator=generator) < self.label_dropout
         labels_in = torch.where(drop, torch.full_like(labels, self.null_class), labels)
-        return inputs, labels_in, mask
+        return (inputs, labels_in), tokens, mask
 
     def loss_weight(self, mask: torch.Tensor) -> float:
         """How many terms the losses average over (masked tokens): splits a batch exactly."""

@@ -45,6 +45,11 @@ class MaskGITSampler:
         if self.cfg < 0:
             raise ValueError(f"cfg scale must be >= 0, got {self.cfg}")
 
+    def settings(self) -> dict:
+        """Every setting that changes the samples (for reports and output names)."""
+        return {"steps": self.steps, "cfg": self.cfg, "temp_base": self.temp_base, "temp_anneal": self.temp_anneal,
+                "choice_temperature": self.choice_temperature}
+
     def masked_after(self, step: int, num_tokens: int) -> int:
         """How many positions stay masked after decoding step `step` (0-based), before clamping."""
         ratio = (step + 1) / self.steps

@@ -28,4 +28,5 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     r1 = _sqrt_psd(s1)
     eig = np.linalg.eigvalsh(r1 @ s2 @ r1)
     tr_covmean = np.sqrt(np.clip(eig, 0, None)).sum()
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
+    d2 = ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_covmean
+    return max(0.0, float(d2))  # ≥ 0 by definition; identical sets give rounding-level negatives

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -57,12 +56,16 @@ def load_weights(module: torch.nn.Module, path: Path, what: str,
         raise ValueError(f"{what} file {path} does not match its config ({str(e).splitlines()[0]}); {fix}") from None
 
 
-def save_weights(module: torch.nn.Module, path: Path) -> None:
+def save_tensors(tensors: dict, path: Path) -> None:
     """safetensors, written to a temporary file and renamed: a crash never leaves a partial file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(tmp))
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
     os.replace(tmp, path)
+
+
+def save_weights(module: torch.nn.Module, path: Path) -> None:
+    save_tensors(module.state_dict(), path)
 
 
 def _cached(kind: str, settings: dict, data: ImageData, module: torch.nn.Module, fit, progress: bool):
@@ -154,11 +157,9 @@ def encode_dataset(tokenizer, data: ImageData) -> torch.Tensor:
         except Exception:  # a damaged cache entry is recomputed
             pass
     log.info("encoding %d images to latents %s", len(images), tuple(tokenizer.latent_shape))
-    latents = batched(tokenizer.encode, images, 256).float().contiguous()
+    latents = batched(tokenizer.encode, images, 256).float()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file({"latents": latents}, str(tmp))
-    os.replace(tmp, path)
+    save_tensors({"latents": latents}, path)
     return latents
 
 
@@ -195,12 +196,10 @@ def nominal_tokenizer(cfg: Config) -> SimpleNamespace:
 
 def diffusion_schedule(cfg: Config, resolution: int) -> LogSNRSchedule:
     d = cfg.diffusion
-    if d.schedule == "cosine":
-        shift = 0.0
-    elif d.shift is not None:
-        shift = d.shift
-    else:
-        shift = 2 * math.log(d.shift_reference / resolution)
+    if d.schedule == "shifted_cosine" and d.shift is None:
+        return LogSNRSchedule.shifted_cosine(resolution, d.shift_reference, logsnr_min=d.logsnr_min,
+                                             logsnr_max=d.logsnr_max)
+    shift = 0.0 if d.schedule == "cosine" else d.shift
     return LogSNRSchedule(shift, d.logsnr_min, d.logsnr_max)
 
 

@@ -4,9 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup fmnist demo demo-dit test test-all clean
+.PHONY: setup fmnist browser demo demo-dit test test-all clean
 
-setup: $(BIN)/elt fmnist
+setup: $(BIN)/elt fmnist browser
 
 # torch is pinned to the CPU wheel (a looser pin pulls a multi-GB CUDA build).
 $(BIN)/elt: pyproject.toml
@@ -25,6 +25,15 @@ fmnist:
 	  else echo "note: $(FMNIST) missing and apt unusable; install dataset-fashion-mnist or pass --data-dir"; fi; \
 	fi
 
+# The web demo's browser test drives Debian's chromium + chromium-driver; installed when missing and
+# apt is usable (elsewhere that one test is skipped and says why).
+browser:
+	@if ! command -v chromedriver >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) \
+	      || echo "warning: could not install chromium; the browser test will be skipped"; \
+	  else echo "note: chromium-driver missing and apt unusable; the browser test will be skipped"; fi; \
+	fi
 
 # --resume: a second `make demo` reuses the finished run and evaluates it again
 demo: setup

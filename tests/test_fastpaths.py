@@ -47,6 +47,29 @@ def test_head_at_positions_equals_full_head_indexed():
                           fw.gt_loss(model(x, y, loops=2, positions=positions), target, positions), atol=1e-6)
 
 
+def test_head_at_index_positions_equals_full_head_gathered():
+    model = tiny_masked(tokens=16)
+    x, y = torch.randint(0, 11, (3, 16)), torch.tensor([0, 1, 2])
+    where = torch.stack([torch.randperm(16)[:5].sort().values for _ in range(3)])
+    full = model(x, y, loops=2)
+    assert torch.allclose(model(x, y, loops=2, positions=where), full.gather(1, where[..., None].expand(-1, -1, 11)),
+                          atol=1e-6)
+
+
+def test_cpu_bf16_attention_path_matches_sdpa():
+    from elt.layers import attention, cpu_bf16
+
+    q, k, v = (torch.randn(2, 4, 10, 8, requires_grad=True) for _ in range(3))
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert not cpu_bf16(q) and torch.equal(attention(q, k, v), ref)  # fp32: SDPA itself
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert cpu_bf16(q)
+        out = attention(q, k, v)  # bf16 matmuls, softmax in fp32
+    assert out.dtype == torch.bfloat16 and torch.allclose(out.float(), ref, atol=3e-2)
+    out.float().sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all()
+
+
 def test_compiled_block_matches_eager_and_never_recompiles_for_new_loop_counts():
     from torch._dynamo.utils import counters
 

@@ -1,4 +1,4 @@
-"""The `elt` command: train | sample | evaluate | demo | presets.
+"""The `elt` command: train | sample | evaluate | schedules | demo | serve | presets | bench.
 
 Bad input gets one line on stderr naming the problem and the fix, exit code 2, no traceback
 (`--debug` shows it)."""
@@ -8,6 +8,8 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+
+log = logging.getLogger("elt")
 
 DESCRIPTION = "Elastic Looped Transformers: train once, sample at any loop count."
 
@@ -19,11 +21,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+def _list_of(kind, what: str):
+    def parse(text: str) -> list:
+        try:
+            return [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+    return parse
+
+
+_int_list = _list_of(int, "integers")
+_float_list = _list_of(float, "numbers")
 
 
 def _positive(text: str) -> int:
@@ -34,6 +42,15 @@ def _positive(text: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
     return v
+
+
+def _schedule(text: str):
+    from .loops import LoopSchedule
+
+    try:
+        return LoopSchedule.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _add_config_args(p: argparse.ArgumentParser, default: str | None) -> None:
@@ -49,6 +66,14 @@ def _add_config_args(p: argparse.ArgumentParser, default: str | None) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
 
 
+def _add_eval_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--n", "--num-samples", dest="n", type=_positive,
+                   help=f"{what} (default: the run's eval.n; under torchrun --num-samples)")
+    p.add_argument("--seed", type=int, help="sampling seed (default: the run's eval.seed)")
+    p.add_argument("--steps", type=_positive, help="sampling steps (masked decoding or diffusion denoising)")
+    p.add_argument("--cfg", type=float, help="guidance scale >= 0 (masked: 0 = off; diffusion: 1 = off)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="elt", description=DESCRIPTION)
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -59,10 +84,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p, None)
     p.add_argument("--out", required=True, help="run folder (config.yaml, checkpoints, metrics.jsonl)")
 
-    p = sub.add_parser("sample", help="generate class-conditional samples at a chosen loop count")
+    p = sub.add_parser("sample", help="generate class-conditional samples at a chosen loop count, loop schedule "
+                                      "or compute budget")
     p.add_argument("--run", "--run-dir", dest="run", required=True,
                    help="run folder written by `elt train` (under torchrun spell it --run-dir)")
-    p.add_argument("--loops", type=_positive, required=True, help="loop count L used at every decoding step")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--loops", type=_positive, help="loop count L used at every sampling step")
+    how.add_argument("--schedule", type=_schedule, help="one loop count per sampling step: " + _schedule_help())
+    how.add_argument("--adaptive", type=float, metavar="THRESHOLD",
+                     help="adaptive exit: per sample and step, stop looping when the output changes by at most "
+                          "THRESHOLD between loops (masked: KL in nats; diffusion: relative RMS), within Lmin..Lmax")
+    how.add_argument("--budget-gflops", type=float, metavar="X",
+                     help="the best schedule measured by `elt schedules`/`elt evaluate` that needs at most X GFLOPs "
+                          "per sample")
+    how.add_argument("--budget-ms", type=float, metavar="X",
+                     help="the best measured schedule that takes at most X ms per sample on this machine (latency "
+                          "measured once per schedule and cached in the run folder)")
     p.add_argument("--n", "--num-samples", dest="n", type=_positive, default=100,
                    help="number of samples (default 100; under torchrun spell it --num-samples)")
     p.add_argument("--out", required=True, help="output path; writes OUT.npz (images, labels) and OUT.png (grid)")
@@ -78,11 +115,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", "--run-dir", dest="run", required=True,
                    help="run folder written by `elt train` (under torchrun spell it --run-dir)")
     p.add_argument("--loops", type=_int_list, help="loop counts, e.g. 1,2,3 (default 1..Lmax+2)")
-    p.add_argument("--n", "--num-samples", dest="n", type=_positive,
-                   help="samples per loop count (default: the run's eval.n; under torchrun --num-samples)")
-    p.add_argument("--seed", type=int, help="sampling seed (default: the run's eval.seed)")
-    p.add_argument("--steps", type=_positive, help="sampling steps (masked decoding or diffusion denoising)")
-    p.add_argument("--cfg", type=float, help="guidance scale >= 0 (masked: 0 = off; diffusion: 1 = off)")
+    _add_eval_args(p, "samples per loop count")
+
+    p = sub.add_parser("schedules", help="compute-optimal loop schedules: constant L vs per-step schedules of "
+                                         "equal total loops at each budget, and adaptive exit; frontier into "
+                                         "anytime.json and the plot")
+    p.add_argument("--run", "--run-dir", dest="run", required=True, help="run folder written by `elt train`")
+    p.add_argument("--budgets", type=_float_list, default=None,
+                   help="compute budgets as mean loops per sampling step, e.g. 2,3,4 (the compute of constant "
+                        "L = 2, 3, 4; default 2..Lmax)")
+    p.add_argument("--thresholds", type=_float_list, default=[],
+                   help="adaptive-exit thresholds to measure too, e.g. 0.01,0.03,0.1 (default none)")
+    p.add_argument("--max-loops", type=_positive, help="largest loop count a schedule may use (default Lmax+2)")
+    _add_eval_args(p, "samples per point")
+
+    p = sub.add_parser("serve", help="local web demo (gradio): pick a class and a loop count, generate")
+    p.add_argument("--run", "--run-dir", dest="run", required=True, help="run folder written by `elt train`")
+    p.add_argument("--port", type=int, default=7860, help="port on 127.0.0.1 (default 7860)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--n", type=_positive, default=4, help="images per generation (default 4)")
 
     p = sub.add_parser("demo", help="train a preset, evaluate every L, write the any-time grid")
     _add_config_args(p, "fmnist-maskgit")
@@ -131,10 +182,38 @@ def _is_main() -> bool:
     return setup("cpu").is_main
 
 
+def _schedule_help() -> str:
+    from .loops import SPEC_HELP
+
+    return SPEC_HELP
+
+
+def _loop_policy(args, run) -> tuple[object, dict]:
+    """What `elt sample` loops with, and how it was chosen (recorded with the samples)."""
+    from .engine.frontier import pick_for_budget
+    from .engine.generate import eval_settings
+    from .loops import AdaptiveLoops, LoopSchedule
+
+    m = run.cfg.model
+    if args.loops is not None:
+        return args.loops, {"loops": args.loops}
+    if args.schedule is not None:
+        return args.schedule, {"loops": args.schedule.spec()}
+    if args.adaptive is not None:
+        policy = AdaptiveLoops(args.adaptive, m.min_loops, m.max_loops)
+        return policy, {"loops": repr(policy)}
+    _, _, steps, cfg_scale = eval_settings(run, None, None, args.steps, args.cfg)
+    best = pick_for_budget(run, steps, cfg_scale, args.budget_gflops, args.budget_ms, progress=not args.quiet)
+    budget = {"budget_gflops": args.budget_gflops} if args.budget_gflops is not None else {"budget_ms": args.budget_ms}
+    chosen = {k: best[k] for k in ("name", "gflops_per_sample", "ms_per_sample") if k in best}
+    log.info("budget %s: using %s (%s)", budget, best["name"], chosen)
+    return LoopSchedule.parse(best["spec"]), {"loops": best["spec"], **budget, "chosen": chosen}
+
+
 def cmd_sample(args) -> None:
     import numpy as np
 
-    from .engine.generate import balanced_labels, generate, load_run, sampler_for
+    from .engine.generate import balanced_labels, generate, load_run, sampling_settings
     from .metrics.anytime import save_grid
 
     if args.cfg is not None and args.cfg < 0:
@@ -143,11 +222,13 @@ def cmd_sample(args) -> None:
     run = load_run(args.run, use_ema=not args.no_ema)
     labels = balanced_labels(args.n, run.num_classes, args.classes)
     main_rank = _is_main()
-    images = generate(run, args.loops, labels, args.seed, args.steps, args.cfg, progress=not args.quiet)
+    policy, how = _loop_policy(args, run)
+    images = generate(run, policy, labels, args.seed, args.steps, args.cfg, progress=not args.quiet)
     if not main_rank:
         return
-    settings = dict(loops=args.loops, **sampler_for(run, args.steps, args.cfg).settings(),
-                    seed=args.seed, checkpoint_step=run.step, ema=not args.no_ema)
+    if hasattr(policy, "mean_loops"):
+        how["mean_loops"] = round(policy.mean_loops, 4)
+    settings = dict(**how, **sampling_settings(run, args.steps, args.cfg), seed=args.seed, checkpoint_step=run.step)
     np.savez(base.with_suffix(".npz"), images=images, labels=labels.numpy().astype(np.int64),
              settings=np.array(str(settings)))
     cols = min(run.num_classes, len(images)) if args.classes is None else min(len(args.classes), len(images))
@@ -171,6 +252,30 @@ def cmd_evaluate(args) -> None:
         return
     print(format_table(report))
     print(f"wrote {run.path / 'anytime.json'} and {run.path / 'anytime.png'}")
+
+
+def cmd_schedules(args) -> None:
+    from .engine.frontier import search_schedules
+    from .engine.generate import load_run
+    from .metrics.anytime import format_schedules
+
+    if args.cfg is not None and args.cfg < 0:
+        raise ValueError(f"--cfg must be >= 0, got {args.cfg}")
+    run = load_run(args.run)
+    m = run.cfg.model
+    budgets = args.budgets or [float(L) for L in range(2, m.max_loops + 1)]
+    main_rank = _is_main()
+    report = search_schedules(run, budgets, args.thresholds, args.n, args.seed, args.steps, args.cfg,
+                              args.max_loops, progress=not args.quiet and main_rank)
+    if main_rank:
+        print(format_schedules(report))
+        print(f"wrote {run.path / 'anytime.json'} and {run.path / 'anytime.png'}")
+
+
+def cmd_serve(args) -> None:
+    from .serve import serve
+
+    serve(args.run, host=args.host, port=args.port, n=args.n)
 
 
 def cmd_presets(args) -> None:
@@ -230,6 +335,10 @@ def main(argv: list[str] | None = None) -> int:
             cmd_sample(args)
         elif args.command == "evaluate":
             cmd_evaluate(args)
+        elif args.command == "schedules":
+            cmd_schedules(args)
+        elif args.command == "serve":
+            cmd_serve(args)
         elif args.command == "demo":
             from .engine.demo import demo
             cfg = _config_from_args(args)

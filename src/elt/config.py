@@ -111,6 +111,7 @@ class SampleConfig:
     choice_temperature: float = 4.5  # Gumbel noise scale on confidences, annealed to 0
     batch_size: int = 250
     use_ema: bool = True
+    precision: str = "fp32"          # fp32 | bf16 (autocast) | auto (bf16 where the hardware has it)
 
 
 @dataclass
@@ -168,6 +169,7 @@ class Config:
             (t.device in ("auto", "cpu", "cuda"), "train.device", "choose auto, cpu or cuda"),
             (t.precision in PRECISIONS, "train.precision", "choose fp32, bf16 or auto"),
             (self.tokenizer.precision in PRECISIONS, "tokenizer.precision", "choose fp32, bf16 or auto"),
+            (self.sample.precision in PRECISIONS, "sample.precision", "choose fp32, bf16 or auto"),
             (t.parallel in ("ddp", "fsdp"), "train.parallel", "choose ddp or fsdp"),
             (t.lr_schedule in ("cosine", "constant"), "train.lr_schedule", "choose cosine or constant"),
             (0 <= t.label_dropout < 1, "train.label_dropout", "must be in [0, 1)"),

@@ -9,6 +9,25 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def cpu_bf16(x: torch.Tensor) -> bool:
+    """True when matmuls on x run in bf16 on the CPU (bf16 tensors, or bf16 autocast)."""
+    if x.device.type != "cpu":
+        return False
+    return x.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu")
+                                         and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
+    """softmax(q·kᵀ/√d)·v over (B, H, T, d). PyTorch SDPA, except in bf16 on the CPU, where its fused
+    kernel is 3–5x slower than plain matmuls at these sequence lengths (fwd+bwd, T = 50–64, measured
+    in benchmarks/README.md): there the scores are two matmuls with the softmax in fp32."""
+    if not cpu_bf16(q):
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    weights = F.dropout(scores.float().softmax(-1), dropout).to(v.dtype if v.dtype == torch.bfloat16 else scores.dtype)
+    return weights @ v
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with one fused QKV projection and PyTorch SDPA (bidirectional)."""
 
@@ -24,7 +43,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        y = attention(q, k, v, self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
 
 

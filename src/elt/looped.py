@@ -69,6 +69,53 @@ class LoopedModel(nn.Module):
     def forward(self, *inputs, loops: int, **head_kw) -> torch.Tensor:
         return self.forward_exits(*inputs, loops=loops, **head_kw)[loops]
 
+    @torch.no_grad()
+    def forward_adaptive(self, *inputs, min_loops: int, max_loops: int, threshold: float, change,
+                         groups: int = 1, **head_kw):
+        """Adaptive exit: loop each example until `change(prev_out, out)` (one value per example) is at
+        most `threshold`, within [min_loops, max_loops] (the first possible exit is loop
+        max(min_loops, 2): a change needs two outputs). The head runs after every loop from
+        min_loops − 1 on, and only the examples still looping go through the next loop.
+        The batch holds `groups` copies of each example back to back (e.g. guidance's conditional and
+        unconditional halves): a copy stops when all copies of its example have converged.
+        Conditioning and head arguments must be batch-first. Returns (outputs, loops used, heads
+        run), the last two per example."""
+        check_loops(min_loops)
+        check_loops(max_loops)
+        h, cond = self.embed(*inputs)
+        b = h.shape[0]
+        if b % groups:
+            raise ValueError(f"batch {b} is not {groups} equal groups")
+        n = b // groups
+        take = lambda d, idx: {k: v[idx] if torch.is_tensor(v) and v.shape[:1] == (b,) else v for k, v in d.items()}  # noqa: E731
+        active = torch.arange(n, device=h.device)  # examples still looping
+        used = torch.full((n,), max_loops, dtype=torch.long, device=h.device)
+        heads = torch.zeros(n, dtype=torch.long, device=h.device)
+        out = last = None  # last: the head's output for the looping rows at the previous loop
+        for loop in range(1, max_loops + 1):
+            rows = torch.cat([active + g * n for g in range(groups)])
+            c = take(cond, rows)
+            x = h[rows]
+            for layer in self.stack.layers:
+                x = layer(x, **c)
+            h = h.index_copy(0, rows, x)
+            if loop < min_loops - 1:
+                continue  # no exit possible before min_loops: no head needed yet
+            y = self.head(x, **c, **take(head_kw, rows))
+            out = y.new_zeros((b, *y.shape[1:])) if out is None else out
+            out.index_copy_(0, rows, y)
+            heads[active] += 1
+            if last is not None and min_loops <= loop < max_loops:
+                delta = change(last, y).view(groups, -1).amax(0)  # an example: the largest over its copies
+                done = delta <= threshold
+                used[active[done]] = loop
+                active = active[~done]
+                if active.numel() == 0:
+                    break
+                y = y.view(groups, -1, *y.shape[1:])[:, ~done].flatten(0, 1)
+            last = y
+        return out, used, heads
+
 
 def check_loops(loops) -> None:
     if isinstance(loops, bool) or not isinstance(loops, int) or loops < 1:

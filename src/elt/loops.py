@@ -1,29 +1,58 @@
-"""Loop schedules for sampling: how many loops the network runs at each sampling step.
+"""Loop policies for sampling: how many loops the network runs at each sampling step.
 
-The paper uses one L for every step (`constant`); a schedule object keeps that choice apart from
-the sampler so per-step schedules can be added without touching samplers or networks.
+The paper uses one L for every step (`LoopSchedule.constant`). ILSD makes every intermediate loop
+a usable model, so a sampler can also take
+  * a per-step schedule — an explicit list, or a named family resolved for the sampler's K steps:
+    `ramp:A:B` (linear from A loops at the first step to B at the last), `split:A:B[:F]` (A loops for
+    the first fraction F of the steps, default ½, then B);
+  * `AdaptiveLoops`: per example and per step, loop until the prediction stops changing.
+These objects are kept apart from samplers and networks (as diffusers keeps schedulers apart).
+`schedule_family` builds the schedules of one total loop count that the compute-optimal search
+compares (`elt schedules`).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
 
 from .looped import check_loops
 
+SPEC_HELP = ("an integer L (every step), a comma-separated list with one loop count per step, "
+             "ramp:A:B (linear from A to B loops across the steps) or split:A:B[:F] (A loops for the "
+             "first fraction F of the steps, default 0.5, then B)")
+
 
 class LoopSchedule:
-    """One loop count per sampling step. Build with `LoopSchedule.constant(L)` or from a list."""
+    """One loop count per sampling step. Build with `constant(L)`, a per-step list, `ramp(a, b)`,
+    `split(a, b, f)` or `parse(text)`; `per_step(K)` resolves it for a sampler of K steps."""
 
-    def __init__(self, per_step: Sequence[int] | None = None, constant: int | None = None):
-        if (per_step is None) == (constant is None):
-            raise ValueError("give either a per-step list or a constant loop count")
-        self._constant = constant
+    def __init__(self, per_step: Sequence[int] | None = None, constant: int | None = None,
+                 family: tuple | None = None):
+        if sum(x is not None for x in (per_step, constant, family)) != 1:
+            raise ValueError("give exactly one of a per-step list, a constant loop count or a family")
+        self._constant, self._family = constant, family
         self._per_step = list(per_step) if per_step is not None else None
-        for loops in self._per_step or [constant]:
+        if self._per_step is not None and not self._per_step:
+            raise ValueError("a per-step loop schedule needs at least one entry")
+        for loops in self._per_step or ([constant] if constant is not None else list(family[1:3])):
             check_loops(loops)
+        if family is not None and family[0] == "split" and not 0 < family[3] < 1:
+            raise ValueError(f"split fraction must be in (0, 1), got {family[3]}")
 
     @classmethod
     def constant(cls, loops: int) -> "LoopSchedule":
         return cls(constant=loops)
+
+    @classmethod
+    def ramp(cls, start: int, end: int) -> "LoopSchedule":
+        return cls(family=("ramp", start, end))
+
+    @classmethod
+    def split(cls, first: int, then: int, fraction: float = 0.5) -> "LoopSchedule":
+        return cls(family=("split", first, then, float(fraction)))
 
     @classmethod
     def coerce(cls, loops: "int | Sequence[int] | LoopSchedule") -> "LoopSchedule":
@@ -33,15 +62,228 @@ class LoopSchedule:
             return cls.constant(loops)
         return cls(per_step=loops)
 
-    def loops_at(self, step: int, total_steps: int) -> int:
+    @classmethod
+    def parse(cls, text: str) -> "LoopSchedule":
+        """'4', '1,2,3,4', 'ramp:1:4', 'split:4:2:0.25' (see SPEC_HELP); one clear error otherwise."""
+        text = str(text).strip()
+        try:
+            if text.startswith(("ramp:", "split:")):
+                kind, *args = text.split(":")
+                if kind == "ramp" and len(args) == 2:
+                    return cls.ramp(int(args[0]), int(args[1]))
+                if kind == "split" and len(args) in (2, 3):
+                    return cls.split(int(args[0]), int(args[1]), float(args[2]) if len(args) == 3 else 0.5)
+                raise ValueError("wrong number of fields")
+            parts = [int(p) for p in text.replace("-", ",").split(",") if p.strip()]
+            if len(parts) == 1:
+                return cls.constant(parts[0])
+            return cls(per_step=parts)
+        except ValueError as e:
+            raise ValueError(f"bad loop schedule {text!r} ({e}); give {SPEC_HELP}") from None
+
+    @property
+    def is_constant(self) -> bool:
+        return self._constant is not None
+
+    def per_step(self, total_steps: int) -> list[int]:
+        """The loop count of every step of a K-step sampler."""
+        k = total_steps
         if self._constant is not None:
-            return self._constant
-        if len(self._per_step) != total_steps:
-            raise ValueError(f"loop schedule has {len(self._per_step)} entries for {total_steps} sampling steps")
-        return self._per_step[step]
+            return [self._constant] * k
+        if self._per_step is not None:
+            if len(self._per_step) != k:
+                raise ValueError(f"loop schedule has {len(self._per_step)} entries for {k} sampling steps; "
+                                 f"give one loop count per step (or a ramp:/split: schedule)")
+            return list(self._per_step)
+        kind, a, b = self._family[:3]
+        if kind == "ramp":
+            return [math.floor(a + (b - a) * i / max(1, k - 1) + 0.5) for i in range(k)]  # halves round up
+        first = min(k, max(0, round(self._family[3] * k)))
+        return [a] * first + [b] * (k - first)
+
+    def loops_at(self, step: int, total_steps: int) -> int:
+        return self.per_step(total_steps)[step]
 
     def total_loops(self, total_steps: int) -> int:
-        return sum(self.loops_at(k, total_steps) for k in range(total_steps))
+        return sum(self.per_step(total_steps))
+
+    def max_loops(self, total_steps: int) -> int:
+        return max(self.per_step(total_steps))
 
     def __repr__(self) -> str:
-        return f"L{self._constant}" if self._constant is not None else "L" + "-".join(map(str, self._per_step))
+        if self._constant is not None:
+            return f"L{self._constant}"
+        if self._per_step is not None:
+            return "L" + "-".join(map(str, self._per_step))
+        kind, a, b = self._family[:3]
+        return f"ramp{a}to{b}" if kind == "ramp" else f"split{a}to{b}at{self._family[3]:g}"
+
+    def spec(self) -> str:
+        """The text `parse` turns back into this schedule."""
+        if self._constant is not None:
+            return str(self._constant)
+        if self._per_step is not None:
+            return ",".join(map(str, self._per_step))
+        kind, a, b = self._family[:3]
+        return f"ramp:{a}:{b}" if kind == "ramp" else f"split:{a}:{b}:{self._family[3]:g}"
+
+
+def quantize(profile: Sequence[float], total: int, lo: int, hi: int) -> list[int]:
+    """Integer loop counts following a real-valued per-step profile whose sum is exactly `total`
+    (cumulative rounding, then ordered like the profile so a ramp stays monotone), each within [lo, hi]."""
+    k = len(profile)
+    if not lo * k <= total <= hi * k:
+        raise ValueError(f"{total} loops over {k} steps cannot stay within {lo}..{hi} loops per step")
+    scale = total / sum(profile)
+    cum, out, prev = 0.0, [], 0
+    for p in profile:
+        cum += p * scale
+        cur = round(cum)
+        out.append(cur - prev)
+        prev = cur
+    # Clamp into [lo, hi] and hand the excess to the nearest steps that still have room.
+    out = [min(hi, max(lo, v)) for v in out]
+    diff = total - sum(out)
+    order = sorted(range(k), key=lambda i: -profile[i] if diff > 0 else profile[i])
+    while diff:
+        for i in order:
+            if diff > 0 and out[i] < hi:
+                out[i] += 1
+                diff -= 1
+            elif diff < 0 and out[i] > lo:
+                out[i] -= 1
+                diff += 1
+            if not diff:
+                break
+    trend = 1 if profile[-1] >= profile[0] else -1  # ties: follow the profile's overall direction
+    ranked = sorted(range(k), key=lambda i: (profile[i], trend * i))
+    result = [0] * k
+    for i, v in zip(ranked, sorted(out)):
+        result[i] = v
+    return result
+
+
+def schedule_family(mean_loops: float, steps: int, lo: int, hi: int) -> dict[str, LoopSchedule]:
+    """Schedules with the same total loops, round(mean_loops·steps), as constant L = mean_loops:
+    increasing and decreasing linear ramps, and front- and back-loaded two-level splits, each
+    spanning as wide a range within [lo, hi] as the mean allows. Names say the shape; equal
+    schedules (e.g. at the edges of the range) are kept once."""
+    total = round(mean_loops * steps)
+    spread = min(mean_loops - lo, hi - mean_loops)
+    out: dict[str, LoopSchedule] = {}
+    if spread <= 0 or steps < 2:
+        return out
+    ramp = [mean_loops - spread + 2 * spread * i / (steps - 1) for i in range(steps)]
+    half = steps // 2
+    # Two levels a step apart in each direction (as wide as the range allows), equal halves.
+    step_up = [mean_loops + spread] * half + [mean_loops - spread] * (steps - half)
+    candidates = {
+        "increasing": ramp,
+        "decreasing": ramp[::-1],
+        "front-loaded": step_up,
+        "back-loaded": step_up[::-1],
+    }
+    seen = set()
+    for name, profile in candidates.items():
+        per_step = quantize([max(p, 1e-6) for p in profile], total, lo, hi)
+        key = tuple(per_step)
+        if key in seen or len(set(per_step)) == 1:
+            continue
+        seen.add(key)
+        out[name] = LoopSchedule(per_step=per_step)
+    return out
+
+
+@dataclass
+class AdaptiveLoops:
+    """Per example and per sampling step: run loops until the head's output changes by less than
+    `threshold` between two successive loops (the change is measured by the sampler: KL for token
+    logits, relative RMS for diffusion predictions), never fewer than `min_loops` nor more than
+    `max_loops`. Keeps the mean loops used across calls (`mean_loops`) for reports."""
+
+    threshold: float
+    min_loops: int
+    max_loops: int
+
+    def __post_init__(self):
+        check_loops(self.min_loops)
+        check_loops(self.max_loops)
+        if self.min_loops > self.max_loops:
+            raise ValueError(f"adaptive exit needs min_loops <= max_loops, got {self.min_loops} > {self.max_loops}")
+        if not self.threshold >= 0:
+            raise ValueError(f"adaptive exit threshold must be >= 0, got {self.threshold}")
+        self.reset()
+
+    def reset(self) -> None:
+        self._steps: dict[int, list[float]] = {}  # step -> [loops summed, heads summed, examples]
+
+    def record(self, step: int, loops_used: torch.Tensor, heads_used: torch.Tensor) -> None:
+        acc = self._steps.setdefault(step, [0.0, 0.0, 0])
+        acc[0] += float(loops_used.sum())
+        acc[1] += float(heads_used.sum())
+        acc[2] += loops_used.numel()
+
+    def mean_at(self, step: int) -> tuple[float, float]:
+        """(mean loops, mean head evaluations) per example at sampling step `step`, as run so far."""
+        if step not in self._steps:
+            raise ValueError("adaptive exit has not sampled yet: its compute is known only after a run")
+        loops, heads, count = self._steps[step]
+        return loops / count, heads / count
+
+    @property
+    def mean_loops(self) -> float:
+        """Mean loops per example and step over everything sampled since the last reset."""
+        total = sum(v[0] for v in self._steps.values())
+        return total / max(1, sum(v[2] for v in self._steps.values()))
+
+    def __repr__(self) -> str:
+        return f"adaptive{self.threshold:g}_L{self.min_loops}to{self.max_loops}"
+
+
+def per_step_counts(loops, steps: int) -> list[tuple[float, float]]:
+    """(loops, head evaluations) of every sampling step: a schedule's, or what adaptive exit ran on
+    average. Network FLOPs are linear in both, so `model.flops(loops, heads)` takes the means."""
+    if isinstance(loops, AdaptiveLoops):
+        return [loops.mean_at(k) for k in range(steps)]
+    return [(float(L), 1.0) for L in LoopSchedule.coerce(loops).per_step(steps)]
+
+
+def as_policy(loops) -> "LoopSchedule | AdaptiveLoops":
+    """What samplers accept as `loops`: an int, a per-step list, a LoopSchedule or an AdaptiveLoops."""
+    return loops if isinstance(loops, AdaptiveLoops) else LoopSchedule.coerce(loops)
+
+
+def loops_at(policy, step: int, steps: int) -> "int | AdaptiveLoops":
+    """The loop count of one sampling step (adaptive exit decides inside the network call)."""
+    return policy if isinstance(policy, AdaptiveLoops) else policy.loops_at(step, steps)
+
+
+def run_policy(model, inputs: tuple, loops, step: int = 0,
+               change: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+               groups: int = 1, **head_kw) -> torch.Tensor:
+    """The samplers' one call into the network at sampling step `step`: `loops` from `loops_at` — a loop count, or adaptive
+    exit (`loops` an AdaptiveLoops; `change(prev, cur)` gives one value per example). `groups` copies of each example
+    lie in the batch back to back (guidance: conditional half, unconditional half); they stop together."""
+    if not isinstance(loops, AdaptiveLoops):
+        return model(*inputs, loops=loops, **head_kw)
+    out, used, heads = model.forward_adaptive(*inputs, min_loops=loops.min_loops, max_loops=loops.max_loops,
+                                              threshold=loops.threshold, change=change, groups=groups, **head_kw)
+    loops.record(step, used, heads)
+    return out
+
+
+def relative_rms_change(prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
+    """‖cur − prev‖ / ‖cur‖ per example (diffusion predictions)."""
+    d = (cur.float() - prev.float()).flatten(1).norm(dim=1)
+    return d / cur.float().flatten(1).norm(dim=1).clamp_min(1e-8)
+
+
+def logits_kl_change(prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
+    """Mean over positions of KL(softmax(cur) ‖ softmax(prev)) per example, logits (B, ..., V)."""
+    lc, lp = cur.float().log_softmax(-1), prev.float().log_softmax(-1)
+    kl = (lc.exp() * (lc - lp)).sum(-1)
+    return kl.flatten(1).mean(1) if kl.ndim > 1 else kl
+
+
+__all__ = ["LoopSchedule", "AdaptiveLoops", "schedule_family", "quantize", "as_policy", "loops_at", "run_policy",
+           "per_step_counts", "SPEC_HELP", "relative_rms_change", "logits_kl_change"]

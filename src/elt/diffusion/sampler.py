@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..loops import LoopSchedule
+from ..loops import as_policy, loops_at, per_step_counts, relative_rms_change, run_policy
 from .framework import to_x0_eps
 from .schedules import LogSNRSchedule
 
@@ -51,32 +51,35 @@ class DiffusionSampler:
                 "clip": self.clip, "logsnr_shift": round(self.schedule.shift, 6)}
 
     def flops(self, model, loops) -> float:
-        """Network FLOPs of sampling one example (x2 with guidance); decoder excluded."""
-        schedule = LoopSchedule.coerce(loops)
-        total = sum(model.flops(schedule.loops_at(k, self.steps)) for k in range(self.steps))
+        """Network FLOPs of sampling one example (x2 with guidance); decoder excluded. Adaptive exit:
+        the loops and heads it ran, on average."""
+        total = sum(model.flops(L, heads=h) for L, h in per_step_counts(loops, self.steps))
         return float(total * (2 if self.guided else 1))
 
-    def predict(self, model, x, t, labels, loops: int) -> torch.Tensor:
+    def predict(self, model, x, t, labels, loops, step: int = 0) -> torch.Tensor:
+        """The guided prediction at time t; `loops` a loop count or an AdaptiveLoops (the relative
+        change of the prediction between loops decides; both guidance halves stop together)."""
         tt = torch.full((x.shape[0],), float(t), device=x.device)
         if not self.guided:
-            return model(x, tt, labels, loops=loops).float()
+            return run_policy(model, (x, tt, labels), loops, step, relative_rms_change).float()
         null = torch.full_like(labels, model.null_class)
-        both = model(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([labels, null]), loops=loops).float()
+        both = run_policy(model, (torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([labels, null])), loops, step,
+                          relative_rms_change, groups=2).float()
         cond, uncond = both.chunk(2)
         return torch.lerp(uncond, cond, self.cfg)
 
     @torch.no_grad()
     def __call__(self, model, labels: torch.Tensor, loops, generator: torch.Generator | None = None,
                  callback=None) -> torch.Tensor:
-        """Latents (B, C, H, W) for class `labels` (B,); `loops` is an int or a LoopSchedule."""
-        schedule = LoopSchedule.coerce(loops)
+        """Latents (B, C, H, W) for class `labels` (B,); `loops`: an int, a LoopSchedule or an AdaptiveLoops."""
+        policy = as_policy(loops)
         shape = (labels.shape[0], model.in_channels, model.input_size, model.input_size)
         x = torch.randn(shape, generator=generator).to(labels.device)
         ts = torch.linspace(1.0, 0.0, self.steps + 1)
         alphas, sigmas = self.schedule.alpha_sigma(ts)
         for k in range(self.steps):
             a_t, s_t, a_s, s_s = alphas[k], sigmas[k], alphas[k + 1], sigmas[k + 1]
-            pred = self.predict(model, x, ts[k], labels, schedule.loops_at(k, self.steps))
+            pred = self.predict(model, x, ts[k], labels, loops_at(policy, k, self.steps), k)
             x0, eps = to_x0_eps(pred, x, a_t, s_t, self.prediction)
             if self.clip is not None:
                 x0 = x0.clamp(-self.clip, self.clip)

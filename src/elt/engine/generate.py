@@ -13,10 +13,11 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ..config import Config, ConfigError, load_config
-from ..loops import LoopSchedule
+from ..loops import AdaptiveLoops, as_policy
 from ..metrics.anytime import write_report
 from ..metrics.frechet import feature_stats, frechet_distance
 from ..tokenizers.vqvae import to_float
+from . import precision
 from .assets import (build_model, build_sampler, get_classifier, is_learned, load_split, load_weights,
                      make_tokenizer, metric_prefix)
 from .checkpoint import DAMAGED, find_checkpoint, read_state
@@ -55,6 +56,7 @@ def load_run(path: str | Path, use_ema: bool | None = None) -> Run:
     model = build_model(cfg, tokenizer, data.num_classes)
     use_ema = cfg.sample.use_ema if use_ema is None else use_ema
     weights = "ema.safetensors" if use_ema and (ckpt / "ema.safetensors").is_file() else "model.safetensors"
+    cfg.sample.use_ema = weights == "ema.safetensors"  # what the reports say is what was loaded
     load_weights(model, ckpt / weights, "checkpoint", DAMAGED)
     step = int(read_state(ckpt)["step"])
     return Run(path, cfg, model.eval(), tokenizer, step, data.class_names)
@@ -77,6 +79,14 @@ def sampler_for(run: Run, steps: int | None = None, cfg_scale: float | None = No
     return build_sampler(dataclasses.replace(run.cfg, sample=dataclasses.replace(s, **overrides)), run.tokenizer)
 
 
+def sampling_settings(run: Run, steps: int | None = None, cfg_scale: float | None = None) -> dict:
+    """Every setting that changes the samples, for reports and output names (the sampler's own, the
+    precision the network ran in, EMA or raw weights)."""
+    return {**sampler_for(run, steps, cfg_scale).settings(),
+            "precision": precision.resolve(run.cfg.sample.precision, next(run.model.parameters()).device),
+            "ema": run.cfg.sample.use_ema}
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """float (B, C, H, W) in [0, 1] → uint8 (B, H, W, C)."""
     return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
@@ -91,13 +101,15 @@ def generate(run: Run, loops, labels: torch.Tensor, seed: int = 0, steps: int | 
     are gathered back into label order on every rank."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     sampler = sampler_for(run, steps, cfg_scale)
-    schedule = LoopSchedule.coerce(loops)
+    schedule = as_policy(loops)
     gen = torch.Generator().manual_seed(seed + rank)
     mine = labels[rank::world]
     out = []
     bs = run.cfg.sample.batch_size
+    device = next(run.model.parameters()).device
     for i in tqdm(range(0, len(mine), bs), desc=f"sample {schedule}", disable=not progress or rank > 0, leave=False):
-        ids = sampler(run.model, mine[i: i + bs], schedule, gen)
+        with precision.autocast(run.cfg.sample.precision, device):  # the network only; the sampler's maths stays fp32
+            ids = sampler(run.model, mine[i: i + bs], schedule, gen)
         out.append(to_uint8(run.tokenizer.decode(ids)))
     if world == 1:
         return np.concatenate(out)
@@ -115,19 +127,21 @@ def gflops_per_sample(run: Run, loops, steps: int, cfg_scale: float) -> float:
     return sampler_for(run, steps, cfg_scale).flops(run.model, loops) / 1e9
 
 
-def evaluate(run: Run, loops: list[int] | None = None, n: int | None = None, seed: int | None = None,
-             steps: int | None = None, cfg_scale: float | None = None, progress: bool = True) -> dict:
-    """Sample n class-balanced images at each L; accuracy and Fréchet distance of the metric
-    classifier, seconds and GFLOPs per sample. Writes anytime.json / anytime.png in the run."""
+@dataclass
+class Judge:
+    """The metric classifier and the test split's feature statistics, built once per evaluation."""
+    classifier: torch.nn.Module
+    ref_stats: tuple
+    prefix: str
+    reference: dict
+
+
+def make_judge(run: Run, progress: bool = True) -> Judge:
+    """Loads (or trains once, cached) the metric classifier; reference numbers of the real test split
+    and of its tokenizer reconstruction."""
     c = run.cfg
-    loops = loops or c.eval.loops or list(range(1, c.model.max_loops + 3))
-    n = n or c.eval.n
-    seed = c.eval.seed if seed is None else seed
-    steps = steps or c.sample.steps
-    cfg_scale = c.sample.cfg if cfg_scale is None else cfg_scale
     prefix = metric_prefix(c)
-    train = load_split(c, "train")
-    classifier = get_classifier(c, train, progress)
+    classifier = get_classifier(c, load_split(c, "train"), progress)
     test = load_split(c, "test")
     test_x = to_float(test.images)
     test_feats, test_pred = classifier.features_and_predictions(test_x)
@@ -138,28 +152,57 @@ def evaluate(run: Run, loops: list[int] | None = None, n: int | None = None, see
                  f"acc_{prefix}_tokenizer_recon": float((rp == test.labels).mean()),
                  f"fd_{prefix}_tokenizer_recon": frechet_distance(*feature_stats(rf), *ref_stats),
                  "tokenizer_recon_mse": float((recon - test_x).pow(2).mean())}
+    return Judge(classifier, ref_stats, prefix, reference)
+
+
+def measure(run: Run, judge: Judge, loops, labels: torch.Tensor, seed: int, steps: int, cfg_scale: float,
+            progress: bool = False) -> dict:
+    """Quality (classifier accuracy against the labels, Fréchet distance to the test split), seconds
+    and GFLOPs per sample of one loop policy: a loop count, a schedule or adaptive exit (whose
+    GFLOPs and mean loops are what it ran)."""
+    if isinstance(loops, AdaptiveLoops):
+        loops.reset()
+    tic = time.perf_counter()
+    images = generate(run, loops, labels, seed, steps, cfg_scale, progress)
+    seconds = time.perf_counter() - tic
+    feats, pred = judge.classifier.features_and_predictions(to_float(images))
+    p = judge.prefix
+    out = {f"acc_{p}": float((pred == labels.numpy()).mean()),
+           f"fd_{p}": frechet_distance(*feature_stats(feats), *judge.ref_stats),
+           "seconds_per_sample": seconds / len(labels),
+           "gflops_per_sample": gflops_per_sample(run, loops, steps, cfg_scale)}
+    if isinstance(loops, AdaptiveLoops):
+        out["mean_loops"] = loops.mean_loops
+    return out
+
+
+def evaluate(run: Run, loops: list[int] | None = None, n: int | None = None, seed: int | None = None,
+             steps: int | None = None, cfg_scale: float | None = None, progress: bool = True) -> dict:
+    """Sample n class-balanced images at each L; accuracy and Fréchet distance of the metric
+    classifier, seconds and GFLOPs per sample. Writes anytime.json / anytime.png in the run."""
+    c = run.cfg
+    loops = loops or c.eval.loops or list(range(1, c.model.max_loops + 3))
+    n, seed, steps, cfg_scale = eval_settings(run, n, seed, steps, cfg_scale)
+    judge = make_judge(run, progress)
     labels = balanced_labels(n, run.num_classes)
     per_loop = {}
     for L in tqdm(loops, desc="evaluate loops", disable=not progress):
-        tic = time.perf_counter()
-        images = generate(run, L, labels, seed, steps, cfg_scale, progress)
-        seconds = time.perf_counter() - tic
-        feats, pred = classifier.features_and_predictions(to_float(images))
-        per_loop[str(L)] = {
-            f"acc_{prefix}": float((pred == labels.numpy()).mean()),
-            f"fd_{prefix}": frechet_distance(*feature_stats(feats), *ref_stats),
-            "seconds_per_sample": seconds / n,
-            "gflops_per_sample": gflops_per_sample(run, L, steps, cfg_scale),
-        }
+        per_loop[str(L)] = measure(run, judge, L, labels, seed, steps, cfg_scale, progress)
         log.info("L=%d %s", L, per_loop[str(L)])
     report = {
         "run": str(run.path), "config": c.name, "objective": c.train.objective,
         "checkpoint_step": run.step, "lmin": c.model.min_loops, "lmax": c.model.max_loops,
-        "metric_extractor": prefix, "reference": reference,
-        "sampling": {**sampler_for(run, steps, cfg_scale).settings(), "seed": seed, "n": n,
-                     "ema": c.sample.use_ema},
+        "metric_extractor": judge.prefix, "reference": judge.reference,
+        "sampling": {**sampling_settings(run, steps, cfg_scale), "seed": seed, "n": n},
         "loops": per_loop,
     }
     if not dist.is_initialized() or dist.get_rank() == 0:
         write_report(report, run.path)
     return report
+
+
+def eval_settings(run: Run, n: int | None, seed: int | None, steps: int | None, cfg_scale: float | None):
+    """The evaluation's n, seed, sampling steps and guidance: the arguments, else the run's config."""
+    c = run.cfg
+    return (n or c.eval.n, c.eval.seed if seed is None else seed, steps or c.sample.steps,
+            c.sample.cfg if cfg_scale is None else cfg_scale)

@@ -48,10 +48,13 @@ class MaskedTransformer(LoopedModel):
     def head(self, h: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 1+T, D) → logits (B, T, codebook_size); the class position is dropped. With `positions`
         (B, T) bool, only those positions are decoded: logits (M, codebook_size), M = positions.sum(),
-        in row-major order — the training loss and the sampler need no others."""
+        in row-major order (the training loss); with `positions` (B, n) int64 indices, those n positions
+        of each row: logits (B, n, codebook_size) (the sampler). Nothing else is decoded."""
         h = h[:, 1:]
-        if positions is not None:
+        if positions is not None and positions.dtype == torch.bool:
             h = h[positions]
+        elif positions is not None:
+            h = h.gather(1, positions[..., None].expand(-1, -1, h.shape[-1]))
         return self.out(self.norm(h))
 
     def flops(self, loops: int, heads: int = 1) -> int:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..loops import LoopSchedule
+from ..loops import as_policy, logits_kl_change, loops_at, per_step_counts, run_policy
 
 
 def gumbel(shape, generator: torch.Generator | None) -> torch.Tensor:
@@ -63,34 +63,34 @@ class MaskGITSampler:
 
     def flops(self, model, loops) -> float:
         """Transformer FLOPs of decoding one sample (x2 with CFG): every layer at every step, the head
-        only at the positions still masked."""
-        schedule = LoopSchedule.coerce(loops)
+        only at the positions still masked. Adaptive exit: the loops and heads it ran, on average."""
         t, masked, total = model.num_tokens, model.num_tokens, 0.0
-        for k in range(self.steps):
-            L = schedule.loops_at(k, self.steps)
+        for k, (L, heads) in enumerate(per_step_counts(loops, self.steps)):
             layers = model.flops(L, heads=0)
-            total += layers + (model.flops(L, heads=1) - layers) * masked / t
+            total += layers + (model.flops(L, heads=heads) - layers) * masked / t
             masked = self.keep_masked(k, t, masked)
         return total * (2 if self.cfg > 0 else 1)
 
-    def logits(self, model, tokens, labels, loops: int, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """Guided logits, (B, T, V), or (M, V) at `positions` only."""
+    def logits(self, model, tokens, labels, loops, positions: torch.Tensor | None = None, step: int = 0) -> torch.Tensor:
+        """Guided logits (B, T, V), or (B, n, V) at `positions` (B, n) only; `loops` a loop count or an
+        AdaptiveLoops (guidance: both halves of an example stop together)."""
         if self.cfg == 0:
-            return model(tokens, labels, loops=loops, positions=positions).float()
+            return run_policy(model, (tokens, labels), loops, step, logits_kl_change, positions=positions).float()
         null = torch.full_like(labels, model.null_class)
-        both = model(torch.cat([tokens, tokens]), torch.cat([labels, null]), loops=loops,
-                     positions=None if positions is None else torch.cat([positions, positions])).float()
+        both = run_policy(model, (torch.cat([tokens, tokens]), torch.cat([labels, null])), loops, step,
+                          logits_kl_change, groups=2,
+                          positions=None if positions is None else torch.cat([positions, positions])).float()
         cond, uncond = both.chunk(2)
         return torch.lerp(uncond, cond, 1 + self.cfg)  # (1+w)·cond − w·uncond in one pass
 
     @torch.no_grad()
     def __call__(self, model, labels: torch.Tensor, loops, generator: torch.Generator | None = None,
                  callback=None) -> torch.Tensor:
-        """Decode token ids (B, T) for class `labels` (B,); `loops` is an int or a LoopSchedule.
+        """Decode token ids (B, T) for class `labels` (B,); `loops`: an int, a LoopSchedule or an AdaptiveLoops.
 
         Every row has the same number n of masked positions at every step, so the head decodes just
         those: logits (B, n, V)."""
-        schedule = LoopSchedule.coerce(loops)
+        policy = as_policy(loops)
         b, t = labels.shape[0], model.num_tokens
         tokens = torch.full((b, t), model.mask_id, dtype=torch.long, device=labels.device)
         for k in range(self.steps):
@@ -98,7 +98,7 @@ class MaskGITSampler:
             unknown = tokens == model.mask_id
             n = int(unknown[0].sum())
             where = unknown.nonzero()[:, 1].view(b, n)  # the masked positions of each row, ascending
-            logits = self.logits(model, tokens, labels, schedule.loops_at(k, self.steps), unknown).view(b, n, -1)
+            logits = self.logits(model, tokens, labels, loops_at(policy, k, self.steps), where, k)
             stemp = self.temp_base + self.temp_anneal * (1 - ratio)
             logp = logits.log_softmax(-1)
             sampled = categorical(logp / stemp, generator)  # softmax(logp/T) = softmax(logits/T)

@@ -34,6 +34,8 @@ def markdown_table(report: dict) -> str:
 
 
 def plot_report(report: dict, path: Path) -> None:
+    """Quality against GFLOPs per sample: constant L as a line of circles; with a schedule search,
+    per-step schedules (triangles), adaptive exit (squares) and the frontier (dashed)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -41,23 +43,56 @@ def plot_report(report: dict, path: Path) -> None:
     p = report["metric_extractor"]
     Ls = [int(k) for k in report["loops"]]
     gf = [report["loops"][str(L)]["gflops_per_sample"] for L in Ls]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    search = report.get("schedules", {})
+    points = search.get("points", [])
+    fig, axes = plt.subplots(1, 2, figsize=(11 if points else 10, 4))
     for ax, key in zip(axes, (f"fd_{p}", f"acc_{p}")):
         vals = [report["loops"][str(L)][key] for L in Ls]
-        ax.plot(gf, vals, "o-")
+        ax.plot(gf, vals, "o-", label="constant L")
         for L, x, y in zip(Ls, gf, vals):
             ax.annotate(f"L={L}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        for kind, marker in (("schedule", "^"), ("adaptive", "s")):
+            mine = [q for q in points if q["kind"] == kind]
+            if mine:
+                ax.scatter([q["gflops_per_sample"] for q in mine], [q[key] for q in mine], marker=marker,
+                           label="per-step schedules" if kind == "schedule" else "adaptive exit", zorder=3)
+        front = [q for q in points if q["name"] in search.get("frontier", [])]
+        if front and key.startswith("fd"):
+            front.sort(key=lambda q: q["gflops_per_sample"])
+            ax.plot([q["gflops_per_sample"] for q in front], [q[key] for q in front], "k--", lw=0.8,
+                    label="frontier (search)")
+        allv = vals + [q[key] for q in points]
         if key.startswith("acc"):
             ax.set_ylim(0, 1.02)
         else:
-            ax.set_ylim(0, max(vals) * 1.15)  # from zero: flat curves look flat
+            ax.set_ylim(0, max(allv) * 1.15)  # from zero: flat curves look flat
         ax.set_xlabel("GFLOPs per sample")
         ax.set_ylabel(key + (" (lower is better)" if key.startswith("fd") else ""))
         ax.grid(alpha=0.3)
+        if points:
+            ax.legend(fontsize=7)
     fig.suptitle(f"{report['config']} ({report['objective']}) — {settings_tag(report)}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def format_schedules(report: dict) -> str:
+    """The schedule search as text: every point, then constant vs best schedule per budget."""
+    p = report["metric_extractor"]
+    search = report["schedules"]
+    lines = [f"{'policy':<22} {'mean L':>6} {'acc_' + p:>16} {'fd_' + p:>14} {'GFLOPs':>8} {'s/sample':>9}  per-step"]
+    for q in search["points"]:
+        mark = " *" if q["name"] in search["frontier"] else ""
+        per_step = "-".join(map(str, q["per_step"])) if "per_step" in q else ""
+        lines.append(f"{q['name']:<22} {q['mean_loops']:>6.2f} {q['acc_' + p]:>16.3f} {q['fd_' + p]:>14.2f} "
+                     f"{q['gflops_per_sample']:>8.3f} {q['seconds_per_sample']:>9.4f}  {per_step}{mark}")
+    lines.append("* on the quality/GFLOPs frontier of the points above")
+    for c in search["comparison"]:
+        lines.append(f"budget {c['budget_loops']:g} loops/step ({c['gflops_per_sample']:.3f} GFLOPs): "
+                     f"constant {c['constant']} fd {c.get('constant_fd_' + p) or float('nan'):.2f} vs best schedule "
+                     f"{c['best_schedule']} fd {c['schedule_fd_' + p]:.2f}")
+    return "\n".join(lines)
 
 
 def write_report(report: dict, run_dir: Path) -> Path:

@@ -1,0 +1,190 @@
+"""Spending compute where it helps (issue: beyond the paper).
+
+* `search_schedules`: for each compute budget (a mean loop count per sampling step: the compute of
+  constant L = budget), measure constant L and a family of per-step loop schedules with the same
+  total loops; optionally adaptive exit at several thresholds. The points, the quality/GFLOPs
+  frontier and a per-budget comparison go into the run's anytime.json (key `schedules`) and plot.
+* `pick_for_budget`: the best measured policy within a GFLOPs or a latency budget (latency
+  measured on this machine once per policy and cached in the run folder).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..loops import AdaptiveLoops, LoopSchedule, schedule_family
+from ..metrics.anytime import settings_tag, write_report
+from .generate import (Run, balanced_labels, eval_settings, generate, make_judge, measure, sampling_settings)
+
+log = logging.getLogger("elt")
+
+
+def pareto(points: list[dict], cost: str, quality: str, lower_is_better: bool = True) -> list[str]:
+    """Names of the points no other point beats on both cost and quality, cheapest first."""
+    sign = 1 if lower_is_better else -1
+    best, names = float("inf"), []
+    for p in sorted(points, key=lambda p: (p[cost], sign * p[quality])):
+        if sign * p[quality] < best:
+            best = sign * p[quality]
+            names.append(p["name"])
+    return names
+
+
+def search_schedules(run: Run, budgets: list[float], thresholds: list[float] = (), n: int | None = None,
+                     seed: int | None = None, steps: int | None = None, cfg_scale: float | None = None,
+                     max_loops: int | None = None, progress: bool = True) -> dict:
+    """Measure constant L and equal-compute schedules at each budget (and adaptive exit at each
+    threshold); write them, the frontier and the comparison into DIR/anytime.json."""
+    c = run.cfg
+    n, seed, steps, cfg_scale = eval_settings(run, n, seed, steps, cfg_scale)
+    lmin, lmax = c.model.min_loops, c.model.max_loops
+    cap = max_loops or lmax + 2
+    bad = [b for b in budgets if not 1 <= b <= cap]
+    if bad:
+        raise ValueError(f"budgets {bad} are outside 1..{cap} loops per step; give mean loop counts such as 2,3,4")
+    policies: list[tuple[dict, object]] = []
+    for b in budgets:
+        if float(b).is_integer():
+            policies.append(({"kind": "constant", "name": f"L{int(b)}", "budget_loops": b}, LoopSchedule.constant(int(b))))
+        for shape, sched in schedule_family(b, steps, 1, cap).items():
+            policies.append(({"kind": "schedule", "name": f"{shape}@{b:g}", "shape": shape, "budget_loops": b}, sched))
+    for thr in thresholds:
+        policies.append(({"kind": "adaptive", "name": f"adaptive@{thr:g}", "threshold": thr,
+                          "min_loops": lmin, "max_loops": lmax}, AdaptiveLoops(thr, lmin, lmax)))
+    judge = make_judge(run, progress)
+    labels = balanced_labels(n, run.num_classes)
+    points = []
+    for meta, policy in tqdm(policies, desc="schedules", disable=not progress):
+        r = measure(run, judge, policy, labels, seed, steps, cfg_scale, progress)
+        if isinstance(policy, LoopSchedule):
+            r["per_step"] = policy.per_step(steps)
+            r["spec"] = policy.spec()
+            r["mean_loops"] = sum(r["per_step"]) / steps
+        points.append({**meta, **r})
+        log.info("%s %s", meta["name"], {k: v for k, v in r.items() if k != "per_step"})
+    fd, acc = f"fd_{judge.prefix}", f"acc_{judge.prefix}"
+    comparison = []
+    for b in budgets:
+        same = [p for p in points if p.get("budget_loops") == b]
+        scheds = [p for p in same if p["kind"] == "schedule"]
+        const = next((p for p in same if p["kind"] == "constant"), None)
+        if not scheds:
+            continue
+        best = min(scheds, key=lambda p: p[fd])
+        comparison.append({"budget_loops": b, "constant": const and const["name"], "best_schedule": best["name"],
+                           "best_schedule_spec": best["spec"],
+                           f"constant_{fd}": const and const[fd], f"schedule_{fd}": best[fd],
+                           f"constant_{acc}": const and const[acc], f"schedule_{acc}": best[acc],
+                           "gflops_per_sample": best["gflops_per_sample"]})
+    section = {"budgets": list(budgets), "thresholds": list(thresholds), "cap_loops": cap, "points": points,
+               "frontier": pareto(points, "gflops_per_sample", fd), "comparison": comparison}
+    report = _base_report(run, judge, n, seed, steps, cfg_scale)
+    report["schedules"] = section
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        write_report(report, run.path)
+    return report
+
+
+def _base_report(run: Run, judge, n, seed, steps, cfg_scale) -> dict:
+    """The run's anytime.json when it was measured with these sampling settings (its constant-L table
+    stays), else a fresh report holding only the schedule search."""
+    c = run.cfg
+    fresh = {"run": str(run.path), "config": c.name, "objective": c.train.objective, "checkpoint_step": run.step,
+             "lmin": c.model.min_loops, "lmax": c.model.max_loops, "metric_extractor": judge.prefix,
+             "reference": judge.reference,
+             "sampling": {**sampling_settings(run, steps, cfg_scale), "seed": seed, "n": n},
+             "loops": {}}
+    path = run.path / "anytime.json"
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+            if settings_tag(old) == settings_tag(fresh) and old["sampling"] == fresh["sampling"]:
+                return old
+        except (ValueError, KeyError):
+            pass
+    return fresh
+
+
+# ---------------------------------------------------------------------------------- budgets
+
+
+def measured_policies(run: Run, steps: int, cfg_scale: float) -> list[dict]:
+    """Every constant L and schedule measured for this run at these sampling settings (anytime.json),
+    as {name, spec, gflops_per_sample, fd, acc}; adaptive points are left out (their compute varies)."""
+    path = run.path / "anytime.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run `elt evaluate --run {run.path}` and "
+                                f"`elt schedules --run {run.path}` first, then sample within a budget")
+    report = json.loads(path.read_text())
+    s = report["sampling"]
+    if s["steps"] != steps or float(s["cfg"]) != float(cfg_scale):
+        raise ValueError(f"{path} was measured with steps={s['steps']} cfg={s['cfg']}, not steps={steps} "
+                         f"cfg={cfg_scale}; sample with those settings or re-run evaluate/schedules with these")
+    fd = f"fd_{report['metric_extractor']}"
+    out = [{"name": f"L{L}", "spec": str(L), "kind": "constant", "gflops_per_sample": r["gflops_per_sample"],
+            "quality": r[fd]} for L, r in report.get("loops", {}).items()]
+    for p in report.get("schedules", {}).get("points", []):
+        if p["kind"] == "schedule" or (p["kind"] == "constant" and not any(o["name"] == p["name"] for o in out)):
+            out.append({"name": p["name"], "spec": p.get("spec", p["name"][1:]), "kind": p["kind"],
+                        "gflops_per_sample": p["gflops_per_sample"], "quality": p[fd]})
+    return out
+
+
+def machine_key(run: Run, batch: int, steps: int, cfg_scale: float) -> str:
+    threads = torch.get_num_threads()
+    return (f"{platform.node()}|{platform.processor() or platform.machine()}|torch {torch.__version__}|"
+            f"{threads} threads|batch {batch}|steps {steps}|cfg {cfg_scale:g}|ckpt {run.step}")
+
+
+def latencies(run: Run, policies: list[dict], steps: int, cfg_scale: float, progress: bool = True) -> dict:
+    """Milliseconds per sample of each policy at the run's sampling batch, measured once on this
+    machine and cached in DIR/latency.json (keyed by machine, threads, batch, steps, cfg, checkpoint)."""
+    batch = run.cfg.sample.batch_size
+    key = machine_key(run, batch, steps, cfg_scale)
+    path = run.path / "latency.json"
+    cache = {}
+    if path.is_file():
+        try:
+            cache = json.loads(path.read_text())
+        except ValueError:
+            log.warning("%s is unreadable; measuring the latencies again", path)
+    table = cache.setdefault(key, {})
+    missing = [p for p in policies if p["spec"] not in table]
+    labels = balanced_labels(batch, run.num_classes)
+    if missing:
+        generate(run, 1, labels[:2], 0, steps, cfg_scale)  # warm-up
+    for p in tqdm(missing, desc="latency", disable=not progress):
+        tic = time.perf_counter()
+        generate(run, LoopSchedule.parse(p["spec"]), labels, 0, steps, cfg_scale)
+        table[p["spec"]] = 1000 * (time.perf_counter() - tic) / batch
+    if missing:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cache, indent=2))
+        tmp.replace(path)
+    return {p["spec"]: table[p["spec"]] for p in policies}
+
+
+def pick_for_budget(run: Run, steps: int, cfg_scale: float, gflops: float | None = None, ms: float | None = None,
+                    progress: bool = True) -> dict:
+    """The measured policy with the best Fréchet distance whose GFLOPs (or measured ms per sample)
+    fit the budget; raises naming the cheapest one when none fits."""
+    if (gflops is None) == (ms is None):
+        raise ValueError("give exactly one budget: --budget-gflops or --budget-ms")
+    candidates = measured_policies(run, steps, cfg_scale)
+    if ms is not None:
+        lat = latencies(run, candidates, steps, cfg_scale, progress)
+        for p in candidates:
+            p["ms_per_sample"] = lat[p["spec"]]
+    cost, budget, unit = ("gflops_per_sample", gflops, "GFLOPs") if gflops is not None else ("ms_per_sample", ms, "ms")
+    fitting = [p for p in candidates if p[cost] <= budget]
+    if not fitting:
+        cheapest = min(candidates, key=lambda p: p[cost])
+        raise ValueError(f"no measured loop schedule fits {budget:g} {unit} per sample; the cheapest, "
+                         f"{cheapest['name']}, needs {cheapest[cost]:.4g}: raise the budget")
+    return min(fitting, key=lambda p: p["quality"])

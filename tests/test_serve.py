@@ -1,0 +1,86 @@
+"""The web demo (`elt serve`), driven in headless Chromium: choose a class, press Generate, read the
+image back. Needs gradio and selenium (the dev extra) and Debian's chromium + chromium-driver
+(`make setup` installs them where apt is usable); skipped with the reason otherwise."""
+import io
+import shutil
+import socket
+import urllib.request
+
+import numpy as np
+import pytest
+
+from elt.cli import main
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+TINY = ["model.width=32", "model.heads=2", "train.batch_size=16", "train.warmup_steps=2", "eval.n=20",
+        "eval.classifier_epochs=1", "sample.steps=4", "sample.batch_size=50"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    run = tmp_path_factory.mktemp("serve") / "run"
+    sets = sum((["--set", s] for s in TINY), [])
+    assert main(["--quiet", "train", "--config", "digits-maskgit", "--out", str(run), "--steps", "4", *sets]) == 0
+    return run
+
+
+def test_generator_answers_at_every_loop_count(run_dir):
+    from elt.serve import Generator
+
+    gen = Generator(run_dir, n=3)
+    for loops in (1, 4, 6):
+        image, status = gen("7", loops, seed=1)
+        assert image.dtype == np.uint8 and image.shape == (8 * 16, 3 * 8 * 16)  # 3 digits, upscaled x16
+        assert f"L={loops}" in status and "GFLOPs" in status
+    assert np.array_equal(gen("7", 2, seed=1)[0], gen("7", 2, seed=1)[0])  # same seed, same images
+    with pytest.raises(ValueError, match="outside 1..6"):
+        gen("7", 9)
+    with pytest.raises(ValueError, match="unknown class"):
+        gen("cat", 2)
+
+
+def test_web_demo_in_headless_chromium(run_dir):
+    pytest.importorskip("gradio", reason="the web demo needs gradio (pip install -e '.[serve]')")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="the browser test needs selenium (dev extra)")
+    if not (CHROMIUM and DRIVER):
+        pytest.skip("Debian's chromium and chromium-driver are not installed (make setup installs them as root)")
+    from PIL import Image
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from elt.serve import serve
+
+    port = _free_port()
+    app = serve(run_dir, port=port, n=3, block=False)
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-quic", "--window-size=1000,1100"):
+        opts.add_argument(flag)
+    browser = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    try:
+        browser.get(f"http://127.0.0.1:{port}/")
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#class label"))
+        choice = next(el for el in browser.find_elements(By.CSS_SELECTOR, "#class label") if el.text.strip() == "3")
+        choice.click()
+        browser.find_element(By.CSS_SELECTOR, "#generate").click()
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#output img"))
+        wait.until(lambda b: "L=" in b.find_element(By.CSS_SELECTOR, "#status textarea").get_attribute("value"))
+        status = browser.find_element(By.CSS_SELECTOR, "#status textarea").get_attribute("value")
+        assert status.startswith("3: 3 samples at L=4") and "GFLOPs" in status
+        src = browser.find_element(By.CSS_SELECTOR, "#output img").get_attribute("src")
+        assert src.startswith(f"http://127.0.0.1:{port}/")
+        image = np.array(Image.open(io.BytesIO(urllib.request.urlopen(src, timeout=30).read())))
+        assert image.shape[:2] == (8 * 16, 3 * 8 * 16) and image.std() > 0  # three generated digits, not blank
+    finally:
+        browser.quit()
+        app.close()

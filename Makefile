@@ -39,7 +39,7 @@ browser:
 demo: setup
 	$(BIN)/elt demo --config fmnist-maskgit --out runs/fmnist-maskgit --resume
 
-# the diffusion track's demo (looped DiT in pixel space; ~20 minutes on 2 cores)
+# the diffusion track's demo (looped DiT in pixel space; ~16 minutes on 2 cores with bf16)
 demo-dit: setup
 	$(BIN)/elt demo --config fmnist-dit --out runs/fmnist-dit --resume
 

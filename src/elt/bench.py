@@ -173,7 +173,12 @@ class _Bench:
         sampler = build_sampler(self.cfg, self.tok)
         labels = torch.arange(batch, device=self.device) % self.num_classes
         gen = torch.Generator().manual_seed(0)
-        return lambda: sampler(self.ema, labels, loops, gen)
+        autocast = precision.autocast(self.cfg.sample.precision, self.device)  # as `elt sample` runs it
+
+        def run():
+            with autocast:
+                return sampler(self.ema, labels, loops, gen)
+        return run
 
     def forward_fn(self, model, loops: int, batch: int):
         labels = torch.arange(batch, device=self.device) % self.num_classes
@@ -237,6 +242,7 @@ def bench_preset(name: str, s: Settings, peaks: dict, log=print) -> dict:
                      "unique_layers": m.unique_layers, "max_loops": m.max_loops, "min_loops": m.min_loops,
                      "num_tokens": bench.num_tokens, "framework": cfg.framework,
                      "sample_batch": sample_batch, "sample_steps": cfg.sample.steps, "cfg": cfg.sample.cfg,
+                     "sample_precision": precision.resolve(cfg.sample.precision, device),
                      "sample_repeats": sample_repeats,
                      "parameters": sum(p.numel() for p in bench.model.parameters())},
         "train_step_seconds": steps,
@@ -282,7 +288,7 @@ def format_results(r: dict) -> str:
             f"  train step       ILSD {p['train_step_seconds']['ilsd'] * 1e3:.1f} ms, vanilla "
             f"{p['train_step_seconds']['vanilla'] * 1e3:.1f} ms  -> ILSD/vanilla {p['ilsd_over_vanilla_step']:.3f}",
             f"  train throughput {p['train_gflops_per_s']:.1f} GFLOP/s  -> MFU {100 * p['mfu']:.1f}%",
-            f"  sampling (batch {st['sample_batch']}, {st['sample_steps']} steps): " + ", ".join(
+            f"  sampling (batch {st['sample_batch']}, {st['sample_steps']} steps, {st.get('sample_precision', 'fp32')}): " + ", ".join(
                 f"L={L} {v:.3f}s ({p['sampling_time_over_lmax'][L]:.2f})" for L, v in p["sampling_seconds_by_loops"].items()),
             "  looped/flat inference throughput: " + ", ".join(
                 f"batch {b}: {x:.2f}x" for b, x in p["looped_over_flat_inference_throughput"].items()),

@@ -12,6 +12,7 @@ compares (`elt schedules`).
 """
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -113,8 +114,9 @@ class LoopSchedule:
     def __repr__(self) -> str:
         if self._constant is not None:
             return f"L{self._constant}"
-        if self._per_step is not None:
-            return "L" + "-".join(map(str, self._per_step))
+        if self._per_step is not None:  # run-length: L1x13-3x11-4 for 1 (13 steps), 3 (11 steps), 4
+            runs = [(v, len(list(g))) for v, g in itertools.groupby(self._per_step)]
+            return "L" + "-".join(f"{v}x{n}" if n > 1 else str(v) for v, n in runs)
         kind, a, b = self._family[:3]
         return f"ramp{a}to{b}" if kind == "ramp" else f"split{a}to{b}at{self._family[3]:g}"
 

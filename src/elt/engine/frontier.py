@@ -58,10 +58,14 @@ def search_schedules(run: Run, budgets: list[float], thresholds: list[float] = (
         policies.append(({"kind": "adaptive", "name": f"adaptive@{thr:g}", "threshold": thr,
                           "min_loops": lmin, "max_loops": lmax}, AdaptiveLoops(thr, lmin, lmax)))
     judge = make_judge(run, progress)
+    report = _base_report(run, judge, n, seed, steps, cfg_scale)
     labels = balanced_labels(n, run.num_classes)
     points = []
     for meta, policy in tqdm(policies, desc="schedules", disable=not progress):
-        r = measure(run, judge, policy, labels, seed, steps, cfg_scale, progress)
+        if meta["kind"] == "constant" and meta["name"][1:] in report["loops"]:
+            r = dict(report["loops"][meta["name"][1:]])  # measured by `elt evaluate` with these same settings
+        else:
+            r = measure(run, judge, policy, labels, seed, steps, cfg_scale, progress)
         if isinstance(policy, LoopSchedule):
             r["per_step"] = policy.per_step(steps)
             r["spec"] = policy.spec()
@@ -82,9 +86,10 @@ def search_schedules(run: Run, budgets: list[float], thresholds: list[float] = (
                            f"constant_{fd}": const and const[fd], f"schedule_{fd}": best[fd],
                            f"constant_{acc}": const and const[acc], f"schedule_{acc}": best[acc],
                            "gflops_per_sample": best["gflops_per_sample"]})
+    names = {p["name"] for p in points}  # the frontier also weighs the constant L of the report's table
+    table = [{"name": f"L{L}", **r} for L, r in report["loops"].items() if f"L{L}" not in names]
     section = {"budgets": list(budgets), "thresholds": list(thresholds), "cap_loops": cap, "points": points,
-               "frontier": pareto(points, "gflops_per_sample", fd), "comparison": comparison}
-    report = _base_report(run, judge, n, seed, steps, cfg_scale)
+               "frontier": pareto(points + table, "gflops_per_sample", fd), "comparison": comparison}
     report["schedules"] = section
     if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
         write_report(report, run.path)

@@ -56,7 +56,9 @@ def plot_report(report: dict, path: Path) -> None:
             if mine:
                 ax.scatter([q["gflops_per_sample"] for q in mine], [q[key] for q in mine], marker=marker,
                            label="per-step schedules" if kind == "schedule" else "adaptive exit", zorder=3)
-        front = [q for q in points if q["name"] in search.get("frontier", [])]
+        table = [{"name": f"L{L}", **report["loops"][str(L)]} for L in Ls]
+        front = [q for q in points + table if q["name"] in search.get("frontier", [])]
+        front = list({q["name"]: q for q in front}.values())
         if front and key.startswith("fd"):
             front.sort(key=lambda q: q["gflops_per_sample"])
             ax.plot([q["gflops_per_sample"] for q in front], [q[key] for q in front], "k--", lw=0.8,
@@ -87,7 +89,7 @@ def format_schedules(report: dict) -> str:
         per_step = "-".join(map(str, q["per_step"])) if "per_step" in q else ""
         lines.append(f"{q['name']:<22} {q['mean_loops']:>6.2f} {q['acc_' + p]:>16.3f} {q['fd_' + p]:>14.2f} "
                      f"{q['gflops_per_sample']:>8.3f} {q['seconds_per_sample']:>9.4f}  {per_step}{mark}")
-    lines.append("* on the quality/GFLOPs frontier of the points above")
+    lines.append("* on the quality/GFLOPs frontier (with the constant-L table: " + ", ".join(search["frontier"]) + ")")
     for c in search["comparison"]:
         lines.append(f"budget {c['budget_loops']:g} loops/step ({c['gflops_per_sample']:.3f} GFLOPs): "
                      f"constant {c['constant']} fd {c.get('constant_fd_' + p) or float('nan'):.2f} vs best schedule "

@@ -150,7 +150,9 @@ def test_cli_schedules_budget_and_adaptive_on_digits(tmp_path, capsys):
             assert p["gflops_per_sample"] == pytest.approx(same["gflops_per_sample"], rel=0.02)
     adaptive = {p["threshold"]: p for p in search["points"] if p["kind"] == "adaptive"}
     assert adaptive[1.0]["mean_loops"] <= adaptive[0.001]["mean_loops"]
-    assert set(search["frontier"]) <= {p["name"] for p in search["points"]}
+    # the frontier weighs the search's points and the constant-L table; the cheapest point is on it
+    everything = {p["name"] for p in search["points"]} | {f"L{L}" for L in report["loops"]}
+    assert set(search["frontier"]) <= everything and "L1" in search["frontier"]
     assert [c["budget_loops"] for c in search["comparison"]] == [2, 3]
 
     # Budget sampling: the best measured schedule that fits, recorded with the samples.

@@ -24,7 +24,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float 
     if not cpu_bf16(q):
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
     scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
-    weights = F.dropout(scores.float().softmax(-1), dropout).to(v.dtype if v.dtype == torch.bfloat16 else scores.dtype)
+    weights = F.dropout(scores.float().softmax(-1), dropout).to(scores.dtype)
     return weights @ v
 
 

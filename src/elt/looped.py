@@ -32,6 +32,12 @@ class LoopedStack(nn.Module):
         for layer in self.layers:
             layer.compile(**compile_kwargs)
 
+    def block(self, h: torch.Tensor, **cond) -> torch.Tensor:
+        """One loop: g(h) = f_N(… f_1(h))."""
+        for layer in self.layers:
+            h = layer(h, **cond)
+        return h
+
     def forward(self, h: torch.Tensor, loops: int, exits: Iterable[int] = (), **cond) -> dict[int, torch.Tensor]:
         """Run `loops` repetitions of the block; return {loop: hidden state} for `exits` and `loops`."""
         check_loops(loops)
@@ -41,8 +47,7 @@ class LoopedStack(nn.Module):
             raise ValueError(f"exit loops {sorted(bad)} are outside 1..{loops}; pick exits within the loop count")
         states = {}
         for loop in range(1, loops + 1):
-            for layer in self.layers:
-                h = layer(h, **cond)
+            h = self.block(h, **cond)
             if loop in wanted:
                 states[loop] = h
         return states
@@ -95,9 +100,7 @@ class LoopedModel(nn.Module):
         for loop in range(1, max_loops + 1):
             rows = torch.cat([active + g * n for g in range(groups)])
             c = take(cond, rows)
-            x = h[rows]
-            for layer in self.stack.layers:
-                x = layer(x, **c)
+            x = self.stack.block(h[rows], **c)
             h = h.index_copy(0, rows, x)
             if loop < min_loops - 1:
                 continue  # no exit possible before min_loops: no head needed yet

@@ -82,10 +82,6 @@ class LoopSchedule:
         except ValueError as e:
             raise ValueError(f"bad loop schedule {text!r} ({e}); give {SPEC_HELP}") from None
 
-    @property
-    def is_constant(self) -> bool:
-        return self._constant is not None
-
     def per_step(self, total_steps: int) -> list[int]:
         """The loop count of every step of a K-step sampler."""
         k = total_steps
@@ -107,9 +103,6 @@ class LoopSchedule:
 
     def total_loops(self, total_steps: int) -> int:
         return sum(self.per_step(total_steps))
-
-    def max_loops(self, total_steps: int) -> int:
-        return max(self.per_step(total_steps))
 
     def __repr__(self) -> str:
         if self._constant is not None:

@@ -13,14 +13,13 @@ import json
 import logging
 import platform
 import time
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from ..loops import AdaptiveLoops, LoopSchedule, schedule_family
-from ..metrics.anytime import settings_tag, write_report
-from .generate import (Run, balanced_labels, eval_settings, generate, make_judge, measure, sampling_settings)
+from .generate import (Run, balanced_labels, eval_settings, generate, make_judge, measure, new_report,
+                       save_report)
 
 log = logging.getLogger("elt")
 
@@ -91,25 +90,19 @@ def search_schedules(run: Run, budgets: list[float], thresholds: list[float] = (
     section = {"budgets": list(budgets), "thresholds": list(thresholds), "cap_loops": cap, "points": points,
                "frontier": pareto(points + table, "gflops_per_sample", fd), "comparison": comparison}
     report["schedules"] = section
-    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
-        write_report(report, run.path)
+    save_report(report, run)
     return report
 
 
 def _base_report(run: Run, judge, n, seed, steps, cfg_scale) -> dict:
-    """The run's anytime.json when it was measured with these sampling settings (its constant-L table
-    stays), else a fresh report holding only the schedule search."""
-    c = run.cfg
-    fresh = {"run": str(run.path), "config": c.name, "objective": c.train.objective, "checkpoint_step": run.step,
-             "lmin": c.model.min_loops, "lmax": c.model.max_loops, "metric_extractor": judge.prefix,
-             "reference": judge.reference,
-             "sampling": {**sampling_settings(run, steps, cfg_scale), "seed": seed, "n": n},
-             "loops": {}}
+    """The run's anytime.json when it was measured with these sampling settings at this checkpoint
+    (its constant-L table stays), else a fresh report holding only the schedule search."""
+    fresh = new_report(run, judge, n, seed, steps, cfg_scale, {})
     path = run.path / "anytime.json"
     if path.is_file():
         try:
             old = json.loads(path.read_text())
-            if settings_tag(old) == settings_tag(fresh) and old["sampling"] == fresh["sampling"]:
+            if old["sampling"] == fresh["sampling"] and old["checkpoint_step"] == fresh["checkpoint_step"]:
                 return old
         except (ValueError, KeyError):
             pass

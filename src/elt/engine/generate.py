@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from ..config import Config, ConfigError, load_config
+from ..config import Config, load_config
 from ..loops import AdaptiveLoops, as_policy
 from ..metrics.anytime import write_report
 from ..metrics.frechet import feature_stats, frechet_distance
@@ -189,16 +189,26 @@ def evaluate(run: Run, loops: list[int] | None = None, n: int | None = None, see
     for L in tqdm(loops, desc="evaluate loops", disable=not progress):
         per_loop[str(L)] = measure(run, judge, L, labels, seed, steps, cfg_scale, progress)
         log.info("L=%d %s", L, per_loop[str(L)])
-    report = {
-        "run": str(run.path), "config": c.name, "objective": c.train.objective,
-        "checkpoint_step": run.step, "lmin": c.model.min_loops, "lmax": c.model.max_loops,
-        "metric_extractor": judge.prefix, "reference": judge.reference,
-        "sampling": {**sampling_settings(run, steps, cfg_scale), "seed": seed, "n": n},
-        "loops": per_loop,
-    }
+    report = new_report(run, judge, n, seed, steps, cfg_scale, per_loop)
+    save_report(report, run)
+    return report
+
+
+def new_report(run: Run, judge: Judge, n: int, seed: int, steps: int, cfg_scale: float, per_loop: dict) -> dict:
+    """The any-time report: what was sampled how (run, checkpoint, sampling settings), the metric's
+    reference numbers, and the constant-L table `per_loop`."""
+    c = run.cfg
+    return {"run": str(run.path), "config": c.name, "objective": c.train.objective,
+            "checkpoint_step": run.step, "lmin": c.model.min_loops, "lmax": c.model.max_loops,
+            "metric_extractor": judge.prefix, "reference": judge.reference,
+            "sampling": {**sampling_settings(run, steps, cfg_scale), "seed": seed, "n": n},
+            "loops": per_loop}
+
+
+def save_report(report: dict, run: Run) -> None:
+    """anytime.json/.png in the run folder, written by one process under torchrun."""
     if not dist.is_initialized() or dist.get_rank() == 0:
         write_report(report, run.path)
-    return report
 
 
 def eval_settings(run: Run, n: int | None, seed: int | None, steps: int | None, cfg_scale: float | None):

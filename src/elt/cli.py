@@ -102,7 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "measured once per schedule and cached in the run folder)")
     p.add_argument("--n", "--num-samples", dest="n", type=_positive, default=100,
                    help="number of samples (default 100; under torchrun spell it --num-samples)")
-    p.add_argument("--out", required=True, help="output path; writes OUT.npz (images, labels) and OUT.png (grid)")
+    p.add_argument("--out", required=True, help="output path; writes OUT.npz (images, labels) and OUT.png (grid); "
+                                                "video: OUT.npz (images N×T×H×W×C) and OUT.gif/OUT.mp4 (grid)")
+    p.add_argument("--export-frames", metavar="DIR",
+                   help="video: also write every clip as DIR/VVVVVV/FFFFFF.png (StyleGAN-V's evaluator layout)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same samples (default 0)")
     p.add_argument("--steps", type=_positive, help="sampling steps: masked decoding steps K or diffusion "
                    "denoising steps (default: the run's sample.steps)")
@@ -167,7 +170,7 @@ def _config_from_args(args):
 
 def _check_out_file(out: str) -> Path:
     path = Path(out)
-    if path.suffix in (".npz", ".png"):
+    if path.suffix in (".npz", ".png", ".gif", ".mp4"):
         path = path.with_suffix("")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
@@ -214,12 +217,16 @@ def cmd_sample(args) -> None:
     import numpy as np
 
     from .engine.generate import balanced_labels, generate, load_run, sampling_settings
-    from .metrics.anytime import save_grid
+    from .metrics.anytime import save_grid, save_video_grid
+    from .config import VIDEO_DATASETS
+    from .metrics.export import export_stylegan_v
 
     if args.cfg is not None and args.cfg < 0:
         raise ValueError(f"--cfg must be >= 0, got {args.cfg}")
     base = _check_out_file(args.out)
     run = load_run(args.run, use_ema=not args.no_ema)
+    if args.export_frames and run.cfg.data.dataset not in VIDEO_DATASETS:
+        raise ValueError(f"--export-frames is for video runs; {args.run} makes images (drop --export-frames)")
     labels = balanced_labels(args.n, run.num_classes, args.classes)
     main_rank = _is_main()
     policy, how = _loop_policy(args, run)
@@ -233,8 +240,15 @@ def cmd_sample(args) -> None:
              settings=np.array(str(settings)))
     cols = min(run.num_classes, len(images)) if args.classes is None else min(len(args.classes), len(images))
     rows = len(images) // cols
-    save_grid(images[: rows * cols], rows, cols, base.with_suffix(".png"), scale=2 if images.shape[1] <= 32 else 1)
-    print(f"wrote {base.with_suffix('.npz')} and {base.with_suffix('.png')} ({len(images)} samples, {settings})")
+    if images.ndim == 5:
+        grids = save_video_grid(images[: rows * cols], rows, cols, base.with_suffix(".gif"),
+                                scale=2 if images.shape[2] <= 64 else 1)
+    else:
+        save_grid(images[: rows * cols], rows, cols, base.with_suffix(".png"), scale=2 if images.shape[1] <= 32 else 1)
+        grids = [base.with_suffix(".png")]
+    if args.export_frames:
+        grids.append(export_stylegan_v(images, args.export_frames))
+    print(f"wrote {base.with_suffix('.npz')} and {', '.join(map(str, grids))} ({len(images)} samples, {settings})")
 
 
 def cmd_evaluate(args) -> None:

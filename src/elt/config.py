@@ -16,7 +16,9 @@ import yaml
 
 PRECISIONS = ("fp32", "bf16", "auto")
 FRAMEWORKS = ("masked", "diffusion")
-TOKENIZERS = {"masked": ("vqvae", "pixel"), "diffusion": ("pixel", "klvae", "diffusers_vae")}
+TOKENIZERS = {"masked": ("vqvae", "pixel", "torchscript"), "diffusion": ("pixel", "klvae", "diffusers_vae")}
+DATASETS = ("fmnist", "digits", "folder", "mfmnist", "ucf101")
+VIDEO_DATASETS = ("mfmnist", "ucf101")
 
 
 class ConfigError(ValueError):
@@ -49,10 +51,14 @@ class DiffusionConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = "fmnist"          # fmnist | digits | folder
+    dataset: str = "fmnist"          # fmnist | digits | folder | mfmnist (moving Fashion-MNIST clips) | ucf101
     data_dir: typing.Optional[str] = None
-    image_size: typing.Optional[int] = None   # folder data only (square resize)
-    strict_images: bool = False      # folder data: a corrupt image is an error instead of skipped
+    image_size: typing.Optional[int] = None   # folder: square resize; mfmnist: canvas (64); ucf101: crop (128)
+    strict_images: bool = False      # folder/ucf101: a corrupt image or video is an error instead of skipped
+    frames: int = 16                 # video: frames per clip
+    label: str = "class"             # mfmnist: what the label is, the garment's class or its motion
+    clips: typing.Optional[int] = None    # video: use at most this many training clips (None: all)
+    fold: int = 1                    # ucf101: official train/test split 1, 2 or 3
 
 
 @dataclass
@@ -62,13 +68,15 @@ class TokenizerConfig:
     latent_dim: int = 16
     hidden: int = 64
     downsample_stages: int = 2
+    temporal_stages: int = 0         # video VQ: how many of the downsample stages also halve time
     steps: int = 1200
     batch_size: int = 128
     lr: float = 2e-3
     precision: str = "auto"          # fp32 | bf16 | auto: bf16 autocast where the hardware has it
     pad_to: typing.Optional[int] = None   # diffusion pixel space: zero-pad images to this size
     kl_weight: float = 1e-4          # klvae: weight of the KL term (per latent value)
-    path: typing.Optional[str] = None     # diffusers_vae: local AutoencoderKL folder
+    path: typing.Optional[str] = None     # diffusers_vae: local AutoencoderKL folder; torchscript: the .pt file
+    sha256: typing.Optional[str] = None   # torchscript: the file's expected SHA-256 (checked when given)
 
 
 @dataclass
@@ -155,7 +163,16 @@ class Config:
             (m.max_loops >= 1, "model.max_loops", "must be >= 1"),
             (1 <= m.min_loops <= m.max_loops, "model.min_loops", f"must be in 1..max_loops ({m.max_loops})"),
             (0 <= m.dropout < 1, "model.dropout", "must be in [0, 1)"),
-            (self.data.dataset in ("fmnist", "digits", "folder"), "data.dataset", "choose fmnist, digits or folder"),
+            (self.data.dataset in DATASETS, "data.dataset", f"choose one of {', '.join(DATASETS)}"),
+            (self.data.dataset not in VIDEO_DATASETS or (self.framework == "masked" and self.tokenizer.kind in
+             ("vqvae", "torchscript")), "tokenizer.kind",
+             "video data needs the masked framework with a vqvae (3D) or torchscript tokenizer"),
+            (self.data.frames >= 2, "data.frames", "must be >= 2"),
+            (self.data.label in ("class", "motion"), "data.label", "choose class or motion"),
+            (self.data.clips is None or self.data.clips >= 2, "data.clips", "must be >= 2 (or null for all)"),
+            (self.data.fold in (1, 2, 3), "data.fold", "UCF-101 has official splits 1, 2 and 3"),
+            (0 <= self.tokenizer.temporal_stages <= self.tokenizer.downsample_stages, "tokenizer.temporal_stages",
+             "must be in 0..tokenizer.downsample_stages"),
             (self.tokenizer.kind in TOKENIZERS.get(self.framework, ()), "tokenizer.kind",
              f"choose {' or '.join(TOKENIZERS.get(self.framework, ()))} for the {self.framework} framework"),
             (self.tokenizer.codebook_size >= 2, "tokenizer.codebook_size", "must be >= 2"),

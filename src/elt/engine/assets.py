@@ -15,12 +15,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..config import Config
-from ..data import ImageData, load_data
+from ..data import VIDEO_DATASETS, ImageData, load_data
 from ..diffusion import DiffusionFramework, DiffusionSampler, DiT, LogSNRSchedule
 from ..masked import MaskedFramework, MaskedTransformer, MaskGITSampler
 from ..metrics.classifier import FeatureClassifier, train_classifier
-from ..tokenizers import KLVAE, VQVAE, DiffusersVAE, PixelSpace, PixelTokenizer, train_klvae, train_vqvae
-from ..tokenizers.vqvae import batched, to_float
+from ..metrics.video import C3DClassifier, frame_views, train_video_classifier
+from ..tokenizers import (KLVAE, VQVAE, DiffusersVAE, PixelSpace, PixelTokenizer, ScriptedTokenizer, train_klvae,
+                          train_vqvae)
+from ..tokenizers.vqvae import as_tensor, batched, to_float
 from . import precision
 
 log = logging.getLogger("elt")
@@ -31,6 +33,8 @@ def cache_dir() -> Path:
 
 
 def data_fingerprint(data: ImageData) -> str:
+    if data.fingerprint is not None:
+        return data.fingerprint
     h = hashlib.sha1()
     h.update(str(data.images.shape).encode())
     h.update(np.ascontiguousarray(data.images).tobytes())
@@ -85,7 +89,12 @@ def _cached(kind: str, settings: dict, data: ImageData, module: torch.nn.Module,
 def make_tokenizer(cfg: Config, data: ImageData):
     """The run's tokenizer (masked) or codec (diffusion), untrained."""
     t = cfg.tokenizer
-    size, channels = data.images.shape[1], data.images.shape[3]
+    size, channels = data.images.shape[-3], data.images.shape[-1]
+    if t.kind == "torchscript":
+        return ScriptedTokenizer(t.path, t.sha256)
+    if data.is_video:
+        return VQVAE(size, channels, t.codebook_size, t.latent_dim, t.hidden, t.downsample_stages,
+                     frames=data.images.shape[1], temporal_stages=t.temporal_stages)
     if cfg.framework == "diffusion":
         if t.kind == "pixel":
             return PixelSpace(size, channels, t.pad_to)
@@ -110,6 +119,7 @@ def get_tokenizer(cfg: Config, data: ImageData, seed: int = 0, progress: bool = 
     t = cfg.tokenizer
     bf16 = precision.resolve(t.precision, torch.device("cpu")) == "bf16"
     keys = ["codebook_size", "latent_dim", "hidden", "downsample_stages", "steps", "batch_size", "lr"]
+    keys += ["temporal_stages"] if data.is_video else []
     kind, train_fn = "vqvae", train_vqvae
     if isinstance(tok, KLVAE):
         keys.remove("codebook_size")
@@ -128,39 +138,74 @@ def get_classifier(cfg: Config, data: ImageData, progress: bool = True) -> Featu
     return _cached("classifier", settings, data, clf, fit, progress)[0]
 
 
+# Moving Fashion-MNIST's frames are judged by the Fashion-MNIST classifier on the garment crop.
+GARMENT_CROP = 28
+
+
+def frame_judge_data(cfg: Config, data: ImageData) -> tuple[str, ImageData, int | None]:
+    """The image classifier for a video data set's frames: (its data set name, its training images,
+    the crop size). Moving Fashion-MNIST: the Fashion-MNIST classifier (the image demo's) on the
+    garment crop; other videos: a classifier of the middle frames of the training clips."""
+    if cfg.data.dataset == "mfmnist":  # the frames show garments whatever the clips' label
+        return "fmnist", load_data("fmnist", "train", cfg.data.data_dir), GARMENT_CROP
+    mid = data.images[:, data.images.shape[1] // 2]
+    return cfg.data.dataset, ImageData(mid, data.labels, data.class_names), None
+
+
+def get_video_classifier(cfg: Config, data: ImageData, progress: bool = True) -> C3DClassifier:
+    """The 3D-conv metric classifier of clips (label + auxiliary label), trained unless cached."""
+    num_aux = 0 if data.aux_labels is None else int(data.aux_labels.max()) + 1
+    clf = C3DClassifier(data.images.shape[-1], data.num_classes, num_aux)
+    settings = {"epochs": cfg.eval.classifier_epochs, "arch": "c3d3-128", "aux": num_aux}
+    fit = lambda: train_video_classifier(clf, data.images, data.labels, data.aux_labels,  # noqa: E731
+                                         cfg.eval.classifier_epochs, progress=progress)
+    return _cached("classifier3d", settings, data, clf, fit, progress)[0]
+
+
 def metric_prefix(cfg: Config) -> str:
-    return f"{cfg.data.dataset}_cnn"
+    """The metric extractor's name: data set + network (`fmnist_cnn`, `mfmnist_c3d`)."""
+    return f"{cfg.data.dataset}_{'c3d' if cfg.data.dataset in VIDEO_DATASETS else 'cnn'}"
 
 
 def load_split(cfg: Config, split: str) -> ImageData:
-    return load_data(cfg.data.dataset, split, cfg.data.data_dir, cfg.data.image_size, cfg.data.strict_images)
+    d = cfg.data
+    return load_data(d.dataset, split, d.data_dir, d.image_size, d.strict_images, d.frames, d.label, d.clips, d.fold)
 
 
 @torch.no_grad()
-def encode_dataset(tokenizer, data: ImageData) -> torch.Tensor:
-    """Token ids (masked) or latents (diffusion) of every image. A learned or pretrained codec's
-    latents are computed once and cached, keyed by its weights and the data."""
-    images = to_float(data.images)
-    if not isinstance(tokenizer, (KLVAE, DiffusersVAE)):
-        return batched(tokenizer.encode, images)
-    h = hashlib.sha1(data_fingerprint(data).encode())
+def encode_dataset(tokenizer, data: ImageData, bf16: bool = False, progress: bool = False) -> torch.Tensor:
+    """Token ids (masked) or latents (diffusion) of every image or clip, converted to float a chunk at
+    a time. A learned or pretrained codec's output is computed once and cached, keyed by its weights
+    and the data. `bf16`: the codec's convolutions under bf16 autocast (CPU)."""
+    images = as_tensor(data.images)
+    chunk = 64 if data.is_video else 256
+    if isinstance(tokenizer, (KLVAE, DiffusersVAE)):
+        shape, what = tuple(tokenizer.latent_shape), "latents"
+    elif isinstance(tokenizer, (VQVAE, ScriptedTokenizer)):
+        shape, what = (tokenizer.num_tokens,), "tokens"
+    else:  # a fixed tokenizer: cheap, never cached
+        return batched(lambda x: tokenizer.encode(to_float(x)), images, 1024)
+    h = hashlib.sha1(f"{data_fingerprint(data)} {what} bf16={bf16}".encode() if bf16 or data.is_video
+                     else data_fingerprint(data).encode())
     for name, v in sorted(tokenizer.state_dict().items()):
         h.update(name.encode())
         h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    path = cache_dir() / f"latents-{h.hexdigest()[:16]}.safetensors"
+    path = cache_dir() / f"{what}-{h.hexdigest()[:16]}.safetensors"
     if path.is_file():
         try:
-            latents = load_file(str(path))["latents"]
-            if latents.shape == (len(images), *tokenizer.latent_shape):
-                log.info("using cached latents %s", path)
-                return latents
+            codes = load_file(str(path))[what]
+            if codes.shape == (len(images), *shape):
+                log.info("using cached %s %s", what, path)
+                return codes
         except Exception:  # a damaged cache entry is recomputed
             pass
-    log.info("encoding %d images to latents %s", len(images), tuple(tokenizer.latent_shape))
-    latents = batched(tokenizer.encode, images, 256).float()
+    log.info("encoding %d %s to %s %s", len(images), "clips" if data.is_video else "images", what, shape)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        codes = batched(lambda x: tokenizer.encode(to_float(x)), images, chunk, progress=progress, desc=f"encode {what}")
+    codes = codes.float() if what == "latents" else codes.long()
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_tensors({"latents": latents}, path)
-    return latents
+    save_tensors({what: codes}, path)
+    return codes
 
 
 def build_model(cfg: Config, tokenizer, num_classes: int) -> torch.nn.Module:
@@ -171,12 +216,14 @@ def build_model(cfg: Config, tokenizer, num_classes: int) -> torch.nn.Module:
         c, h, w = tokenizer.latent_shape
         return DiT(h, c, num_classes, m.patch_size, m.width, m.heads, m.unique_layers, m.mlp_ratio)
     return MaskedTransformer(tokenizer.codebook_size, tokenizer.num_tokens, num_classes, m.width, m.heads,
-                             m.unique_layers, m.mlp_ratio, m.dropout)
+                             m.unique_layers, m.mlp_ratio, m.dropout, getattr(tokenizer, "grid", None))
 
 
 def nominal_shape(cfg: Config) -> tuple[int, int]:
     """(image size, classes) a preset implies without reading its data (for counts and benchmarks)."""
-    return {"fmnist": (28, 10), "digits": (8, 10)}.get(cfg.data.dataset, (cfg.data.image_size or 256, 1000))
+    known = {"fmnist": (28, 10), "digits": (8, 10), "mfmnist": (cfg.data.image_size or 64, 10),
+             "ucf101": (cfg.data.image_size or 128, 101)}
+    return known.get(cfg.data.dataset, (cfg.data.image_size or 256, 1000))
 
 
 def nominal_tokenizer(cfg: Config) -> SimpleNamespace:
@@ -190,6 +237,10 @@ def nominal_tokenizer(cfg: Config) -> SimpleNamespace:
         stages = 3 if t.kind == "diffusers_vae" else t.downsample_stages  # the SD VAE downsamples 8x
         channels = 4 if t.kind == "diffusers_vae" else t.latent_dim
         return SimpleNamespace(latent_shape=(channels, size // 2 ** stages, size // 2 ** stages))
+    if cfg.data.dataset in VIDEO_DATASETS:
+        side = size // 2 ** t.downsample_stages
+        grid = (cfg.data.frames // 2 ** t.temporal_stages, side, side)
+        return SimpleNamespace(codebook_size=t.codebook_size, num_tokens=grid[0] * side * side, grid=grid)
     tokens = size * size if t.kind == "pixel" else (size // 2 ** t.downsample_stages) ** 2
     return SimpleNamespace(codebook_size=t.codebook_size, num_tokens=tokens)
 

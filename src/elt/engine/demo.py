@@ -10,19 +10,25 @@ import numpy as np
 import torch
 
 from ..config import Config
-from ..metrics.anytime import format_table, save_grid
-from .assets import get_classifier, get_tokenizer, load_split
+from ..metrics.anytime import format_table, save_grid, save_video_grid
+from .assets import frame_judge_data, get_classifier, get_tokenizer, get_video_classifier, load_split
 from .generate import evaluate, generate, load_run
 from .train import train
 
 log = logging.getLogger("elt")
 
 
-def anytime_grid(run, loops: list[int], seed: int, path: Path) -> None:
-    """One row per L, one column per class, same seed in every row."""
+def anytime_grid(run, loops: list[int], seed: int, path: Path) -> Path:
+    """One row per L, one column per class, same seed in every row: a PNG (images) or an animated
+    GIF (and MP4 where PyAV is installed) for video. Returns the grid's path."""
     labels = torch.arange(run.num_classes)
-    rows = [generate(run, L, labels, seed) for L in loops]
-    save_grid(np.concatenate(rows), len(loops), run.num_classes, path, scale=3 if rows[0].shape[1] <= 32 else 1)
+    rows = np.concatenate([generate(run, L, labels, seed) for L in loops])
+    if rows.ndim == 5:
+        path = path.with_suffix(".gif")
+        save_video_grid(rows, len(loops), run.num_classes, path, scale=2 if rows.shape[2] <= 64 else 1)
+    else:
+        save_grid(rows, len(loops), run.num_classes, path, scale=3 if rows.shape[1] <= 32 else 1)
+    return path
 
 
 def demo(cfg: Config, out: str | Path, resume: bool = False, progress: bool = True) -> dict:
@@ -33,7 +39,12 @@ def demo(cfg: Config, out: str | Path, resume: bool = False, progress: bool = Tr
     get_tokenizer(cfg, data, seed=cfg.train.seed, progress=progress)  # trained here (or cached), timed apart
     timing["tokenizer_s"] = time.perf_counter() - tic
     tic = time.perf_counter()
-    get_classifier(cfg, data, progress)
+    if data.is_video:  # the 3D classifier of clips and the image classifier of their frames
+        get_video_classifier(cfg, data, progress)
+        get_classifier(cfg, frame_judge_data(cfg, data)[1], progress)
+    else:
+        get_classifier(cfg, data, progress)
+    del data
     timing["metric_classifier_s"] = time.perf_counter() - tic
     tic = time.perf_counter()
     train(cfg, out, resume=resume, progress=progress)
@@ -42,10 +53,10 @@ def demo(cfg: Config, out: str | Path, resume: bool = False, progress: bool = Tr
     run = load_run(out)
     loops = cfg.eval.loops or list(range(1, cfg.model.max_loops + 3))
     report = evaluate(run, loops, progress=progress)
-    anytime_grid(run, loops, cfg.eval.seed, out / "anytime_grid.png")
+    grid = anytime_grid(run, loops, cfg.eval.seed, out / "anytime_grid.png")
     timing["evaluate_s"] = time.perf_counter() - tic
     (out / "timing.json").write_text(json.dumps(timing, indent=2))
     print(format_table(report))
     print("time split: " + ", ".join(f"{k[:-2]} {v:.0f}s" for k, v in timing.items()))
-    print(f"wrote {out / 'anytime.json'}, {out / 'anytime.png'}, {out / 'anytime_grid.png'}")
+    print(f"wrote {out / 'anytime.json'}, {out / 'anytime.png'}, {grid}")
     return report

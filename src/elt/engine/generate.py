@@ -16,10 +16,11 @@ from ..config import Config, load_config
 from ..loops import AdaptiveLoops, as_policy
 from ..metrics.anytime import write_report
 from ..metrics.frechet import feature_stats, frechet_distance
+from ..metrics.video import frame_views
 from ..tokenizers.vqvae import to_float
 from . import precision
-from .assets import (build_model, build_sampler, get_classifier, is_learned, load_split, load_weights,
-                     make_tokenizer, metric_prefix)
+from .assets import (build_model, build_sampler, frame_judge_data, get_classifier, get_video_classifier, is_learned,
+                     load_split, load_weights, make_tokenizer, metric_prefix)
 from .checkpoint import DAMAGED, find_checkpoint, read_state
 
 log = logging.getLogger("elt")
@@ -88,14 +89,15 @@ def sampling_settings(run: Run, steps: int | None = None, cfg_scale: float | Non
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """float (B, C, H, W) in [0, 1] → uint8 (B, H, W, C)."""
-    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    """float (B, C, H, W) in [0, 1] → uint8 (B, H, W, C); clips (B, C, T, H, W) → (B, T, H, W, C)."""
+    return (images.float().clamp(0, 1) * 255).round().to(torch.uint8).movedim(1, -1).numpy()
 
 
 @torch.no_grad()
 def generate(run: Run, loops, labels: torch.Tensor, seed: int = 0, steps: int | None = None,
              cfg_scale: float | None = None, progress: bool = False) -> np.ndarray:
-    """Images uint8 (N, H, W, C) for `labels`; same seed (and process count) → same images.
+    """Images uint8 (N, H, W, C) or clips (N, T, H, W, C) for `labels`; same seed (and process count)
+    → same images.
 
     Under torchrun every rank samples every world_size-th label (seeded seed + rank) and the images
     are gathered back into label order on every rank."""
@@ -129,30 +131,68 @@ def gflops_per_sample(run: Run, loops, steps: int, cfg_scale: float) -> float:
 
 @dataclass
 class Judge:
-    """The metric classifier and the test split's feature statistics, built once per evaluation."""
+    """The metric classifier and the test split's feature statistics, built once per evaluation.
+    Video adds the image classifier on frames (`frames`: classifier, reference statistics, metric
+    name, crop size, whether the clips' labels are its classes)."""
     classifier: torch.nn.Module
     ref_stats: tuple
     prefix: str
     reference: dict
+    frames: tuple | None = None
+
+    def score(self, images: np.ndarray, labels: np.ndarray | None) -> dict:
+        """acc_/fd_ of uint8 images or clips (accuracy only when labels are given)."""
+        video = images.ndim == 5
+        feats, pred = self.classifier.features_and_predictions(images if video else to_float(images))
+        out = {f"fd_{self.prefix}": frechet_distance(*feature_stats(feats), *self.ref_stats)}
+        if labels is not None:
+            out = {f"acc_{self.prefix}": float((pred == labels).mean()), **out}
+        if self.frames is not None:
+            clf, ref, name, crop, same_labels = self.frames
+            f, p = clf.features_and_predictions(to_float(frame_views(images, crop)))
+            if labels is not None and same_labels:
+                out[f"acc_{name}"] = float((p == np.repeat(labels, images.shape[1])).mean())
+            out[f"fd_{name}"] = frechet_distance(*feature_stats(f), *ref)
+        return out
+
+
+# Video references: the first clips of the test split (C3D statistics), and fewer for the frames
+# and for the tokenizer's reconstruction (16 frames each).
+REF_CLIPS, REF_FRAME_CLIPS, RECON_CLIPS = 5000, 1000, 500
 
 
 def make_judge(run: Run, progress: bool = True) -> Judge:
-    """Loads (or trains once, cached) the metric classifier; reference numbers of the real test split
-    and of its tokenizer reconstruction."""
+    """Loads (or trains once, cached) the metric classifier(s); reference numbers of the real test
+    split and of its tokenizer reconstruction."""
     c = run.cfg
     prefix = metric_prefix(c)
-    classifier = get_classifier(c, load_split(c, "train"), progress)
     test = load_split(c, "test")
+    if test.is_video:
+        train_data = load_split(c, "train")
+        classifier = get_video_classifier(c, train_data, progress)
+        frame_set, frame_data, crop = frame_judge_data(c, train_data)
+        del train_data
+        frame_clf = get_classifier(c, frame_data, progress)
+        real = test.images[:REF_FRAME_CLIPS]
+        ff, _ = frame_clf.features_and_predictions(to_float(frame_views(real, crop)))
+        frames = (frame_clf, feature_stats(ff), f"{frame_set}_cnn_frames", crop, c.data.label == "class"
+                  or c.data.dataset != "mfmnist")
+        judge = Judge(classifier, feature_stats(classifier.features_and_predictions(test.images[:REF_CLIPS])[0]),
+                      prefix, {}, frames)
+        test = type(test)(test.images[:RECON_CLIPS], test.labels[:RECON_CLIPS], test.class_names)
+    else:
+        classifier = get_classifier(c, load_split(c, "train"), progress)
+        judge = Judge(classifier, feature_stats(classifier.features_and_predictions(to_float(test.images))[0]),
+                      prefix, {})
     test_x = to_float(test.images)
-    test_feats, test_pred = classifier.features_and_predictions(test_x)
-    ref_stats = feature_stats(test_feats)
-    recon = run.tokenizer.decode(run.tokenizer.encode(test_x))
-    rf, rp = classifier.features_and_predictions(recon)
-    reference = {f"acc_{prefix}_real_test": float((test_pred == test.labels).mean()),
-                 f"acc_{prefix}_tokenizer_recon": float((rp == test.labels).mean()),
-                 f"fd_{prefix}_tokenizer_recon": frechet_distance(*feature_stats(rf), *ref_stats),
-                 "tokenizer_recon_mse": float((recon - test_x).pow(2).mean())}
-    return Judge(classifier, ref_stats, prefix, reference)
+    recon = torch.cat([run.tokenizer.decode(run.tokenizer.encode(test_x[i: i + 256]))
+                       for i in range(0, len(test_x), 256)])
+    real_scores = judge.score(test.images, test.labels)
+    recon_scores = judge.score(to_uint8(recon), test.labels)
+    judge.reference = {**{f"{k}_real_test": v for k, v in real_scores.items() if k.startswith("acc_")},
+                       **{f"{k}_tokenizer_recon": v for k, v in recon_scores.items()},
+                       "tokenizer_recon_mse": float((recon - test_x).pow(2).mean())}
+    return judge
 
 
 def measure(run: Run, judge: Judge, loops, labels: torch.Tensor, seed: int, steps: int, cfg_scale: float,
@@ -165,10 +205,7 @@ def measure(run: Run, judge: Judge, loops, labels: torch.Tensor, seed: int, step
     tic = time.perf_counter()
     images = generate(run, loops, labels, seed, steps, cfg_scale, progress)
     seconds = time.perf_counter() - tic
-    feats, pred = judge.classifier.features_and_predictions(to_float(images))
-    p = judge.prefix
-    out = {f"acc_{p}": float((pred == labels.numpy()).mean()),
-           f"fd_{p}": frechet_distance(*feature_stats(feats), *judge.ref_stats),
+    out = {**judge.score(images, labels.numpy()),
            "seconds_per_sample": seconds / len(labels),
            "gflops_per_sample": gflops_per_sample(run, loops, steps, cfg_scale)}
     if isinstance(loops, AdaptiveLoops):

@@ -243,7 +243,8 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, info: DistInfo)
         tokenizer = get_tokenizer(cfg, data, seed=t.seed, progress=False)
     if info.is_main and is_learned(tokenizer):
         save_weights(tokenizer, out / "tokenizer.safetensors")
-    tokens = encode_dataset(tokenizer, data)  # token ids (masked) or latents (diffusion)
+    bf16 = data.is_video and precision.resolve(cfg.tokenizer.precision, torch.device("cpu")) == "bf16"
+    tokens = encode_dataset(tokenizer, data, bf16, progress)  # token ids (masked) or latents (diffusion)
     labels = torch.as_tensor(data.labels)
 
     model = build_model(cfg, tokenizer, data.num_classes).to(info.device)

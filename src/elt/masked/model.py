@@ -3,6 +3,10 @@
 Sequence = [class token] + T token embeddings (+ learned positions); the looped stack; one shared
 head (final LayerNorm + linear to the codebook) at every exit. Id `codebook_size` is [MASK];
 class id `num_classes` is the null class used for label dropout and CFG.
+
+Images: one learned position per token. Video (a 3D token grid `grid` = (t, h, w), tokens
+numbered time-major): spatio-temporal positions, factorised as a learned spatial position (shared
+by every time step) plus a learned time position, so every (t, h, w) cell has its own sum.
 """
 from __future__ import annotations
 
@@ -24,26 +28,40 @@ class MaskedTransformer(LoopedModel):
         unique_layers: int = 2,
         mlp_ratio: float = 4.0,
         dropout: float = 0.0,
+        grid: tuple[int, ...] | None = None,
     ):
         super().__init__()
+        if grid is not None and len(grid) == 3 and grid[0] * grid[1] * grid[2] != num_tokens:
+            raise ValueError(f"token grid {tuple(grid)} does not hold {num_tokens} tokens")
         self.codebook_size, self.num_tokens, self.num_classes = codebook_size, num_tokens, num_classes
         self.width, self.mlp_ratio = width, mlp_ratio
         self.mask_id = codebook_size
         self.null_class = num_classes
         self.token_emb = nn.Embedding(codebook_size + 1, width)
         self.class_emb = nn.Embedding(num_classes + 1, width)
-        self.pos_emb = nn.Parameter(torch.zeros(1, num_tokens + 1, width))
+        self.frames = grid[0] if grid is not None and len(grid) == 3 else 1  # token grid's time steps
+        self.pos_emb = nn.Parameter(torch.zeros(1, num_tokens // self.frames + 1, width))  # class + (spatial) positions
+        self.time_emb = nn.Parameter(torch.zeros(1, self.frames, 1, width)) if self.frames > 1 else None
         self.emb_drop = nn.Dropout(dropout)
         self.stack = LoopedStack(Block(width, heads, mlp_ratio, dropout) for _ in range(unique_layers))
         self.norm = nn.LayerNorm(width)
         self.out = nn.Linear(width, codebook_size)
         self.apply(_init)
         nn.init.trunc_normal_(self.pos_emb, std=0.02)
+        if self.time_emb is not None:
+            nn.init.trunc_normal_(self.time_emb, std=0.02)
+
+    def positions(self) -> torch.Tensor:
+        """(1, 1 + T, D): the class position, then one per token."""
+        if self.time_emb is None:
+            return self.pos_emb
+        space = (self.time_emb + self.pos_emb[:, None, 1:]).flatten(1, 2)  # (1, t·h·w, D), time-major
+        return torch.cat([self.pos_emb[:, :1], space], dim=1)
 
     def embed(self, tokens: torch.Tensor, labels: torch.Tensor):
         """tokens (B, T) int64 with [MASK] = codebook_size; labels (B,) with null = num_classes."""
         h = torch.cat([self.class_emb(labels)[:, None], self.token_emb(tokens)], dim=1)
-        return self.emb_drop(h + self.pos_emb), {}
+        return self.emb_drop(h + self.positions()), {}
 
     def head(self, h: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 1+T, D) → logits (B, T, codebook_size); the class position is dropped. With `positions`

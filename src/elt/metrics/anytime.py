@@ -108,10 +108,8 @@ def write_report(report: dict, run_dir: Path) -> Path:
     return run_dir / "anytime.json"
 
 
-def save_grid(images: np.ndarray, rows: int, cols: int, path: Path, scale: int = 1, pad: int = 2) -> None:
-    """uint8 images (rows·cols, H, W, C), row-major, → one PNG with `pad` pixels between tiles."""
-    from PIL import Image
-
+def grid_canvas(images: np.ndarray, rows: int, cols: int, pad: int = 2) -> np.ndarray:
+    """uint8 images (rows·cols, H, W, C), row-major → one uint8 canvas with `pad` white pixels between tiles."""
     n, h, w, c = images.shape
     if n != rows * cols:
         raise ValueError(f"grid of {rows}x{cols} needs {rows * cols} images, got {n}")
@@ -119,8 +117,47 @@ def save_grid(images: np.ndarray, rows: int, cols: int, path: Path, scale: int =
     for i, img in enumerate(images):
         r, col = divmod(i, cols)
         canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = img
-    mode_img = canvas[..., 0] if c == 1 else canvas
-    im = Image.fromarray(mode_img)
-    if scale > 1:
-        im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
-    im.save(path)
+    return canvas
+
+
+def _pil(canvas: np.ndarray, scale: int):
+    from PIL import Image
+
+    im = Image.fromarray(canvas[..., 0] if canvas.shape[-1] == 1 else canvas)
+    return im.resize((im.width * scale, im.height * scale), Image.NEAREST) if scale > 1 else im
+
+
+def save_grid(images: np.ndarray, rows: int, cols: int, path: Path, scale: int = 1, pad: int = 2) -> None:
+    """uint8 images (rows·cols, H, W, C), row-major, → one PNG with `pad` pixels between tiles."""
+    _pil(grid_canvas(images, rows, cols, pad), scale).save(path)
+
+
+def video_grid(clips: np.ndarray, rows: int, cols: int, pad: int = 2) -> np.ndarray:
+    """uint8 clips (rows·cols, T, H, W, C) → uint8 frames of the grid (T, H', W', C)."""
+    return np.stack([grid_canvas(clips[:, t], rows, cols, pad) for t in range(clips.shape[1])])
+
+
+def save_video_grid(clips: np.ndarray, rows: int, cols: int, path: Path, scale: int = 1, fps: int = 8,
+                    pad: int = 2) -> list[Path]:
+    """uint8 clips (rows·cols, T, H, W, C), row-major → an animated GIF at `path` (looping), and an
+    MP4 beside it when PyAV is installed. Returns the files written."""
+    frames = [_pil(f, scale) for f in video_grid(clips, rows, cols, pad)]
+    path = Path(path)
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=round(1000 / fps), loop=0)
+    written = [path]
+    try:
+        import av
+    except ImportError:
+        return written
+    mp4 = path.with_suffix(".mp4")
+    with av.open(str(mp4), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height = (frames[0].width + 1) // 2 * 2, (frames[0].height + 1) // 2 * 2  # even sides
+        stream.pix_fmt = "yuv420p"
+        for im in frames:
+            rgb = np.zeros((stream.height, stream.width, 3), np.uint8)
+            rgb[: im.height, : im.width] = np.asarray(im.convert("RGB"))
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        out.mux(stream.encode())
+    written.append(mp4)
+    return written

@@ -1,8 +1,9 @@
-"""Tokenizers and codecs. Discrete (masked framework): images (B, C, H, W) in [0, 1] → token ids
-(B, T) and back. Continuous (diffusion framework): images → latents (B, c, h, w) and back."""
+"""Tokenizers and codecs. Discrete (masked framework): images (B, C, H, W) or clips (B, C, T, H, W)
+in [0, 1] → token ids (B, T) and back. Continuous (diffusion framework): images → latents (B, c, h, w) and back."""
 from .continuous import KLVAE, DiffusersVAE, PixelSpace, train_klvae
 from .pixel import PixelTokenizer
+from .pretrained import ScriptedTokenizer
 from .vqvae import VQVAE, train_autoencoder, train_vqvae
 
 __all__ = ["PixelTokenizer", "VQVAE", "train_vqvae", "PixelSpace", "KLVAE", "train_klvae", "DiffusersVAE",
-           "train_autoencoder"]
+           "train_autoencoder", "ScriptedTokenizer"]

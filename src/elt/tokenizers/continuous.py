@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .vqvae import conv_decoder, conv_encoder, train_autoencoder
+from .vqvae import conv_decoder, conv_encoder, to_float, train_autoencoder
 
 
 class PixelSpace(nn.Module):
@@ -71,9 +71,11 @@ class KLVAE(nn.Module):
 
     @torch.no_grad()
     def finish(self, data: torch.Tensor) -> None:
-        """Measure the latent scale: 1/std of the posterior means of (up to) 4096 training images."""
+        """Measure the latent scale: 1/std of the posterior means of (up to) 4096 training images
+        (`data`: the uint8 set)."""
         self.scale.fill_(1.0)
-        std = torch.cat([self.posterior(data[i: i + 1024])[0] for i in range(0, min(len(data), 4096), 1024)]).std()
+        std = torch.cat([self.posterior(to_float(data[i: i + 1024]))[0]
+                         for i in range(0, min(len(data), 4096), 1024)]).std()
         self.scale.fill_(1.0 / max(float(std), 1e-6))
 
 

@@ -1,9 +1,11 @@
-"""A small convolutional VQ-VAE (van den Oord et al. 2017) trained by elt.
+"""A small convolutional VQ-VAE (van den Oord et al. 2017) trained by elt, for images and clips.
 
-Encoder: `downsample_stages` stride-2 4×4 convs (28×28 → 7×7 with 2), a 3×3 conv, a 1×1 conv to
-`latent_dim`. Quantiser: nearest codebook vector, codebook updated by exponential moving averages
-(VQ-VAE-2) with dead codes restarted from encoder outputs, commitment weight β, straight-through
-gradients. Decoder mirrors the encoder with transposed convs.
+Images: `downsample_stages` stride-2 4×4 convs (28×28 → 7×7 with 2), a 3×3 conv, a 1×1 conv to
+`latent_dim`. Clips (`frames` set; a MAGVIT-style 3D VQ): the same with 3D convs, the last
+`temporal_stages` stages halving time too (16×64×64 → 4×8×8 with 3 and 2). Quantiser: nearest
+codebook vector, codebook updated by exponential moving averages (VQ-VAE-2) with dead codes
+restarted from encoder outputs, commitment weight β, straight-through gradients. Decoder mirrors
+the encoder with transposed convs. Tokens are numbered row-major over (t,) h, w.
 """
 from __future__ import annotations
 
@@ -20,9 +22,10 @@ log = logging.getLogger(__name__)
 
 
 class VectorQuantizer(nn.Module):
-    def __init__(self, codebook_size: int, dim: int, decay: float = 0.99, eps: float = 1e-5):
+    def __init__(self, codebook_size: int, dim: int, decay: float = 0.99, eps: float = 1e-5, dead_below: float = 1e-2):
         super().__init__()
         self.codebook_size, self.dim, self.decay, self.eps = codebook_size, dim, decay, eps
+        self.dead_below = dead_below  # a code whose EMA use per step falls below this is restarted
         self.register_buffer("codebook", torch.randn(codebook_size, dim) * 0.1)
         self.register_buffer("ema_count", torch.ones(codebook_size))
         self.register_buffer("ema_sum", self.codebook.clone())
@@ -40,7 +43,7 @@ class VectorQuantizer(nn.Module):
         n = self.ema_count.sum()
         count = (self.ema_count + self.eps) / (n + self.codebook_size * self.eps) * n
         self.codebook.copy_(self.ema_sum / count[:, None])
-        dead = self.ema_count < 1e-2  # restart codes nobody uses from random encoder outputs
+        dead = self.ema_count < self.dead_below  # restart codes (almost) nobody uses from random encoder outputs
         if dead.any():
             pick = torch.randint(0, z.shape[0], (int(dead.sum()),), generator=generator)
             self.codebook[dead] = z[pick]
@@ -69,39 +72,79 @@ def conv_decoder(latent: int, hidden: int, channels: int, stages: int) -> nn.Seq
     return nn.Sequential(*layers)
 
 
+def conv3d_encoder(channels: int, hidden: int, out: int, stages: int, temporal_stages: int) -> nn.Sequential:
+    """`stages` stride-2 3D convs over (t, h, w): the first `stages - temporal_stages` (1, 4, 4) halve
+    space only, the last `temporal_stages` (2, 4, 4) halve time too; a 3×3×3 conv; a 1×1×1 conv."""
+    layers, c = [], channels
+    for i in range(stages):
+        width = hidden // 2 if i == 0 and stages > 1 else hidden
+        kt = 2 if i >= stages - temporal_stages else 1
+        layers += [nn.Conv3d(c, width, (kt, 4, 4), (kt, 2, 2), (0, 1, 1)), nn.ReLU()]
+        c = width
+    return nn.Sequential(*layers, nn.Conv3d(c, hidden, 3, 1, 1), nn.ReLU(), nn.Conv3d(hidden, out, 1))
+
+
+def conv3d_decoder(latent: int, hidden: int, channels: int, stages: int, temporal_stages: int) -> nn.Sequential:
+    """The mirror of `conv3d_encoder`: a 3×3×3 conv, then `stages` stride-2 transposed 3D convs."""
+    layers, c = [nn.Conv3d(latent, hidden, 3, 1, 1), nn.ReLU()], hidden
+    for i in range(stages):
+        last = i == stages - 1
+        width = channels if last else (hidden // 2 if i == stages - 2 else hidden)
+        kt = 2 if i < temporal_stages else 1
+        layers += [nn.ConvTranspose3d(c, width, (kt, 4, 4), (kt, 2, 2), (0, 1, 1))] + ([] if last else [nn.ReLU()])
+        c = width
+    return nn.Sequential(*layers)
+
+
 class VQVAE(nn.Module):
     def __init__(self, image_size: int = 28, channels: int = 1, codebook_size: int = 512, latent_dim: int = 16,
-                 hidden: int = 64, downsample_stages: int = 2, beta: float = 0.25):
+                 hidden: int = 64, downsample_stages: int = 2, beta: float = 0.25, frames: int | None = None,
+                 temporal_stages: int = 0):
         super().__init__()
         if image_size % (2 ** downsample_stages):
             raise ValueError(f"image size {image_size} is not divisible by 2^{downsample_stages}")
-        self.image_size, self.channels, self.beta = image_size, channels, beta
+        if frames is not None and (frames % (2 ** temporal_stages) or temporal_stages > downsample_stages):
+            raise ValueError(f"clip length {frames} must be divisible by 2^temporal_stages ({temporal_stages}), and "
+                             f"temporal_stages at most downsample_stages ({downsample_stages})")
+        self.image_size, self.channels, self.beta, self.frames = image_size, channels, beta, frames
         self.codebook_size = codebook_size
-        self.grid = image_size // 2 ** downsample_stages
-        self.num_tokens = self.grid * self.grid
-        self.encoder = conv_encoder(channels, hidden, latent_dim, downsample_stages)
-        self.decoder = conv_decoder(latent_dim, hidden, channels, downsample_stages)
-        self.quantizer = VectorQuantizer(codebook_size, latent_dim)
+        side = image_size // 2 ** downsample_stages
+        self.grid = (side, side) if frames is None else (frames // 2 ** temporal_stages, side, side)
+        self.num_tokens = math.prod(self.grid)
+        if frames is None:
+            self.encoder = conv_encoder(channels, hidden, latent_dim, downsample_stages)
+            self.decoder = conv_decoder(latent_dim, hidden, channels, downsample_stages)
+        else:
+            self.encoder = conv3d_encoder(channels, hidden, latent_dim, downsample_stages, temporal_stages)
+            self.decoder = conv3d_decoder(latent_dim, hidden, channels, downsample_stages, temporal_stages)
+        # Clips: restart a code used less than once per step (EMA); with the images' 1e-2 a collapsed
+        # codebook recovers too slowly (3-8 of 512 codes live after 400 steps).
+        self.quantizer = VectorQuantizer(codebook_size, latent_dim, dead_below=1e-2 if frames is None else 1.0)
 
     def _latents(self, images: torch.Tensor) -> torch.Tensor:
-        z = self.encoder(images * 2 - 1).float()  # (B, D, h, w); the quantiser always works in fp32
-        return z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+        z = self.encoder(images * 2 - 1).float()  # (B, D, [t,] h, w); the quantiser always works in fp32
+        return z.movedim(1, -1).reshape(-1, z.shape[1])
+
+    def _grid(self, z: torch.Tensor, b: int) -> torch.Tensor:
+        """Flat latents (B·T, D) → the decoder's input (B, D, [t,] h, w)."""
+        return z.view(b, *self.grid, -1).movedim(-1, 1)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B, C, H, W) in [0, 1] → ids (B, h·w), row-major."""
+        """images (B, C, H, W) or clips (B, C, T, H, W) in [0, 1] → ids (B, num_tokens), row-major."""
         return self.quantizer.nearest(self._latents(images)).view(images.shape[0], -1)
 
     @torch.no_grad()
     def decode(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (B, h·w) → images (B, C, H, W) in [0, 1]."""
-        z = self.quantizer.codebook[ids].view(ids.shape[0], self.grid, self.grid, -1).permute(0, 3, 1, 2)
+        """ids (B, num_tokens) → images (B, C, H, W) or clips (B, C, T, H, W) in [0, 1]."""
+        z = self._grid(self.quantizer.codebook[ids], ids.shape[0])
         return ((self.decoder(z) + 1) / 2).clamp(0, 1)
 
     @torch.no_grad()
     def prepare(self, data: torch.Tensor, generator: torch.Generator) -> None:
-        """k-means++-free init: random encoder outputs as the first codebook."""
-        z = self._latents(data[torch.randperm(len(data), generator=generator)[:2048]])
+        """k-means++-free init: random encoder outputs as the first codebook. `data`: the uint8 set."""
+        z = self._latents(to_float(data[torch.randperm(len(data), generator=generator)[:2048 if self.frames is None
+                                                                                           else 128]]))
         pick = torch.randint(0, z.shape[0], (self.codebook_size,), generator=generator)
         self.quantizer.codebook.copy_(z[pick])
         self.quantizer.ema_sum.copy_(z[pick])
@@ -114,25 +157,32 @@ class VQVAE(nn.Module):
         if self.training:
             self.quantizer.update(z.detach(), ids, generator)
         commit = F.mse_loss(z, q)
-        zq = (z + (q - z).detach()).view(b, self.grid, self.grid, -1).permute(0, 3, 1, 2)
+        zq = self._grid(z + (q - z).detach(), b)
         recon = F.mse_loss(self.decoder(zq).float(), images * 2 - 1)
         return recon + self.beta * commit, recon
 
 
+def as_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A numpy array as a tensor without a copy (one copy if the array is read-only, e.g. a file buffer)."""
+    if isinstance(images, torch.Tensor):
+        return images
+    return torch.from_numpy(images if images.flags.writeable else np.array(images, copy=True))
+
+
 def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 (N, H, W, C) → float (N, C, H, W) in [0, 1]."""
-    t = torch.as_tensor(np.array(images, copy=True)) if isinstance(images, np.ndarray) else images
-    return t.permute(0, 3, 1, 2).float().div_(255.0)
+    """uint8 images (N, H, W, C) → float (N, C, H, W) in [0, 1]; clips (N, T, H, W, C) → (N, C, T, H, W)."""
+    return as_tensor(images).movedim(-1, 1).float().div_(255.0)
 
 
 def train_autoencoder(model: nn.Module, images: np.ndarray, steps: int, batch_size: int = 128, lr: float = 2e-3,
                       seed: int = 0, progress: bool = True, bf16: bool = False, desc: str = "tokenizer"):
-    """Adam with cosine decay on uint8 images (N, H, W, C) for any model with `loss(batch, generator)`
-    → (loss, reconstruction MSE) and optionally `prepare(data, generator)` (run once first) and
-    `finish(data)` (after training). `bf16`: convolutions under bf16 autocast."""
+    """Adam with cosine decay on uint8 images (N, H, W, C) or clips (N, T, H, W, C) for any model with
+    `loss(batch, generator)` → (loss, reconstruction MSE) and optionally `prepare(data, generator)` (run
+    once first) and `finish(data)` (after training), both given the uint8 set. Batches are converted
+    to float one at a time. `bf16`: convolutions under bf16 autocast."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    data = to_float(images)
+    data = as_tensor(images)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     model.train()
@@ -140,7 +190,7 @@ def train_autoencoder(model: nn.Module, images: np.ndarray, steps: int, batch_si
         model.prepare(data, g)
     bar = tqdm(range(steps), desc=desc, disable=not progress, dynamic_ncols=True)
     for step in bar:
-        batch = data[torch.randint(0, len(data), (batch_size,), generator=g)]
+        batch = to_float(data[torch.randint(0, len(data), (batch_size,), generator=g)])
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss, recon = model.loss(batch, g)
         opt.zero_grad(set_to_none=True)
@@ -162,5 +212,6 @@ def train_vqvae(model: VQVAE, images: np.ndarray, steps: int, batch_size: int = 
 
 
 @torch.no_grad()
-def batched(fn, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    return torch.cat([fn(x[i: i + batch_size]) for i in range(0, len(x), batch_size)])
+def batched(fn, x: torch.Tensor, batch_size: int = 1024, progress: bool = False, desc: str = "") -> torch.Tensor:
+    starts = tqdm(range(0, len(x), batch_size), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    return torch.cat([fn(x[i: i + batch_size]) for i in starts])

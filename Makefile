@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup fmnist browser demo demo-dit test test-all clean
+.PHONY: setup fmnist browser demo demo-dit demo-video test test-all clean
 
 setup: $(BIN)/elt fmnist browser
 
@@ -42,6 +42,10 @@ demo: setup
 # the diffusion track's demo (looped DiT in pixel space; ~16 minutes on 2 cores with bf16)
 demo-dit: setup
 	$(BIN)/elt demo --config fmnist-dit --out runs/fmnist-dit --resume
+
+# the video track's demo (moving Fashion-MNIST, 3D VQ, masked looped transformer; not yet timed)
+demo-video: setup
+	$(BIN)/elt demo --config mfmnist-video --out runs/mfmnist-video --resume
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -12,7 +12,6 @@ from elt.data.moving import DIRECTIONS, GARMENT, motions, render
 from elt.masked import MaskedTransformer, MaskGITSampler
 from elt.metrics.video import C3DClassifier, object_crops
 from elt.tokenizers import VQVAE, ScriptedTokenizer
-from elt.tokenizers.vqvae import to_float
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 

@@ -19,7 +19,7 @@ from ..data import VIDEO_DATASETS, ImageData, load_data
 from ..diffusion import DiffusionFramework, DiffusionSampler, DiT, LogSNRSchedule
 from ..masked import MaskedFramework, MaskedTransformer, MaskGITSampler
 from ..metrics.classifier import FeatureClassifier, train_classifier
-from ..metrics.video import C3DClassifier, frame_views, train_video_classifier
+from ..metrics.video import C3DClassifier, train_video_classifier
 from ..tokenizers import (KLVAE, VQVAE, DiffusersVAE, PixelSpace, PixelTokenizer, ScriptedTokenizer, train_klvae,
                           train_vqvae)
 from ..tokenizers.vqvae import as_tensor, batched, to_float

@@ -252,3 +252,20 @@ def test_cli_video_train_sample_evaluate(tmp_path, capsys):
     for r in report["loops"].values():
         assert {"acc_mfmnist_c3d", "fd_mfmnist_c3d", "acc_fmnist_cnn_frames", "fd_fmnist_cnn_frames"} <= set(r)
     assert "acc_fmnist_cnn_frames_real_test" in report["reference"]
+
+
+def test_ucf101_paper_preset_builds_and_runs_at_reduced_width():
+    from elt.config import apply_overrides
+    from elt.engine.assets import build_model, nominal_tokenizer
+    from elt.presets import get_preset
+
+    full = get_preset("ucf101-magvit-6Nx4L")
+    tok = nominal_tokenizer(full)
+    assert tok.grid == (4, 16, 16) and tok.codebook_size == 1024
+    assert 75e6 < sum(p.numel() for p in build_model(full, tok, 101).parameters()) < 80e6  # paper: 76M
+    cfg = apply_overrides(get_preset("ucf101-magvit-6Nx4L"), ["model.width=32", "model.heads=2"]).validate()
+    model = build_model(cfg, tok, 101).eval()
+    tokens = torch.full((1, 1024), model.mask_id)
+    with torch.no_grad():
+        outs = model.forward_exits(tokens, torch.tensor([100]), loops=4, exits=(1,))
+    assert outs[4].shape == (1, 1024, 1024) and outs[1].shape == (1, 1024, 1024)

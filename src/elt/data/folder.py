@@ -16,14 +16,10 @@ EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 log = logging.getLogger(__name__)
 
 
-def load_image_folder(root: str | None, split: str, image_size: int | None,
-                      strict: bool = False) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    from PIL import Image, UnidentifiedImageError
-
+def list_image_folder(root: str | None, split: str) -> tuple[list[tuple[Path, int]], list[str]]:
+    """[(image file, class id)] in class then file-name order, and the class names (sorted)."""
     if root is None:
         raise ValueError("the folder dataset needs --data-dir pointing at a folder of class folders")
-    if not image_size:
-        raise ValueError("the folder dataset needs data.image_size (e.g. --set data.image_size=32)")
     base = Path(root)
     if not base.is_dir():
         raise FileNotFoundError(f"data folder {base} does not exist; pass --data-dir with class folders")
@@ -32,24 +28,46 @@ def load_image_folder(root: str | None, split: str, image_size: int | None,
     classes = sorted(p.name for p in base.iterdir() if p.is_dir())
     if not classes:
         raise ValueError(f"no class folders in {base}; expected {base}/CLASS_NAME/image files")
+    items = [(f, idx) for idx, name in enumerate(classes) for f in sorted((base / name).iterdir())
+             if f.suffix.lower() in EXTENSIONS]
+    return items, classes
+
+
+def read_image(path: Path, image_size: int) -> np.ndarray:
+    """uint8 (size, size, 3): the centre square, resized (bicubic). Raises OSError/UnidentifiedImageError."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        s = min(im.size)
+        left, top = (im.width - s) // 2, (im.height - s) // 2
+        im = im.crop((left, top, left + s, top + s)).resize((image_size, image_size), Image.BICUBIC)
+        return np.asarray(im, dtype=np.uint8)
+
+
+def unreadable(path, error: Exception, strict: bool, what: str = "image", flag: str = "data.strict_images") -> None:
+    """A file that cannot be read: an error with `strict`, else the caller skips it (and counts it)."""
+    if strict:
+        raise ValueError(f"corrupt or unreadable {what} {path} ({error}); remove it, or drop {flag} to skip "
+                         f"such files") from None
+
+
+def load_image_folder(root: str | None, split: str, image_size: int | None,
+                      strict: bool = False) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from PIL import UnidentifiedImageError
+
+    if not image_size:
+        raise ValueError("the folder dataset needs data.image_size (e.g. --set data.image_size=32)")
+    items, classes = list_image_folder(root, split)
     images, labels, skipped = [], [], 0
-    for idx, name in enumerate(classes):
-        for f in sorted((base / name).iterdir()):
-            if f.suffix.lower() not in EXTENSIONS:
-                continue
-            try:
-                with Image.open(f) as im:
-                    im = im.convert("RGB")
-                    s = min(im.size)
-                    left, top = (im.width - s) // 2, (im.height - s) // 2
-                    im = im.crop((left, top, left + s, top + s)).resize((image_size, image_size), Image.BICUBIC)
-                    images.append(np.asarray(im, dtype=np.uint8))
-                    labels.append(idx)
-            except (UnidentifiedImageError, OSError) as e:
-                if strict:
-                    raise ValueError(f"corrupt or unreadable image {f} ({e}); remove it, or drop "
-                                     f"data.strict_images to skip such files") from None
-                skipped += 1
+    for f, idx in items:
+        try:
+            images.append(read_image(f, image_size))
+            labels.append(idx)
+        except (UnidentifiedImageError, OSError) as e:
+            unreadable(f, e, strict)
+            skipped += 1
+    base = items[0][0].parent.parent if items else Path(root)
     if skipped:
         log.warning("skipped %d unreadable image(s) in %s", skipped, base)
     if not images:

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from .folder import unreadable
+
 log = logging.getLogger(__name__)
 
 
@@ -105,9 +107,7 @@ def load_ucf101(root: str | None, split: str, frames: int = 16, size: int | None
             videos.append(decode_clip(path, frames, size))
             labels.append(label)
         except Exception as e:  # PyAV raises its own error types for broken files
-            if strict:
-                raise ValueError(f"unreadable video {path} ({e}); remove it from the split list, or drop "
-                                 f"data.strict_images to skip such files") from None
+            unreadable(path, e, strict, "video")
             skipped += 1
     if skipped:
         log.warning("skipped %d unreadable video(s) of the UCF-101 %s list", skipped, split)

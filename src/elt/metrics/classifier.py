@@ -43,21 +43,28 @@ class FeatureClassifier(nn.Module):
         return torch.cat(feats).double().numpy(), torch.cat(preds).numpy()
 
 
-def train_classifier(model: FeatureClassifier, images: np.ndarray, labels: np.ndarray, epochs: float = 2.0,
-                     batch_size: int = 128, lr: float = 2e-3, seed: int = 0, progress: bool = True) -> FeatureClassifier:
+def fit_classifier(model: nn.Module, n: int, batch_loss, epochs: float, batch_size: int, lr: float, seed: int,
+                   progress: bool, desc: str = "metric classifier") -> nn.Module:
+    """AdamW with one-cycle for `epochs` over n examples in random batches; `batch_loss(idx)` gives
+    the loss of the examples at idx (shared by the image and the clip classifiers)."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    x, y = to_float(images), torch.as_tensor(labels)
-    steps = max(1, int(math.ceil(epochs * len(x) / batch_size)))
+    steps = max(1, int(math.ceil(epochs * n / batch_size)))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
     model.train()
-    for _ in tqdm(range(steps), desc="metric classifier", disable=not progress, dynamic_ncols=True):
-        idx = torch.randint(0, len(x), (batch_size,), generator=g)
-        loss = F.cross_entropy(model(x[idx]), y[idx])
+    for _ in tqdm(range(steps), desc=desc, disable=not progress, dynamic_ncols=True):
+        loss = batch_loss(torch.randint(0, n, (batch_size,), generator=g))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
     model.eval()
     return model
+
+
+def train_classifier(model: FeatureClassifier, images: np.ndarray, labels: np.ndarray, epochs: float = 2.0,
+                     batch_size: int = 128, lr: float = 2e-3, seed: int = 0, progress: bool = True) -> FeatureClassifier:
+    x, y = to_float(images), torch.as_tensor(labels)
+    return fit_classifier(model, len(x), lambda idx: F.cross_entropy(model(x[idx]), y[idx]), epochs, batch_size,
+                          lr, seed, progress)

@@ -6,15 +6,13 @@ Real FVD with the standard I3D network is in `elt.metrics.i3d`.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..tokenizers.vqvae import as_tensor, to_float
+from .classifier import fit_classifier
 
 
 class C3DClassifier(nn.Module):
@@ -67,26 +65,14 @@ def train_video_classifier(model: C3DClassifier, clips: np.ndarray, labels: np.n
                            epochs: float = 2.0, batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
                            progress: bool = True) -> C3DClassifier:
     """AdamW with one-cycle on uint8 clips (N, T, H, W, C); cross-entropy on the label (+ the aux label)."""
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
     x, y = as_tensor(clips), torch.as_tensor(labels)
     ya = None if aux is None or model.aux is None else torch.as_tensor(aux)
-    steps = max(1, int(math.ceil(epochs * len(x) / batch_size)))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
-    model.train()
-    for _ in tqdm(range(steps), desc="metric classifier (3D)", disable=not progress, dynamic_ncols=True):
-        idx = torch.randint(0, len(x), (batch_size,), generator=g)
+
+    def batch_loss(idx):
         logits, aux_logits = model(to_float(x[idx]))
         loss = F.cross_entropy(logits, y[idx])
-        if ya is not None:
-            loss = loss + F.cross_entropy(aux_logits, ya[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    model.eval()
-    return model
+        return loss if ya is None else loss + F.cross_entropy(aux_logits, ya[idx])
+    return fit_classifier(model, len(x), batch_loss, epochs, batch_size, lr, seed, progress, "metric classifier (3D)")
 
 
 def object_crops(frames: torch.Tensor, size: int = 28) -> torch.Tensor:

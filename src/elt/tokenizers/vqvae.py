@@ -1,8 +1,8 @@
 """A small convolutional VQ-VAE (van den Oord et al. 2017) trained by elt, for images and clips.
 
 Images: `downsample_stages` stride-2 4×4 convs (28×28 → 7×7 with 2), a 3×3 conv, a 1×1 conv to
-`latent_dim`. Clips (`frames` set; a MAGVIT-style 3D VQ): the same with 3D convs, the last
-`temporal_stages` stages halving time too (16×64×64 → 4×8×8 with 3 and 2). Quantiser: nearest
+`latent_dim`. Clips (`frames` set; a MAGVIT-style 3D VQ): the same with 3D convs and GroupNorm, the
+last `temporal_stages` stages halving time too (16×64×64 → 4×8×8 with 3 and 2). Quantiser: nearest
 codebook vector, codebook updated by exponential moving averages (VQ-VAE-2) with dead codes
 restarted from encoder outputs, commitment weight β, straight-through gradients. Decoder mirrors
 the encoder with transposed convs. Tokens are numbered row-major over (t,) h, w.
@@ -22,10 +22,15 @@ log = logging.getLogger(__name__)
 
 
 class VectorQuantizer(nn.Module):
-    def __init__(self, codebook_size: int, dim: int, decay: float = 0.99, eps: float = 1e-5, dead_below: float = 1e-2):
+    def __init__(self, codebook_size: int, dim: int, decay: float = 0.99, eps: float = 1e-5, dead_below: float = 1e-2,
+                 restart_from: str = "random"):
         super().__init__()
         self.codebook_size, self.dim, self.decay, self.eps = codebook_size, dim, decay, eps
         self.dead_below = dead_below  # a code whose EMA use per step falls below this is restarted
+        # "random": from uniformly drawn encoder outputs; "error": drawn with probability ∝ their squared
+        # distance to their code (k-means++-like), so restarts go where the codebook fits worst rather
+        # than into near-copies of the commonest content (a black background split over many codes).
+        self.restart_from = restart_from
         self.register_buffer("codebook", torch.randn(codebook_size, dim) * 0.1)
         self.register_buffer("ema_count", torch.ones(codebook_size))
         self.register_buffer("ema_sum", self.codebook.clone())
@@ -43,9 +48,14 @@ class VectorQuantizer(nn.Module):
         n = self.ema_count.sum()
         count = (self.ema_count + self.eps) / (n + self.codebook_size * self.eps) * n
         self.codebook.copy_(self.ema_sum / count[:, None])
-        dead = self.ema_count < self.dead_below  # restart codes (almost) nobody uses from random encoder outputs
+        dead = self.ema_count < self.dead_below  # restart codes (almost) nobody uses from encoder outputs
         if dead.any():
-            pick = torch.randint(0, z.shape[0], (int(dead.sum()),), generator=generator)
+            n_dead = int(dead.sum())
+            err = (z - self.codebook[ids]).pow(2).sum(1) if self.restart_from == "error" else None
+            if err is not None and torch.isfinite(err).all() and err.sum() > 0:
+                pick = torch.multinomial(err, n_dead, replacement=True, generator=generator)
+            else:
+                pick = torch.randint(0, z.shape[0], (n_dead,), generator=generator)
             self.codebook[dead] = z[pick]
             self.ema_sum[dead] = z[pick]
             self.ema_count[dead] = 1.0
@@ -72,28 +82,41 @@ def conv_decoder(latent: int, hidden: int, channels: int, stages: int) -> nn.Seq
     return nn.Sequential(*layers)
 
 
+def _stage3d(i: int, stages: int, spatial: int, temporal: int, decoder: bool = False):
+    """Kernel, stride and padding of 3D stage i: encoder stages halve space in the first `spatial`
+    stages and time in the last `temporal`; the decoder's stage i mirrors encoder stage stages-1-i."""
+    e = stages - 1 - i if decoder else i
+    kt, ks = (2 if e >= stages - temporal else 1), (4 if e < spatial else 3)
+    return (kt, ks, ks), (kt, ks // 2, ks // 2), (0, 1, 1)
+
+
 def conv3d_encoder(channels: int, hidden: int, out: int, stages: int, temporal_stages: int) -> nn.Sequential:
-    """`stages` stride-2 3D convs over (t, h, w): the first `stages - temporal_stages` (1, 4, 4) halve
-    space only, the last `temporal_stages` (2, 4, 4) halve time too; a 3×3×3 conv; a 1×1×1 conv."""
-    layers, c = [], channels
-    for i in range(stages):
-        width = hidden // 2 if i == 0 and stages > 1 else hidden
-        kt = 2 if i >= stages - temporal_stages else 1
-        layers += [nn.Conv3d(c, width, (kt, 4, 4), (kt, 2, 2), (0, 1, 1)), nn.ReLU()]
+    """max(stages, temporal_stages) stride-2 3D convs over (t, h, w): the first `stages` halve space
+    (4×4 kernels), the last `temporal_stages` halve time (kernel 2); a 3×3×3 conv; a 1×1×1 conv.
+    Hidden convs are followed by GroupNorm(8) and ReLU."""
+    layers, c, n = [], channels, max(stages, temporal_stages)
+    for i in range(n):
+        width = hidden // 2 if i == 0 and n > 1 else hidden
+        layers += [nn.Conv3d(c, width, *_stage3d(i, n, stages, temporal_stages)), *_norm_relu(width)]
         c = width
-    return nn.Sequential(*layers, nn.Conv3d(c, hidden, 3, 1, 1), nn.ReLU(), nn.Conv3d(hidden, out, 1))
+    return nn.Sequential(*layers, nn.Conv3d(c, hidden, 3, 1, 1), *_norm_relu(hidden), nn.Conv3d(hidden, out, 1))
 
 
 def conv3d_decoder(latent: int, hidden: int, channels: int, stages: int, temporal_stages: int) -> nn.Sequential:
-    """The mirror of `conv3d_encoder`: a 3×3×3 conv, then `stages` stride-2 transposed 3D convs."""
-    layers, c = [nn.Conv3d(latent, hidden, 3, 1, 1), nn.ReLU()], hidden
-    for i in range(stages):
-        last = i == stages - 1
-        width = channels if last else (hidden // 2 if i == stages - 2 else hidden)
-        kt = 2 if i < temporal_stages else 1
-        layers += [nn.ConvTranspose3d(c, width, (kt, 4, 4), (kt, 2, 2), (0, 1, 1))] + ([] if last else [nn.ReLU()])
+    """The mirror of `conv3d_encoder`: a 3×3×3 conv, then its stages as transposed 3D convs."""
+    layers, c, n = [nn.Conv3d(latent, hidden, 3, 1, 1), *_norm_relu(hidden)], hidden, max(stages, temporal_stages)
+    for i in range(n):
+        last = i == n - 1
+        width = channels if last else (hidden // 2 if i == n - 2 else hidden)
+        layers += [nn.ConvTranspose3d(c, width, *_stage3d(i, n, stages, temporal_stages, True))]
+        layers += [] if last else _norm_relu(width)
         c = width
     return nn.Sequential(*layers)
+
+
+def _norm_relu(width: int) -> list[nn.Module]:
+    # GroupNorm lets the 3D VQ train at lr 3e-3: without it, 3e-3 collapsed the encoder to ~20 codes.
+    return [nn.GroupNorm(min(8, width), width), nn.ReLU()]
 
 
 class VQVAE(nn.Module):
@@ -103,9 +126,8 @@ class VQVAE(nn.Module):
         super().__init__()
         if image_size % (2 ** downsample_stages):
             raise ValueError(f"image size {image_size} is not divisible by 2^{downsample_stages}")
-        if frames is not None and (frames % (2 ** temporal_stages) or temporal_stages > downsample_stages):
-            raise ValueError(f"clip length {frames} must be divisible by 2^temporal_stages ({temporal_stages}), and "
-                             f"temporal_stages at most downsample_stages ({downsample_stages})")
+        if frames is not None and frames % (2 ** temporal_stages):
+            raise ValueError(f"clip length {frames} is not divisible by 2^temporal_stages ({temporal_stages})")
         self.image_size, self.channels, self.beta, self.frames = image_size, channels, beta, frames
         self.codebook_size = codebook_size
         side = image_size // 2 ** downsample_stages
@@ -117,9 +139,11 @@ class VQVAE(nn.Module):
         else:
             self.encoder = conv3d_encoder(channels, hidden, latent_dim, downsample_stages, temporal_stages)
             self.decoder = conv3d_decoder(latent_dim, hidden, channels, downsample_stages, temporal_stages)
-        # Clips: restart a code used less than once per step (EMA); with the images' 1e-2 a collapsed
-        # codebook recovers too slowly (3-8 of 512 codes live after 400 steps).
-        self.quantizer = VectorQuantizer(codebook_size, latent_dim, dead_below=1e-2 if frames is None else 1.0)
+        # Clips: restart a code used less than once per step (EMA), from badly fitted outputs; with the
+        # images' 1e-2 and random restarts a collapsed codebook recovered too slowly (3-8 of 512 codes
+        # live after 400 steps), and random restarts split the black background over many codes.
+        self.quantizer = (VectorQuantizer(codebook_size, latent_dim) if frames is None else
+                          VectorQuantizer(codebook_size, latent_dim, dead_below=1.0, restart_from="error"))
 
     def _latents(self, images: torch.Tensor) -> torch.Tensor:
         z = self.encoder(images * 2 - 1).float()  # (B, D, [t,] h, w); the quantiser always works in fp32

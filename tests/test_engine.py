@@ -222,3 +222,34 @@ def test_cli_presets_lists_every_preset_with_size_and_flops(capsys):
         if name not in ALIASES:
             line = next(l for l in out.splitlines() if l.startswith(name + " "))
             assert line.split()[-2].endswith("M") and float(line.split()[-1]) > 0
+
+
+def test_sample_folder_is_balanced_resumable_and_named_by_its_settings(tmp_path, capsys):
+    """`elt sample --folder`: shards of a class-balanced set, a manifest, samples.npz + ADM npz; a
+    rerun after a lost shard makes only that shard, identical to the first time; other settings are
+    refused in the same folder."""
+    run = tmp_path / "run"
+    train(tiny_cfg(4), run, progress=False)
+    args = ["--quiet", "sample", "--run", str(run), "--loops", "2", "--n", "20", "--folder", str(tmp_path / "s"),
+            "--shard-size", "8", "--seed", "5"]
+    assert main(args) == 0
+    (folder,) = (tmp_path / "s").iterdir()
+    assert folder.name.startswith("run_ckpt4_L2_K4_cfg") and "_seed5_n20" in folder.name
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["num_shards"] == 3 and manifest["settings"]["loops"] == 2
+    assert sorted(manifest["per_class"].values()) == [2] * 10  # digits: 10 classes, 2 each
+    with np.load(folder / "samples.npz") as z:
+        images, labels = z["images"], z["labels"]
+    assert images.shape == (20, 8, 8, 1) and np.bincount(labels).tolist() == [2] * 10
+    with np.load(folder / "samples_adm.npz") as z:
+        assert z["arr_0"].shape == (20, 8, 8, 3) and z["arr_0"].dtype == np.uint8
+    (folder / "shard_00001.npz").unlink()
+    (folder / "samples.npz").unlink()
+    assert main(args) == 0
+    with np.load(folder / "samples.npz") as z:
+        np.testing.assert_array_equal(z["images"], images)  # shard seeds do not depend on the order of work
+    assert main([*args[:-2], "--seed", "6"]) == 0  # another seed: another folder
+    assert len(list((tmp_path / "s").iterdir())) == 2
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "settings": {"loops": 9}}))
+    assert main(args) == 2
+    assert "other settings" in capsys.readouterr().err

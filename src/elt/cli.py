@@ -102,8 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
                           "measured once per schedule and cached in the run folder)")
     p.add_argument("--n", "--num-samples", dest="n", type=_positive, default=100,
                    help="number of samples (default 100; under torchrun spell it --num-samples)")
-    p.add_argument("--out", required=True, help="output path; writes OUT.npz (images, labels) and OUT.png (grid); "
-                                                "video: OUT.npz (images N×T×H×W×C) and OUT.gif/OUT.mp4 (grid)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", help="output path; writes OUT.npz (images, labels) and OUT.png (grid); "
+                                     "video: OUT.npz (images N×T×H×W×C) and OUT.gif/OUT.mp4 (grid)")
+    where.add_argument("--folder", metavar="ROOT",
+                       help="large sets (FID/FVD): write ROOT/<run>_ckpt.._L.._K.._cfg.._seed.._n../ with shards, "
+                            "manifest.json, samples.npz and the ADM evaluator's samples_adm.npz; class-balanced, "
+                            "split across torchrun ranks, resumable (rerun the same command)")
+    p.add_argument("--shard-size", type=_positive, default=1000, help="samples per shard with --folder (default 1000)")
     p.add_argument("--export-frames", metavar="DIR",
                    help="video: also write every clip as DIR/VVVVVV/FFFFFF.png (StyleGAN-V's evaluator layout)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same samples (default 0)")
@@ -151,7 +157,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", action="append", help="preset to measure (repeatable; default: "
                                                      "fmnist-maskgit-2Nx4L and fmnist-maskgit-w256-2Nx4L)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to measure (default cpu)")
+
+    p = sub.add_parser("extract", help="pre-tokenise / pre-encode a data set once into sharded memory-mapped arrays "
+                                       "(resumable; torchrun splits shards); then train with "
+                                       "--set data.dataset=extracted --data-dir OUT")
+    _add_config_args(p, None)
+    p.add_argument("--out", required=True, help="folder for manifest.json, shard_NNNNN.npy (+ .labels.npy)")
+    p.add_argument("--split", default="train", choices=["train", "test"], help="which split (default train)")
+    p.add_argument("--shard-size", type=_positive, default=4096, help="examples per shard (default 4096)")
+    p.add_argument("--flip", action="store_true", help="also store every example flipped left-right (augmentation)")
+    p.add_argument("--tokenizer-examples", type=_positive, default=20_000,
+                   help="examples a tokenizer that elt trains is trained on (default 20000)")
+    p.add_argument("--device", default="cpu", help="where the tokenizer runs: cpu or cuda (default cpu)")
+
+    p = sub.add_parser("fid", help="FID, Inception Score and precision/recall (k=3) of a sample .npz against a "
+                                   "reference .npz, with the FID Inception weights from a local file")
+    p.add_argument("--samples", required=True, help=".npz of uint8 images: `elt sample` output (images) or ADM (arr_0)")
+    p.add_argument("--ref", required=True, help="reference .npz of real images (e.g. the ADM evaluator's "
+                                                "VIRTUAL_imagenet256_labeled.npz); its features are cached")
+    p.add_argument("--inception", required=True, help="path of pt_inception-2015-12-05-6726825d.pth")
+    p.add_argument("--sha256", help="full SHA-256 the weights file must have (default: check the name's prefix)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--batch-size", type=_positive, default=100, help="images per Inception batch (default 100)")
+    p.add_argument("--pr-n", type=_positive, default=10_000, help="features per side for precision/recall "
+                                                                  "(default 10000, as the ADM evaluator)")
+    p.add_argument("--json", help="also write the results to this JSON file")
     return parser
+
+
+def cmd_fid(args) -> None:
+    import json
+
+    import torch
+
+    from .engine.fid import image_metrics
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU is visible here; use --device cpu")
+    out = image_metrics(args.samples, args.ref, args.inception, args.sha256, args.device, args.batch_size,
+                        args.pr_n, progress=not args.quiet)
+    print(f"FID {out['fid']:.3f}  IS {out['is']:.2f} ± {out['is_std']:.2f}  precision {out['precision']:.3f}  "
+          f"recall {out['recall']:.3f}  ({out['n_samples']} samples, Inception via {out['inception_backend']})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+        print(f"wrote {args.json}")
 
 
 def _config_from_args(args):
@@ -223,13 +272,23 @@ def cmd_sample(args) -> None:
 
     if args.cfg is not None and args.cfg < 0:
         raise ValueError(f"--cfg must be >= 0, got {args.cfg}")
-    base = _check_out_file(args.out)
+    base = _check_out_file(args.out) if args.out else None
     run = load_run(args.run, use_ema=not args.no_ema)
     if args.export_frames and run.cfg.data.dataset not in VIDEO_DATASETS:
         raise ValueError(f"--export-frames is for video runs; {args.run} makes images (drop --export-frames)")
     labels = balanced_labels(args.n, run.num_classes, args.classes)
     main_rank = _is_main()
     policy, how = _loop_policy(args, run)
+    if args.folder:
+        from .engine.sample_folder import sample_folder
+        folder = sample_folder(run, policy, how, args.folder, args.n, args.seed, args.steps, args.cfg, args.shard_size,
+                               args.classes, progress=not args.quiet)
+        if args.export_frames and main_rank:
+            with np.load(folder / "samples.npz") as z:
+                export_stylegan_v(z["images"], args.export_frames)
+        if main_rank:
+            print(f"wrote {folder} ({args.n} samples)")
+        return
     images = generate(run, policy, labels, args.seed, args.steps, args.cfg, progress=not args.quiet)
     if not main_rank:
         return
@@ -361,6 +420,15 @@ def main(argv: list[str] | None = None) -> int:
             cmd_presets(args)
         elif args.command == "bench":
             cmd_bench(args)
+        elif args.command == "fid":
+            cmd_fid(args)
+        elif args.command == "extract":
+            from .engine.distributed import setup
+            from .engine.extract import extract
+            setup("cpu")
+            out = extract(_config_from_args(args), args.out, args.split, args.shard_size, args.flip,
+                          args.tokenizer_examples, args.device, progress=not args.quiet)
+            print(f"extracted to {out}; train with --set data.dataset=extracted --data-dir {out}")
         finished = True
     except (ValueError, FileNotFoundError, PermissionError) as e:
         if args.debug:

@@ -16,8 +16,8 @@ import yaml
 
 PRECISIONS = ("fp32", "bf16", "auto")
 FRAMEWORKS = ("masked", "diffusion")
-TOKENIZERS = {"masked": ("vqvae", "pixel", "torchscript"), "diffusion": ("pixel", "klvae", "diffusers_vae")}
-DATASETS = ("fmnist", "digits", "folder", "mfmnist", "ucf101")
+TOKENIZERS = {"masked": ("vqvae", "pixel", "torchscript", "maskgit_vqgan"), "diffusion": ("pixel", "klvae", "diffusers_vae")}
+DATASETS = ("fmnist", "digits", "folder", "mfmnist", "ucf101", "extracted")  # extracted: `elt extract` shards
 VIDEO_DATASETS = ("mfmnist", "ucf101")
 
 
@@ -68,7 +68,7 @@ class TokenizerConfig:
     latent_dim: int = 16
     hidden: int = 64
     downsample_stages: int = 2
-    temporal_stages: int = 0         # video VQ: how many of the downsample stages also halve time
+    temporal_stages: int = 0         # video VQ: how many stride-2 stages halve time (the last ones)
     steps: int = 1200
     batch_size: int = 128
     lr: float = 2e-3
@@ -171,8 +171,8 @@ class Config:
             (self.data.label in ("class", "motion"), "data.label", "choose class or motion"),
             (self.data.clips is None or self.data.clips >= 2, "data.clips", "must be >= 2 (or null for all)"),
             (self.data.fold in (1, 2, 3), "data.fold", "UCF-101 has official splits 1, 2 and 3"),
-            (0 <= self.tokenizer.temporal_stages <= self.tokenizer.downsample_stages, "tokenizer.temporal_stages",
-             "must be in 0..tokenizer.downsample_stages"),
+            (self.tokenizer.temporal_stages >= 0 and self.data.frames % 2 ** self.tokenizer.temporal_stages == 0,
+             "tokenizer.temporal_stages", "must be >= 0 with data.frames divisible by 2^temporal_stages"),
             (self.tokenizer.kind in TOKENIZERS.get(self.framework, ()), "tokenizer.kind",
              f"choose {' or '.join(TOKENIZERS.get(self.framework, ()))} for the {self.framework} framework"),
             (self.tokenizer.codebook_size >= 2, "tokenizer.codebook_size", "must be >= 2"),

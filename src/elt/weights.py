@@ -13,17 +13,18 @@ def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def verify_file(path: str | Path | None, sha256: str | None, what: str, where: str) -> Path:
-    """The path of an existing file whose SHA-256 is `sha256` (not checked when None); `where` tells
-    the user how to get the file."""
+def verify_file(path: str | Path | None, sha256: str | None, what: str, where: str,
+                sha256_prefix: str | None = None) -> Path:
+    """The path of an existing file whose SHA-256 is `sha256` (not checked when None) or starts with
+    `sha256_prefix` (torch.hub's file-name convention); `where` tells the user how to get the file."""
     if not path:
         raise ValueError(f"{what}: no file given; {where}")
     p = Path(path).expanduser()
     if not p.is_file():
         raise FileNotFoundError(f"{what} file {p} not found; {where}")
-    if sha256:
-        got = sha256_of(p)
-        if got.lower() != sha256.lower():
-            raise ValueError(f"{what} file {p} has SHA-256 {got}, expected {sha256}: it is not the right file or "
-                             f"is damaged; {where}")
+    if sha256 or sha256_prefix:
+        got, want = sha256_of(p), (sha256 or sha256_prefix).lower()
+        if (got != want) if sha256 else not got.startswith(want):
+            raise ValueError(f"{what} file {p} has SHA-256 {got}, expected {want}{'' if sha256 else '…'}: it is "
+                             f"not the right file or is damaged; {where}")
     return p

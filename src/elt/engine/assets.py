@@ -23,6 +23,7 @@ from ..metrics.video import C3DClassifier, train_video_classifier
 from ..tokenizers import (KLVAE, VQVAE, DiffusersVAE, PixelSpace, PixelTokenizer, ScriptedTokenizer, train_klvae,
                           train_vqvae)
 from ..tokenizers.vqvae import as_tensor, batched, to_float
+from ..tokenizers.maskgit_vqgan import MaskGITVQGAN
 from . import precision
 
 log = logging.getLogger("elt")
@@ -92,6 +93,8 @@ def make_tokenizer(cfg: Config, data: ImageData):
     size, channels = data.images.shape[-3], data.images.shape[-1]
     if t.kind == "torchscript":
         return ScriptedTokenizer(t.path, t.sha256)
+    if t.kind == "maskgit_vqgan":
+        return MaskGITVQGAN.from_file(t.path, t.sha256, size)
     if data.is_video:
         return VQVAE(size, channels, t.codebook_size, t.latent_dim, t.hidden, t.downsample_stages,
                      frames=data.images.shape[1], temporal_stages=t.temporal_stages)
@@ -126,6 +129,8 @@ def get_tokenizer(cfg: Config, data: ImageData, seed: int = 0, progress: bool = 
         keys.append("kl_weight")
         kind, train_fn = "klvae", train_klvae
     settings = {k: getattr(t, k) for k in keys} | {"seed": seed, "bf16": bf16}
+    if data.is_video:
+        settings["arch"] = "gn-errrestart"  # the 3D VQ's layers and restarts (caches of older ones are stale)
     fit = lambda: train_fn(tok, data.images, t.steps, t.batch_size, t.lr, seed, progress, bf16)  # noqa: E731
     return _cached(kind, settings, data, tok, fit, progress)[0]
 
@@ -169,6 +174,9 @@ def metric_prefix(cfg: Config) -> str:
 
 def load_split(cfg: Config, split: str) -> ImageData:
     d = cfg.data
+    if d.dataset == "extracted":  # pre-encoded shards: labels and class names only
+        from .extract import Extracted
+        return Extracted(d.data_dir).as_data()
     return load_data(d.dataset, split, d.data_dir, d.image_size, d.strict_images, d.frames, d.label, d.clips, d.fold)
 
 
@@ -181,7 +189,7 @@ def encode_dataset(tokenizer, data: ImageData, bf16: bool = False, progress: boo
     chunk = 64 if data.is_video else 256
     if isinstance(tokenizer, (KLVAE, DiffusersVAE)):
         shape, what = tuple(tokenizer.latent_shape), "latents"
-    elif isinstance(tokenizer, (VQVAE, ScriptedTokenizer)):
+    elif isinstance(tokenizer, (VQVAE, ScriptedTokenizer, MaskGITVQGAN)):
         shape, what = (tokenizer.num_tokens,), "tokens"
     else:  # a fixed tokenizer: cheap, never cached
         return batched(lambda x: tokenizer.encode(to_float(x)), images, 1024)

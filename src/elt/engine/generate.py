@@ -102,26 +102,33 @@ def generate(run: Run, loops, labels: torch.Tensor, seed: int = 0, steps: int | 
     Under torchrun every rank samples every world_size-th label (seeded seed + rank) and the images
     are gathered back into label order on every rank."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    sampler = sampler_for(run, steps, cfg_scale)
-    schedule = as_policy(loops)
     gen = torch.Generator().manual_seed(seed + rank)
-    mine = labels[rank::world]
-    out = []
-    bs = run.cfg.sample.batch_size
-    device = next(run.model.parameters()).device
-    for i in tqdm(range(0, len(mine), bs), desc=f"sample {schedule}", disable=not progress or rank > 0, leave=False):
-        with precision.autocast(run.cfg.sample.precision, device):  # the network only; the sampler's maths stays fp32
-            ids = sampler(run.model, mine[i: i + bs], schedule, gen)
-        out.append(to_uint8(run.tokenizer.decode(ids)))
+    out = sample_local(run, loops, labels[rank::world], gen, steps, cfg_scale, progress and rank == 0)
     if world == 1:
-        return np.concatenate(out)
+        return out
     parts = [None] * world
-    dist.all_gather_object(parts, out)  # a rank with no labels sends an empty list
-    parts = [np.concatenate(p) for p in parts if p]
+    dist.all_gather_object(parts, out)  # a rank with no labels sends an empty array
+    parts = [p for p in parts if len(p)]
     full = np.empty((len(labels), *parts[0].shape[1:]), np.uint8)
     for r, part in enumerate(parts):  # ranks with no labels are the last ones, so r stays aligned
         full[r::world] = part
     return full
+
+
+@torch.no_grad()
+def sample_local(run: Run, loops, labels: torch.Tensor, gen: torch.Generator, steps: int | None = None,
+                 cfg_scale: float | None = None, progress: bool = False) -> np.ndarray:
+    """This process's samples for `labels`, in batches of sample.batch_size, drawing from `gen`."""
+    sampler = sampler_for(run, steps, cfg_scale)
+    schedule = as_policy(loops)
+    out = []
+    bs = run.cfg.sample.batch_size
+    device = next(run.model.parameters()).device
+    for i in tqdm(range(0, len(labels), bs), desc=f"sample {schedule}", disable=not progress, leave=False):
+        with precision.autocast(run.cfg.sample.precision, device):  # the network only; the sampler's maths stays fp32
+            ids = sampler(run.model, labels[i: i + bs], schedule, gen)
+        out.append(to_uint8(run.tokenizer.decode(ids)))
+    return np.concatenate(out) if out else np.zeros((0,), np.uint8)  # no labels: an empty array
 
 
 def gflops_per_sample(run: Run, loops, steps: int, cfg_scale: float) -> float:
@@ -165,6 +172,9 @@ def make_judge(run: Run, progress: bool = True) -> Judge:
     """Loads (or trains once, cached) the metric classifier(s); reference numbers of the real test
     split and of its tokenizer reconstruction."""
     c = run.cfg
+    if c.data.dataset == "extracted":
+        raise ValueError("a run trained from `elt extract` shards has no test images here; measure it with "
+                         "`elt sample --folder` and `elt fid` (or FVD), see docs/reproduce.md")
     prefix = metric_prefix(c)
     test = load_split(c, "test")
     if test.is_video:

@@ -234,18 +234,26 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, info: DistInfo)
     torch.manual_seed(t.seed)  # same initial weights on every rank (FSDP2 does not broadcast them)
     gen = torch.Generator().manual_seed(t.seed)  # identical on every rank: the global batch
 
-    data = load_split(cfg, "train")
-    log.info("data: %s train, %d images %s, %d classes", cfg.data.dataset, len(data), data.images.shape[1:], data.num_classes)
-    if info.is_main:  # rank 0 trains (or loads) the tokenizer first; the others then read the cache
-        tokenizer = get_tokenizer(cfg, data, seed=t.seed, progress=progress)
-    barrier(info)
-    if not info.is_main:
-        tokenizer = get_tokenizer(cfg, data, seed=t.seed, progress=False)
+    if cfg.data.dataset == "extracted":  # pre-encoded by `elt extract`: memory-mapped shards
+        from .extract import Extracted
+        tokens = Extracted(cfg.data.data_dir)
+        tokenizer, data, labels = tokens.tokenizer(cfg), tokens.as_data(), tokens.labels
+        log.info("data: %s, %d examples %s, %d classes", tokens.folder, len(tokens), tuple(tokens.shape[1:]),
+                 data.num_classes)
+    else:
+        data = load_split(cfg, "train")
+        log.info("data: %s train, %d images %s, %d classes", cfg.data.dataset, len(data), data.images.shape[1:],
+                 data.num_classes)
+        if info.is_main:  # rank 0 trains (or loads) the tokenizer first; the others then read the cache
+            tokenizer = get_tokenizer(cfg, data, seed=t.seed, progress=progress)
+        barrier(info)
+        if not info.is_main:
+            tokenizer = get_tokenizer(cfg, data, seed=t.seed, progress=False)
+        bf16 = data.is_video and precision.resolve(cfg.tokenizer.precision, torch.device("cpu")) == "bf16"
+        tokens = encode_dataset(tokenizer, data, bf16, progress)  # token ids (masked) or latents (diffusion)
+        labels = torch.as_tensor(data.labels)
     if info.is_main and is_learned(tokenizer):
         save_weights(tokenizer, out / "tokenizer.safetensors")
-    bf16 = data.is_video and precision.resolve(cfg.tokenizer.precision, torch.device("cpu")) == "bf16"
-    tokens = encode_dataset(tokenizer, data, bf16, progress)  # token ids (masked) or latents (diffusion)
-    labels = torch.as_tensor(data.labels)
 
     model = build_model(cfg, tokenizer, data.num_classes).to(info.device)
     ema = copy.deepcopy(model).eval().requires_grad_(False) if t.ema_decay > 0 else None

@@ -1,0 +1,223 @@
+"""Pre-tokenise (masked) or pre-encode (diffusion) a data set once into sharded memory-mapped arrays,
+then train from them: `elt extract`, then `elt train --set data.dataset=extracted --data-dir DIR`.
+
+Images (ImageNet layout: class folders) and UCF-101 videos are read one shard at a time, never all at
+once: centre crop to `data.image_size` (videos: `data.frames` frames from the middle), optionally the
+horizontal flip too (`flip`: a second copy of every example, as DiT/MAR augment), then the run's
+tokenizer. Each shard is `shard_NNNNN.npy` (token ids int16/int32, or latents float16) with
+`shard_NNNNN.labels.npy`, written atomically and labels first, so an interrupted extraction resumes
+with the missing shards; under torchrun ranks take shards round-robin. `manifest.json` records the
+data, the tokenizer (its config and a hash of its weights) and the shapes; training checks that its
+config's tokenizer is the one the manifest names. A tokenizer elt trains (vqvae/klvae) is trained
+first on at most `tokenizer_examples` examples and saved in the folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from ..config import Config
+from ..data import ImageData
+from ..data.folder import list_image_folder, read_image, unreadable
+from ..tokenizers.vqvae import as_tensor, to_float
+from .assets import get_tokenizer, is_learned, load_split, load_weights, make_tokenizer, save_weights
+
+log = logging.getLogger("elt")
+VERSION = 1
+
+
+def _source(cfg: Config, split: str):
+    """(items, read(item) → uint8 array, label(item), class names) without loading the data set."""
+    d = cfg.data
+    if d.dataset == "folder":
+        items, classes = list_image_folder(d.data_dir, split)
+        if not d.image_size:
+            raise ValueError("the folder dataset needs data.image_size (e.g. --set data.image_size=256)")
+        return items, lambda it: read_image(it[0], d.image_size), lambda it: it[1], classes
+    if d.dataset == "ucf101":
+        from ..data.ucf101 import decode_clip, read_split
+        items, classes = read_split(d.data_dir, split, d.fold)
+        items = items[: d.clips] if d.clips and split == "train" else items
+        root = Path(d.data_dir)
+        return items, lambda it: decode_clip(root / it[0], d.frames, d.image_size or 128), lambda it: it[1], classes
+    data = load_split(cfg, split)  # the embedded data sets are small: read them whole
+    return (list(range(len(data))), lambda i: data.images[i], lambda i: int(data.labels[i]), data.class_names)
+
+
+def _tokenizer_hash(tokenizer) -> str:
+    h = hashlib.sha1()
+    for name, v in sorted(tokenizer.state_dict().items()):
+        h.update(name.encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _fit_tokenizer(cfg: Config, items, read, label, classes, limit: int, progress: bool):
+    """The config's tokenizer; one elt trains is trained (cached) on the first `limit` examples."""
+    probe = read(items[0])
+    tok = make_tokenizer(cfg, ImageData(probe[None], np.zeros(1, np.int64), classes))
+    if not is_learned(tok):
+        return tok
+    sub = items[:: max(1, len(items) // limit)][:limit]
+    images = np.stack([read(it) for it in tqdm(sub, desc="tokenizer data", disable=not progress, dynamic_ncols=True)])
+    return get_tokenizer(cfg, ImageData(images, np.asarray([label(it) for it in sub]), classes), cfg.train.seed,
+                         progress)
+
+
+def manifest_settings(cfg: Config) -> dict:
+    """What must match between an extraction and the training that reads it."""
+    return {"framework": cfg.framework, "tokenizer": dataclasses.asdict(cfg.tokenizer),
+            "image_size": cfg.data.image_size, "frames": cfg.data.frames}
+
+
+def extract(cfg: Config, out: str | Path, split: str = "train", shard_size: int = 4096, flip: bool = False,
+            tokenizer_examples: int = 20_000, device: str = "cpu", progress: bool = True) -> Path:
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    out = Path(out)
+    items, read, label, classes = _source(cfg, split)
+    if not items:
+        raise ValueError(f"no examples to extract from {cfg.data.dataset} {split}")
+    manifest_path = out / "manifest.json"
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        tokenizer = _fit_tokenizer(cfg, items, read, label, classes, tokenizer_examples, progress)
+        if is_learned(tokenizer):
+            save_weights(tokenizer, out / "tokenizer.safetensors")
+    if world > 1:
+        dist.barrier()
+    if rank > 0:
+        tokenizer = make_tokenizer(cfg, ImageData(read(items[0])[None], np.zeros(1, np.int64), classes))
+        if is_learned(tokenizer):
+            load_weights(tokenizer, out / "tokenizer.safetensors", "tokenizer")
+    tokenizer = tokenizer.to(device).eval()
+    latents = cfg.framework == "diffusion"
+    probe = tokenizer.encode(to_float(as_tensor(read(items[0])[None])).to(device))
+    shape = list(probe.shape[1:])
+    dtype = "float16" if latents else ("int16" if tokenizer.codebook_size <= 32767 else "int32")
+    num_shards = (len(items) + shard_size - 1) // shard_size
+    meta = {"version": VERSION, "what": "latents" if latents else "tokens", "shape": shape, "dtype": dtype,
+            "example_shape": list(read(items[0]).shape),
+            "num_shards": num_shards, "examples": len(items), "flip": flip, "split": split, "classes": classes,
+            "dataset": cfg.data.dataset, "data_dir": str(cfg.data.data_dir), "settings": manifest_settings(cfg),
+            "tokenizer_hash": _tokenizer_hash(tokenizer)}
+    if rank == 0:
+        if manifest_path.is_file():
+            old = json.loads(manifest_path.read_text())
+            if old != json.loads(json.dumps(meta)):
+                raise ValueError(f"{out} holds an extraction with other settings or another tokenizer; choose "
+                                 f"another --out or delete it")
+        else:
+            manifest_path.write_text(json.dumps(meta, indent=2) + "\n")
+    if world > 1:
+        dist.barrier()
+    todo = [i for i in range(rank, num_shards, world) if not (out / f"shard_{i:05d}.npy").is_file()]
+    if len(todo) < len(range(rank, num_shards, world)) and rank == 0:
+        log.info("resuming extraction in %s: %d of %d shards left", out, len(todo), num_shards)
+    skipped = 0
+    for i in tqdm(todo, desc=f"extract {meta['what']}", disable=not progress or rank > 0, dynamic_ncols=True):
+        examples, labels = [], []
+        for it in items[i * shard_size: (i + 1) * shard_size]:
+            try:
+                examples.append(read(it))
+                labels.append(label(it))
+            except Exception as e:  # PIL/PyAV raise their own error types for broken files
+                unreadable(it[0] if isinstance(it, tuple) else it, e, cfg.data.strict_images, "file")
+                skipped += 1
+        x = np.stack(examples)
+        if flip:
+            x, labels = np.concatenate([x, x[..., ::-1, :]]), labels + labels  # W is the second-last axis
+        codes = []
+        with torch.no_grad():
+            for j in range(0, len(x), 64):
+                codes.append(tokenizer.encode(to_float(as_tensor(np.ascontiguousarray(x[j: j + 64]))).to(device)).cpu())
+        codes = torch.cat(codes).numpy().astype(dtype)
+        _save_npy(out / f"shard_{i:05d}.labels.npy", np.asarray(labels, np.int64))
+        _save_npy(out / f"shard_{i:05d}.npy", codes)  # last: its presence marks the shard done
+    if skipped:
+        log.warning("skipped %d unreadable file(s) while extracting", skipped)
+    if world > 1:
+        dist.barrier()
+    return out
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+class Extracted:
+    """The shards of an extraction as one indexable array: `codes[idx]` (a LongTensor of example ids)
+    gives token ids (long) or latents (float32); shards stay memory-mapped."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder) if folder else None
+        path = self.folder / "manifest.json" if self.folder else None
+        if path is None or not path.is_file():
+            raise FileNotFoundError(f"{path or 'data.data_dir'}: no extraction manifest; run `elt extract --out DIR` "
+                                    f"first and pass that DIR as --data-dir")
+        try:
+            self.meta = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is damaged ({e}); run `elt extract` again into a new folder") from None
+        missing = [i for i in range(self.meta["num_shards"]) if not (self.folder / f"shard_{i:05d}.npy").is_file()]
+        if missing:
+            raise ValueError(f"{self.folder}: {len(missing)} of {self.meta['num_shards']} shards missing (e.g. "
+                             f"shard_{missing[0]:05d}); rerun the same `elt extract` command to finish it")
+        self.shards = [np.load(self.folder / f"shard_{i:05d}.npy", mmap_mode="r") for i in range(self.meta["num_shards"])]
+        self.labels = torch.from_numpy(np.concatenate(
+            [np.load(self.folder / f"shard_{i:05d}.labels.npy") for i in range(self.meta["num_shards"])]))
+        self.offsets = np.cumsum([0] + [len(s) for s in self.shards])
+        self.classes = list(self.meta["classes"])
+        self.latents = self.meta["what"] == "latents"
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def shape(self) -> tuple:
+        return (len(self), *self.meta["shape"])
+
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        idx = np.asarray(idx)
+        shard = np.searchsorted(self.offsets, idx, side="right") - 1
+        out = np.empty((len(idx), *self.meta["shape"]), np.float32 if self.latents else np.int64)
+        for s in np.unique(shard):
+            sel = shard == s
+            rows = idx[sel] - self.offsets[s]
+            order = np.argsort(rows)  # sorted reads from the memory map
+            out[np.flatnonzero(sel)[order]] = self.shards[s][rows[order]]
+        return torch.from_numpy(out)
+
+    def check(self, cfg: Config) -> None:
+        """The training config must use the extraction's tokenizer, image size and framework."""
+        want, got = self.meta["settings"], json.loads(json.dumps(manifest_settings(cfg)))
+        diff = sorted(k for k in want if want[k] != got.get(k))
+        if diff:
+            raise ValueError(f"{self.folder} was extracted with other {', '.join(diff)} than this config; train with "
+                             f"the config the extraction used (its manifest.json), or extract again")
+
+    def as_data(self) -> ImageData:
+        """No images (shape (0, *example)), the labels and class names: what building the tokenizer and
+        the model and naming classes need."""
+        return ImageData(np.zeros((0, *self.meta["example_shape"]), np.uint8), self.labels.numpy(), self.classes)
+
+    def tokenizer(self, cfg: Config):
+        """The config's tokenizer, with the extraction's weights when elt trained it."""
+        self.check(cfg)
+        tok = make_tokenizer(cfg, self.as_data())
+        if is_learned(tok):
+            load_weights(tok, self.folder / "tokenizer.safetensors", "tokenizer", "run `elt extract` again")
+        if _tokenizer_hash(tok) != self.meta["tokenizer_hash"]:
+            raise ValueError(f"the tokenizer this config loads is not the one {self.folder} was extracted with "
+                             f"(its weights differ); use the same tokenizer file, or extract again")
+        return tok.eval()

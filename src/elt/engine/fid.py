@@ -1,0 +1,99 @@
+"""FID, Inception Score and precision/recall of a sample file against a reference, with the standard
+FID Inception from a local weights file (`elt fid`).
+
+Samples and references are `.npz` files of uint8 images (N, H, W, C) under `arr_0` (the ADM
+evaluator's layout, e.g. its `VIRTUAL_imagenet256_labeled.npz`) or `images` (what `elt sample`
+writes). The reference's features are computed once and cached (keyed by the file's size, mtime and
+path and the weights' hash): their statistics for FID and the first `pr_n` features for precision and
+recall. Reference statistics precomputed with TensorFlow (the ADM batch's `mu`/`sigma`) are not used:
+elt computes its own with the same network, so both sides match.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..metrics.frechet import frechet_distance
+from ..metrics.inception import InceptionFeatures
+from ..metrics.scores import StreamingStats, inception_score, precision_recall
+from ..weights import sha256_of
+from .assets import cache_dir
+
+log = logging.getLogger("elt")
+
+
+def load_images_npz(path: str | Path) -> np.ndarray:
+    """uint8 images (N, H, W, C) from an `.npz` (`arr_0` or `images`), memory-mapped where possible."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"image file {p} not found; give an .npz written by `elt sample` or an ADM batch")
+    try:
+        z = np.load(p, mmap_mode="r")
+        key = "arr_0" if "arr_0" in z.files else "images" if "images" in z.files else None
+        if key is None:
+            raise ValueError(f"{p} holds {z.files}, not arr_0 or images; write it with `elt sample` or export_adm_npz")
+        x = z[key]
+    except (OSError, EOFError, ValueError) as e:
+        if "holds" in str(e):
+            raise
+        raise ValueError(f"{p} is not a readable .npz ({e}); write it again") from None
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise ValueError(f"{p}: expected uint8 images (N, H, W, 1 or 3), got {x.dtype} {x.shape}")
+    return x
+
+
+def features(net: InceptionFeatures, images: np.ndarray, batch_size: int, keep: int, progress: bool, desc: str):
+    """Streams images through the network: (StreamingStats of the pool features, all logits, the
+    first `keep` features)."""
+    stats, logits, kept = StreamingStats(2048), [], []
+    chunk = batch_size * 8
+    for i in tqdm(range(0, len(images), chunk), desc=desc, disable=not progress, dynamic_ncols=True):
+        f, lg = net(np.ascontiguousarray(images[i: i + chunk]), batch_size)
+        stats.update(f)
+        logits.append(lg.astype(np.float32))
+        if sum(len(k) for k in kept) < keep:
+            kept.append(f[: keep - sum(len(k) for k in kept)].astype(np.float32))
+    return stats, np.concatenate(logits), np.concatenate(kept)
+
+
+def reference_features(net: InceptionFeatures, ref: str | Path, weights_hash: str, batch_size: int, pr_n: int,
+                       progress: bool):
+    """(μ, Σ, first pr_n features) of the reference images, cached."""
+    p = Path(ref).resolve()
+    st = p.stat()
+    key = hashlib.sha1(json.dumps([str(p), st.st_size, int(st.st_mtime), weights_hash, pr_n]).encode()).hexdigest()[:16]
+    path = cache_dir() / f"inception-ref-{key}.npz"
+    if path.is_file():
+        log.info("using cached reference statistics %s", path)
+        with np.load(path) as z:
+            return z["mu"], z["sigma"], z["feats"]
+    stats, _, kept = features(net, load_images_npz(p), batch_size, pr_n, progress, "reference features")
+    mu, sigma = stats.mean_cov()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npz")
+    np.savez(tmp, mu=mu, sigma=sigma, feats=kept, n=stats.n)
+    os.replace(tmp, path)
+    log.info("cached reference statistics of %d images at %s", stats.n, path)
+    return mu, sigma, kept
+
+
+def image_metrics(samples: str | Path, ref: str | Path, inception: str, sha256: str | None = None,
+                  device: str = "cpu", batch_size: int = 100, pr_n: int = 10_000, progress: bool = True) -> dict:
+    """{"fid", "is", "is_std", "precision", "recall", "n_samples"} of `samples` against `ref`."""
+    net = InceptionFeatures(inception, sha256, device)
+    weights_hash = sha256 or sha256_of(inception)
+    mu_r, sigma_r, feats_r = reference_features(net, ref, weights_hash, batch_size, pr_n, progress)
+    images = load_images_npz(samples)
+    stats, logits, feats = features(net, images, batch_size, pr_n, progress, "sample features")
+    mu, sigma = stats.mean_cov()
+    is_mean, is_std = inception_score(logits, splits=min(10, len(logits)))
+    prec, rec = precision_recall(feats_r, feats, k=3)
+    return {"fid": frechet_distance(mu, sigma, mu_r, sigma_r), "is": is_mean, "is_std": is_std,
+            "precision": prec, "recall": rec, "n_samples": int(stats.n), "inception_backend": net.backend,
+            "samples": str(samples), "reference": str(ref)}

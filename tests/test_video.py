@@ -134,6 +134,20 @@ def test_i3d_wiring_and_checksum(tmp_path):
     with pytest.raises(ValueError, match="SHA-256"):
         I3DFeatures(str(path))  # the published checksum: this file is not it
 
+    # `elt fvd` from files: the same clips as samples and reference give FVD 0; another set does not
+    from elt.cli import main
+
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, 256, (12, 4, 8, 8, 1), dtype=np.uint8)
+    np.savez(tmp_path / "real.npz", images=real, labels=np.zeros(12, np.int64))
+    np.savez(tmp_path / "fake.npz", images=real // 2, labels=np.zeros(12, np.int64))
+    args = ["--quiet", "fvd", "--ref", str(tmp_path / "real.npz"), "--i3d", str(path), "--sha256", sha256_of(path)]
+    assert main([*args, "--samples", str(tmp_path / "real.npz"), "--json", str(tmp_path / "same.json")]) == 0
+    assert main([*args, "--samples", str(tmp_path / "fake.npz"), "--json", str(tmp_path / "other.json")]) == 0
+    import json
+    same, other = (json.loads((tmp_path / f).read_text()) for f in ("same.json", "other.json"))
+    assert same["fvd"] == pytest.approx(0, abs=1e-6) and other["fvd"] > 1e-3 and other["n_reference"] == 12
+
 
 def test_video_grid_gif_mp4_and_stylegan_v_export(tmp_path):
     from PIL import Image

@@ -172,22 +172,52 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fid", help="FID, Inception Score and precision/recall (k=3) of a sample .npz against a "
                                    "reference .npz, with the FID Inception weights from a local file")
-    p.add_argument("--samples", required=True, help=".npz of uint8 images: `elt sample` output (images) or ADM (arr_0)")
-    p.add_argument("--ref", required=True, help="reference .npz of real images (e.g. the ADM evaluator's "
-                                                "VIRTUAL_imagenet256_labeled.npz); its features are cached")
+    _add_score_args(p, ".npz of uint8 images: `elt sample` output (images) or ADM (arr_0)",
+                    "reference .npz of real images (e.g. the ADM evaluator's VIRTUAL_imagenet256_labeled.npz); its "
+                    "features are cached")
     p.add_argument("--inception", required=True, help="path of pt_inception-2015-12-05-6726825d.pth")
     p.add_argument("--sha256", help="full SHA-256 the weights file must have (default: check the name's prefix)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--batch-size", type=_positive, default=100, help="images per Inception batch (default 100)")
     p.add_argument("--pr-n", type=_positive, default=10_000, help="features per side for precision/recall "
                                                                   "(default 10000, as the ADM evaluator)")
-    p.add_argument("--json", help="also write the results to this JSON file")
+
+    p = sub.add_parser("fvd", help="FVD of sampled clips against real ones, with StyleGAN-V's TorchScript I3D from "
+                                   "a local file")
+    _add_score_args(p, ".npz of uint8 clips written by `elt sample` (images N×T×H×W×C)",
+                    "real clips: an .npz like --samples, or a UCF-101 folder (train list 1); the reference "
+                    "statistics are cached")
+    p.add_argument("--i3d", required=True, help="path of i3d_torchscript.pt")
+    p.add_argument("--sha256", default="default", help="SHA-256 the I3D file must have (default: the known digest; "
+                                                       "'none' skips the check)")
+    p.add_argument("--ref-clips", type=_positive, default=2048, help="real clips for the statistics (default 2048)")
     return parser
 
 
-def cmd_fid(args) -> None:
-    import json
+def _add_score_args(p: argparse.ArgumentParser, samples: str, ref: str) -> None:
+    p.add_argument("--samples", required=True, help=samples)
+    p.add_argument("--ref", required=True, help=ref)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--json", help="also write the results to this JSON file")
 
+
+def _write_json(out: dict, path: str | None) -> None:
+    if path:
+        import json
+        Path(path).write_text(json.dumps(out, indent=2) + "\n")
+        print(f"wrote {path}")
+
+
+def cmd_fvd(args) -> None:
+    from .engine.fid import video_metrics
+
+    sha = None if args.sha256.lower() == "none" else args.sha256
+    out = video_metrics(args.samples, args.ref, args.i3d, sha, args.device, ref_clips=args.ref_clips,
+                        progress=not args.quiet)
+    print(f"FVD {out['fvd']:.2f}  ({out['n_samples']} clips against {out['n_reference']} real ones)")
+    _write_json(out, args.json)
+
+
+def cmd_fid(args) -> None:
     import torch
 
     from .engine.fid import image_metrics
@@ -198,9 +228,7 @@ def cmd_fid(args) -> None:
                         args.pr_n, progress=not args.quiet)
     print(f"FID {out['fid']:.3f}  IS {out['is']:.2f} ± {out['is_std']:.2f}  precision {out['precision']:.3f}  "
           f"recall {out['recall']:.3f}  ({out['n_samples']} samples, Inception via {out['inception_backend']})")
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    _write_json(out, args.json)
 
 
 def _config_from_args(args):
@@ -422,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd_bench(args)
         elif args.command == "fid":
             cmd_fid(args)
+        elif args.command == "fvd":
+            cmd_fvd(args)
         elif args.command == "extract":
             from .engine.distributed import setup
             from .engine.extract import extract

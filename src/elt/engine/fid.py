@@ -62,25 +62,34 @@ def features(net: InceptionFeatures, images: np.ndarray, batch_size: int, keep: 
     return stats, np.concatenate(logits), np.concatenate(kept)
 
 
-def reference_features(net: InceptionFeatures, ref: str | Path, weights_hash: str, batch_size: int, pr_n: int,
-                       progress: bool):
-    """(μ, Σ, first pr_n features) of the reference images, cached."""
-    p = Path(ref).resolve()
+def _cached(kind: str, ref: Path, parts: list, compute) -> dict:
+    """Arrays computed once per (reference file or folder, its size and mtime, `parts`) and cached."""
+    p = ref.resolve()
     st = p.stat()
-    key = hashlib.sha1(json.dumps([str(p), st.st_size, int(st.st_mtime), weights_hash, pr_n]).encode()).hexdigest()[:16]
-    path = cache_dir() / f"inception-ref-{key}.npz"
+    key = hashlib.sha1(json.dumps([str(p), st.st_size, int(st.st_mtime), *parts]).encode()).hexdigest()[:16]
+    path = cache_dir() / f"{kind}-ref-{key}.npz"
     if path.is_file():
         log.info("using cached reference statistics %s", path)
         with np.load(path) as z:
-            return z["mu"], z["sigma"], z["feats"]
-    stats, _, kept = features(net, load_images_npz(p), batch_size, pr_n, progress, "reference features")
-    mu, sigma = stats.mean_cov()
+            return dict(z)
+    arrays = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npz")
-    np.savez(tmp, mu=mu, sigma=sigma, feats=kept, n=stats.n)
+    np.savez(tmp, **arrays)
     os.replace(tmp, path)
-    log.info("cached reference statistics of %d images at %s", stats.n, path)
-    return mu, sigma, kept
+    log.info("cached reference statistics at %s", path)
+    return arrays
+
+
+def reference_features(net: InceptionFeatures, ref: str | Path, weights_hash: str, batch_size: int, pr_n: int,
+                       progress: bool):
+    """(μ, Σ, first pr_n features) of the reference images, cached."""
+    def compute():
+        stats, _, kept = features(net, load_images_npz(ref), batch_size, pr_n, progress, "reference features")
+        mu, sigma = stats.mean_cov()
+        return {"mu": mu, "sigma": sigma, "feats": kept}
+    z = _cached("inception", Path(ref), [weights_hash, pr_n], compute)
+    return z["mu"], z["sigma"], z["feats"]
 
 
 def image_metrics(samples: str | Path, ref: str | Path, inception: str, sha256: str | None = None,
@@ -97,3 +106,42 @@ def image_metrics(samples: str | Path, ref: str | Path, inception: str, sha256: 
     return {"fid": frechet_distance(mu, sigma, mu_r, sigma_r), "is": is_mean, "is_std": is_std,
             "precision": prec, "recall": rec, "n_samples": int(stats.n), "inception_backend": net.backend,
             "samples": str(samples), "reference": str(ref)}
+
+
+def load_clips(path: str | Path, n: int | None, frames: int = 16, size: int = 128, progress: bool = True) -> np.ndarray:
+    """uint8 clips (N, T, H, W, C): an `.npz` (`images`, as `elt sample` writes) or a UCF-101 folder
+    (its official train list, split 1: the first n clips, `frames` from each video's middle)."""
+    p = Path(path)
+    if p.is_dir():
+        from ..data.ucf101 import load_ucf101
+        return load_ucf101(str(p), "train", frames, size, 1, n, progress=progress)[0]
+    if not p.is_file():
+        raise FileNotFoundError(f"clip file {p} not found; give an .npz written by `elt sample` or a UCF-101 folder")
+    with np.load(p) as z:
+        if "images" not in z.files:
+            raise ValueError(f"{p} holds {z.files}, not `images`; write it with `elt sample` on a video run")
+        x = z["images"][:n]
+    if x.dtype != np.uint8 or x.ndim != 5:
+        raise ValueError(f"{p}: expected uint8 clips (N, T, H, W, C), got {x.dtype} {x.shape}")
+    return x
+
+
+def video_metrics(samples: str | Path, ref: str | Path, i3d: str, sha256: str | None = "default",
+                  device: str = "cpu", batch_size: int = 16, ref_clips: int = 2048, progress: bool = True) -> dict:
+    """{"fvd", "n_samples", "n_reference"}: Fréchet distance of I3D features (StyleGAN-V's detector).
+    The reference statistics (of `ref_clips` real clips) are cached."""
+    from ..metrics.i3d import I3D_SHA256, I3DFeatures
+    from ..metrics.frechet import feature_stats
+
+    net = I3DFeatures(i3d, I3D_SHA256 if sha256 == "default" else sha256, device)
+    clips = load_clips(samples, None, progress=progress)
+    size = clips.shape[2]
+
+    def compute():
+        real = load_clips(ref, ref_clips, clips.shape[1], size, progress)
+        mu, sigma = feature_stats(net(real, batch_size))
+        return {"mu": mu, "sigma": sigma, "n": np.asarray(len(real))}
+    z = _cached("i3d", Path(ref), [sha256_of(i3d), ref_clips, list(clips.shape[1:])], compute)
+    mu, sigma = feature_stats(net(clips, batch_size))
+    return {"fvd": frechet_distance(mu, sigma, z["mu"], z["sigma"]), "n_samples": len(clips),
+            "n_reference": int(z["n"]), "samples": str(samples), "reference": str(ref)}

@@ -103,3 +103,45 @@ def test_sampling_and_evaluation_split_across_ranks(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((run / "anytime.json").read_text())
     assert report["sampling"]["n"] == 20 and list(report["loops"]) == ["1", "2"]
+    # `sample --folder`: ranks take whole shards; the set equals one process's, shard by shard
+    folder = ["sample", "--run-dir", str(run), "--loops", "2", "--num-samples", "30", "--shard-size", "7"]
+    proc = subprocess.run(base + folder + ["--folder", str(tmp_path / "two")], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from elt.cli import main
+    assert main(["--quiet", *folder, "--folder", str(tmp_path / "one")]) == 0
+    (two,), (one,) = (list((tmp_path / d).iterdir()) for d in ("two", "one"))
+    assert two.name == one.name
+    with np.load(two / "samples.npz") as a, np.load(one / "samples.npz") as b:
+        np.testing.assert_array_equal(a["images"], b["images"])
+        np.testing.assert_array_equal(a["labels"], b["labels"])
+
+
+STATS_SCRIPT = """
+import sys, numpy as np, torch.distributed as dist
+from elt.metrics.scores import StreamingStats
+dist.init_process_group("gloo")
+f = np.random.default_rng(0).normal(size=(101, 5))
+s = StreamingStats(5)
+s.update(f[dist.get_rank()::dist.get_world_size()])
+mu, cov = s.reduce().mean_cov()
+if dist.get_rank() == 0:
+    np.savez(sys.argv[1], mu=mu, cov=cov, n=s.n)
+dist.destroy_process_group()
+"""
+
+
+def test_streaming_stats_reduce_across_ranks(tmp_path):
+    import numpy as np
+
+    script = tmp_path / "stats.py"
+    script.write_text(STATS_SCRIPT)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), str(tmp_path / "out.npz")], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    f = np.random.default_rng(0).normal(size=(101, 5))
+    z = np.load(tmp_path / "out.npz")
+    assert int(z["n"]) == 101
+    np.testing.assert_allclose(z["mu"], f.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(z["cov"], np.cov(f, rowvar=False), rtol=1e-10, atol=1e-12)

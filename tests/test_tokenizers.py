@@ -152,3 +152,20 @@ def test_maskgit_vqgan_bad_files_are_clear_errors(tmp_path):
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a MaskGIT VQGAN checkpoint"):
         MaskGITVQGAN.from_file(str(junk))
+
+
+def test_diverged_tokenizer_training_stops_with_a_clear_error():
+    from elt.tokenizers.vqvae import train_autoencoder
+
+    class Diverges(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def loss(self, batch, generator=None):
+            loss = (batch.mean() * self.w) * (float("nan") if self.w.grad is not None else 1.0)
+            return loss, loss.detach()
+
+    images = np.zeros((4, 8, 8, 1), np.uint8)
+    with pytest.raises(FloatingPointError, match="diverged at step 1.*tokenizer.lr"):
+        train_autoencoder(Diverges(), images, steps=5, batch_size=2, progress=False)

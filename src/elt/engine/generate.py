@@ -147,11 +147,11 @@ class Judge:
     reference: dict
     frames: tuple | None = None
 
-    def score(self, images: np.ndarray, labels: np.ndarray | None) -> dict:
-        """acc_/fd_ of uint8 images or clips (accuracy only when labels are given)."""
+    def score(self, images: np.ndarray, labels: np.ndarray | None, fd: bool = True) -> dict:
+        """acc_/fd_ of uint8 images or clips (accuracy only when labels are given; no fd_ with fd=False)."""
         video = images.ndim == 5
         feats, pred = self.classifier.features_and_predictions(images if video else to_float(images))
-        out = {f"fd_{self.prefix}": frechet_distance(*feature_stats(feats), *self.ref_stats)}
+        out = {f"fd_{self.prefix}": frechet_distance(*feature_stats(feats), *self.ref_stats)} if fd else {}
         if labels is not None:
             out = {f"acc_{self.prefix}": float((pred == labels).mean()), **out}
         if self.frames is not None:
@@ -159,7 +159,8 @@ class Judge:
             f, p = clf.features_and_predictions(to_float(frame_views(images, crop)))
             if labels is not None and same_labels:
                 out[f"acc_{name}"] = float((p == np.repeat(labels, images.shape[1])).mean())
-            out[f"fd_{name}"] = frechet_distance(*feature_stats(f), *ref)
+            if fd:
+                out[f"fd_{name}"] = frechet_distance(*feature_stats(f), *ref)
         return out
 
 
@@ -197,9 +198,9 @@ def make_judge(run: Run, progress: bool = True) -> Judge:
     test_x = to_float(test.images)
     recon = torch.cat([run.tokenizer.decode(run.tokenizer.encode(test_x[i: i + 256]))
                        for i in range(0, len(test_x), 256)])
-    real_scores = judge.score(test.images, test.labels)
+    real_scores = judge.score(test.images, test.labels, fd=False)  # accuracies of the real test split
     recon_scores = judge.score(to_uint8(recon), test.labels)
-    judge.reference = {**{f"{k}_real_test": v for k, v in real_scores.items() if k.startswith("acc_")},
+    judge.reference = {**{f"{k}_real_test": v for k, v in real_scores.items()},
                        **{f"{k}_tokenizer_recon": v for k, v in recon_scores.items()},
                        "tokenizer_recon_mse": float((recon - test_x).pow(2).mean())}
     return judge

@@ -217,6 +217,9 @@ def train_autoencoder(model: nn.Module, images: np.ndarray, steps: int, batch_si
         batch = to_float(data[torch.randint(0, len(data), (batch_size,), generator=g)])
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss, recon = model.loss(batch, g)
+        if not torch.isfinite(loss):  # never save (and cache) a diverged codec
+            raise FloatingPointError(f"{desc} training diverged at step {step} (loss {loss.item()}); lower "
+                                     f"tokenizer.lr (now {lr}) and train again")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

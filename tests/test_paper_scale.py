@@ -212,3 +212,9 @@ def test_imagenet_layout_extract_train_sample_adm_fid(inception_file, tmp_path, 
     import json
     m = json.loads((tmp_path / "fid.json").read_text())
     assert m["fid"] > 0 and 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1 and m["n_samples"] == 10
+    # a damaged image: skipped (and counted), or one clear error with data.strict_images
+    (folder / "train" / "n00000003" / "zz-broken.png").write_bytes(b"not a png")
+    again = [*extract[:-4], "--out", str(tmp_path / "again"), "--shard-size", "64"]
+    assert main(again) == 0 and len(Extracted(tmp_path / "again")) == 200
+    assert main([*again[:-4], "--out", str(tmp_path / "strict"), "--set", "data.strict_images=true"]) == 2
+    assert "zz-broken.png" in capsys.readouterr().err

@@ -61,16 +61,33 @@ def _tokenizer_hash(tokenizer) -> str:
     return h.hexdigest()[:16]
 
 
-def _fit_tokenizer(cfg: Config, items, read, label, classes, limit: int, progress: bool):
-    """The config's tokenizer; one elt trains is trained (cached) on the first `limit` examples."""
-    probe = read(items[0])
+def _read(it, read, strict: bool) -> np.ndarray | None:
+    """The example, or None for an unreadable file (an error with data.strict_images)."""
+    try:
+        return read(it)
+    except Exception as e:  # PIL/PyAV raise their own error types for broken files
+        unreadable(it[0] if isinstance(it, tuple) else it, e, strict, "file")
+        return None
+
+
+def _probe(items, read, strict: bool) -> np.ndarray:
+    """The first readable example (its shape sizes the tokenizer and the manifest)."""
+    for it in items[:100]:
+        if (x := _read(it, read, strict)) is not None:
+            return x
+    raise ValueError("none of the first 100 files could be read; check --data-dir")
+
+
+def _fit_tokenizer(cfg: Config, items, read, label, classes, limit: int, probe: np.ndarray, progress: bool):
+    """The config's tokenizer; one elt trains is trained (cached) on `limit` examples spread over the set."""
     tok = make_tokenizer(cfg, ImageData(probe[None], np.zeros(1, np.int64), classes))
     if not is_learned(tok):
         return tok
     sub = items[:: max(1, len(items) // limit)][:limit]
-    images = np.stack([read(it) for it in tqdm(sub, desc="tokenizer data", disable=not progress, dynamic_ncols=True)])
-    return get_tokenizer(cfg, ImageData(images, np.asarray([label(it) for it in sub]), classes), cfg.train.seed,
-                         progress)
+    got = [(x, label(it)) for it in tqdm(sub, desc="tokenizer data", disable=not progress, dynamic_ncols=True)
+           if (x := _read(it, read, cfg.data.strict_images)) is not None]
+    data = ImageData(np.stack([x for x, _ in got]), np.asarray([y for _, y in got]), classes)
+    return get_tokenizer(cfg, data, cfg.train.seed, progress)
 
 
 def manifest_settings(cfg: Config) -> dict:
@@ -86,26 +103,26 @@ def extract(cfg: Config, out: str | Path, split: str = "train", shard_size: int 
     items, read, label, classes = _source(cfg, split)
     if not items:
         raise ValueError(f"no examples to extract from {cfg.data.dataset} {split}")
+    probe = _probe(items, read, cfg.data.strict_images)
     manifest_path = out / "manifest.json"
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        tokenizer = _fit_tokenizer(cfg, items, read, label, classes, tokenizer_examples, progress)
+        tokenizer = _fit_tokenizer(cfg, items, read, label, classes, tokenizer_examples, probe, progress)
         if is_learned(tokenizer):
             save_weights(tokenizer, out / "tokenizer.safetensors")
     if world > 1:
         dist.barrier()
     if rank > 0:
-        tokenizer = make_tokenizer(cfg, ImageData(read(items[0])[None], np.zeros(1, np.int64), classes))
+        tokenizer = make_tokenizer(cfg, ImageData(probe[None], np.zeros(1, np.int64), classes))
         if is_learned(tokenizer):
             load_weights(tokenizer, out / "tokenizer.safetensors", "tokenizer")
     tokenizer = tokenizer.to(device).eval()
     latents = cfg.framework == "diffusion"
-    probe = tokenizer.encode(to_float(as_tensor(read(items[0])[None])).to(device))
-    shape = list(probe.shape[1:])
+    shape = list(tokenizer.encode(to_float(as_tensor(probe[None])).to(device)).shape[1:])
     dtype = "float16" if latents else ("int16" if tokenizer.codebook_size <= 32767 else "int32")
     num_shards = (len(items) + shard_size - 1) // shard_size
     meta = {"version": VERSION, "what": "latents" if latents else "tokens", "shape": shape, "dtype": dtype,
-            "example_shape": list(read(items[0]).shape),
+            "example_shape": list(probe.shape),
             "num_shards": num_shards, "examples": len(items), "flip": flip, "split": split, "classes": classes,
             "dataset": cfg.data.dataset, "data_dir": str(cfg.data.data_dir), "settings": manifest_settings(cfg),
             "tokenizer_hash": _tokenizer_hash(tokenizer)}
@@ -126,20 +143,20 @@ def extract(cfg: Config, out: str | Path, split: str = "train", shard_size: int 
     for i in tqdm(todo, desc=f"extract {meta['what']}", disable=not progress or rank > 0, dynamic_ncols=True):
         examples, labels = [], []
         for it in items[i * shard_size: (i + 1) * shard_size]:
-            try:
-                examples.append(read(it))
-                labels.append(label(it))
-            except Exception as e:  # PIL/PyAV raise their own error types for broken files
-                unreadable(it[0] if isinstance(it, tuple) else it, e, cfg.data.strict_images, "file")
+            x = _read(it, read, cfg.data.strict_images)
+            if x is None:
                 skipped += 1
-        x = np.stack(examples)
+                continue
+            examples.append(x)
+            labels.append(label(it))
+        x = np.stack(examples) if examples else np.zeros((0, *probe.shape), np.uint8)
         if flip:
             x, labels = np.concatenate([x, x[..., ::-1, :]]), labels + labels  # W is the second-last axis
         codes = []
         with torch.no_grad():
             for j in range(0, len(x), 64):
                 codes.append(tokenizer.encode(to_float(as_tensor(np.ascontiguousarray(x[j: j + 64]))).to(device)).cpu())
-        codes = torch.cat(codes).numpy().astype(dtype)
+        codes = torch.cat(codes).numpy().astype(dtype) if codes else np.zeros((0, *shape), dtype)
         _save_npy(out / f"shard_{i:05d}.labels.npy", np.asarray(labels, np.int64))
         _save_npy(out / f"shard_{i:05d}.npy", codes)  # last: its presence marks the shard done
     if skipped:

@@ -149,6 +149,31 @@ def test_i3d_wiring_and_checksum(tmp_path):
     assert same["fvd"] == pytest.approx(0, abs=1e-6) and other["fvd"] > 1e-3 and other["n_reference"] == 12
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit: the detector file format is TorchScript
+def test_i3d_architecture_from_a_random_weights_file(tmp_path):
+    """The I3D network (pytorch-i3d layout, TF "SAME" padding) scripted behind StyleGAN-V's detector
+    interface, saved with random weights and loaded back through I3DFeatures: 400-d features, batch
+    = single, checksum enforced."""
+    from elt.metrics.i3d import I3DFeatures, InceptionI3d, script_detector
+    from elt.weights import sha256_of
+
+    torch.manual_seed(0)
+    net = InceptionI3d()
+    assert 12e6 < sum(p.numel() for p in net.parameters()) < 13e6  # I3D-RGB: 12.7M parameters
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm3d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    path = script_detector(net, tmp_path / "i3d_random.pt")
+    clips = np.random.default_rng(0).integers(0, 256, (2, 16, 24, 24, 3), dtype=np.uint8)
+    det = I3DFeatures(str(path), sha256_of(path))
+    feats = det(clips, batch_size=2)
+    assert feats.shape == (2, 400) and np.isfinite(feats).all() and np.abs(feats[0] - feats[1]).max() > 0
+    np.testing.assert_allclose(det(clips[1:], batch_size=1)[0], feats[1], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="SHA-256"):
+        I3DFeatures(str(path))
+
+
 def test_video_grid_gif_mp4_and_stylegan_v_export(tmp_path):
     from PIL import Image
 

@@ -257,6 +257,20 @@ def test_ucf101_loader_on_real_videos(tmp_path):
     test = load_data("ucf101", "test", str(root), image_size=32, frames=16)
     assert test.images.shape == (2, 16, 32, 32, 3)
     assert np.all(test.images[0, 9:] == test.images[0, 9])  # 10 frames: the last one repeats
+    # UCF-101 → `elt extract` (3D VQ trained on the clips, sharded token arrays) → training from the shards
+    from elt.cli import main
+    from elt.engine.extract import Extracted
+
+    small = ["--config", "ucf101-magvit-6Nx4L", "--set", "data.image_size=32", "--set", "tokenizer.hidden=16",
+             "--set", "tokenizer.codebook_size=16", "--set", "tokenizer.latent_dim=4", "--set", "tokenizer.steps=2",
+             "--set", "tokenizer.batch_size=2"]
+    assert main(["--quiet", "extract", *small, "--data-dir", str(root), "--out", str(tmp_path / "tok"),
+                 "--shard-size", "3"]) == 0
+    codes = Extracted(tmp_path / "tok")
+    assert codes.shape == (4, 4 * 4 * 4) and codes.meta["num_shards"] == 2 and codes.labels.tolist() == [0, 1, 0, 1]
+    assert main(["--quiet", "train", *small, "--set", "data.dataset=extracted", "--data-dir", str(tmp_path / "tok"),
+                 "--out", str(tmp_path / "run"), "--steps", "2", "--set", "model.width=32", "--set", "model.heads=2",
+                 "--set", "model.unique_layers=1", "--set", "train.batch_size=2", "--set", "train.warmup_steps=1"]) == 0
     (root / "Biking" / "v_Biking_g09_c02.avi").write_bytes(b"not a video")
     assert len(load_data("ucf101", "test", str(root), image_size=32)) == 1  # skipped, with a warning
     with pytest.raises(ValueError, match="unreadable video"):

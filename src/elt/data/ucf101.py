@@ -68,12 +68,14 @@ def decode_clip(path: str | Path, frames: int = 16, size: int = 128, stride: int
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-    if not decoded:
-        raise ValueError(f"{path} has no video frames")
-    span = (frames - 1) * stride + 1
-    start = max(0, (len(decoded) - span) // 2)
-    picked = [decoded[min(start + i * stride, len(decoded) - 1)] for i in range(frames)]
+        decoded = list(container.decode(stream))  # frames stay YUV; only the picked ones become RGB arrays
+        if not decoded:
+            raise ValueError(f"{path} has no video frames")
+        span = (frames - 1) * stride + 1
+        start = max(0, (len(decoded) - span) // 2)
+        index = [min(start + i * stride, len(decoded) - 1) for i in range(frames)]
+        rgb = {j: decoded[j].to_ndarray(format="rgb24") for j in set(index)}
+    picked = [rgb[j] for j in index]
     h, w = picked[0].shape[:2]
     scale = size / min(h, w)
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))

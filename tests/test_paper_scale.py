@@ -218,3 +218,26 @@ def test_imagenet_layout_extract_train_sample_adm_fid(inception_file, tmp_path, 
     assert main(again) == 0 and len(Extracted(tmp_path / "again")) == 200
     assert main([*again[:-4], "--out", str(tmp_path / "strict"), "--set", "data.strict_images=true"]) == 2
     assert "zz-broken.png" in capsys.readouterr().err
+
+
+def test_extract_latents_of_an_embedded_set_and_train_diffusion_from_them(tmp_path, monkeypatch):
+    """The diffusion side: float16 latents in the shards (here pixel space of the 8×8 digits, with
+    flipped copies), and a DiT trained from them."""
+    from elt.cli import main
+    from elt.data import load_data
+    from elt.engine.extract import Extracted
+
+    monkeypatch.setenv("ELT_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "latents"
+    assert main(["--quiet", "extract", "--config", "digits-dit", "--out", str(out), "--shard-size", "500",
+                 "--flip"]) == 0
+    codes = Extracted(out)
+    n = len(load_data("digits", "train"))
+    assert codes.latents and len(codes) == 2 * n and codes.meta["dtype"] == "float16"
+    pair = codes[torch.tensor([0, 500])]  # shard 0: its 500 originals, then their mirror images
+    assert pair.dtype == torch.float32 and pair.shape[1:] == tuple(codes.meta["shape"])
+    torch.testing.assert_close(pair[1], pair[0].flip(-1), atol=2e-3, rtol=0)  # pixel space: a flip is a flip
+    assert (pair[0] - pair[0].flip(-1)).abs().max() > 0.1
+    assert main(["--quiet", "train", "--config", "digits-dit", "--set", "data.dataset=extracted", "--data-dir",
+                 str(out), "--out", str(tmp_path / "run"), "--steps", "2", "--set", "train.batch_size=8",
+                 "--set", "train.warmup_steps=1"]) == 0

@@ -200,6 +200,13 @@ def _add_score_args(p: argparse.ArgumentParser, samples: str, ref: str) -> None:
     p.add_argument("--json", help="also write the results to this JSON file")
 
 
+def _require_device(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA GPU is visible here; use --device cpu")
+
+
 def _write_json(out: dict, path: str | None) -> None:
     if path:
         import json
@@ -218,12 +225,9 @@ def cmd_fvd(args) -> None:
 
 
 def cmd_fid(args) -> None:
-    import torch
-
     from .engine.fid import image_metrics
 
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA GPU is visible here; use --device cpu")
+    _require_device(args.device)
     out = image_metrics(args.samples, args.ref, args.inception, args.sha256, args.device, args.batch_size,
                         args.pr_n, progress=not args.quiet)
     print(f"FID {out['fid']:.3f}  IS {out['is']:.2f} ± {out['is_std']:.2f}  precision {out['precision']:.3f}  "
@@ -402,8 +406,6 @@ def cmd_presets(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    import torch
-
     from .bench import DEFAULT_PRESETS, format_results, run_bench, write_json
     from .presets import PRESETS
 
@@ -413,8 +415,7 @@ def cmd_bench(args) -> None:
         raise ValueError(f"unknown preset {unknown[0]!r}; `elt presets` lists them")
     if args.json:
         _check_out_file(args.json)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA GPU is visible here; use --device cpu")
+    _require_device(args.device)
     results = run_bench(presets, args.quick, args.device, log=(lambda *a: None) if args.quiet else print)
     print(format_results(results))
     if args.json:

@@ -69,6 +69,23 @@ def save_tensors(tensors: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def save_arrays(path: Path, array: np.ndarray | None = None, **arrays) -> None:
+    """One array as .npy, or named arrays as .npz, written to a temporary file and renamed."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    np.save(tmp, array) if array is not None else np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def hash_weights(module: torch.nn.Module, h=None):
+    """`h` (a new SHA-1 when None) updated with every tensor of the module's state, by name."""
+    h = hashlib.sha1() if h is None else h
+    for name, v in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h
+
+
 def save_weights(module: torch.nn.Module, path: Path) -> None:
     save_tensors(module.state_dict(), path)
 
@@ -193,11 +210,8 @@ def encode_dataset(tokenizer, data: ImageData, bf16: bool = False, progress: boo
         shape, what = (tokenizer.num_tokens,), "tokens"
     else:  # a fixed tokenizer: cheap, never cached
         return batched(lambda x: tokenizer.encode(to_float(x)), images, 1024)
-    h = hashlib.sha1(f"{data_fingerprint(data)} {what} bf16={bf16}".encode() if bf16 or data.is_video
-                     else data_fingerprint(data).encode())
-    for name, v in sorted(tokenizer.state_dict().items()):
-        h.update(name.encode())
-        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    h = hash_weights(tokenizer, hashlib.sha1(f"{data_fingerprint(data)} {what} bf16={bf16}".encode()
+                                             if bf16 or data.is_video else data_fingerprint(data).encode()))
     path = cache_dir() / f"{what}-{h.hexdigest()[:16]}.safetensors"
     if path.is_file():
         try:

@@ -14,10 +14,8 @@ first on at most `tokenizer_examples` examples and saved in the folder.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +27,8 @@ from ..config import Config
 from ..data import ImageData
 from ..data.folder import list_image_folder, read_image, unreadable
 from ..tokenizers.vqvae import as_tensor, to_float
-from .assets import get_tokenizer, is_learned, load_split, load_weights, make_tokenizer, save_weights
+from .assets import (get_tokenizer, hash_weights, is_learned, load_split, load_weights, make_tokenizer, save_arrays,
+                     save_weights)
 
 log = logging.getLogger("elt")
 VERSION = 1
@@ -54,11 +53,7 @@ def _source(cfg: Config, split: str):
 
 
 def _tokenizer_hash(tokenizer) -> str:
-    h = hashlib.sha1()
-    for name, v in sorted(tokenizer.state_dict().items()):
-        h.update(name.encode())
-        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
+    return hash_weights(tokenizer).hexdigest()[:16]
 
 
 def _read(it, read, strict: bool) -> np.ndarray | None:
@@ -157,19 +152,13 @@ def extract(cfg: Config, out: str | Path, split: str = "train", shard_size: int 
             for j in range(0, len(x), 64):
                 codes.append(tokenizer.encode(to_float(as_tensor(np.ascontiguousarray(x[j: j + 64]))).to(device)).cpu())
         codes = torch.cat(codes).numpy().astype(dtype) if codes else np.zeros((0, *shape), dtype)
-        _save_npy(out / f"shard_{i:05d}.labels.npy", np.asarray(labels, np.int64))
-        _save_npy(out / f"shard_{i:05d}.npy", codes)  # last: its presence marks the shard done
+        save_arrays(out / f"shard_{i:05d}.labels.npy", np.asarray(labels, np.int64))
+        save_arrays(out / f"shard_{i:05d}.npy", codes)  # last: its presence marks the shard done
     if skipped:
         log.warning("skipped %d unreadable file(s) while extracting", skipped)
     if world > 1:
         dist.barrier()
     return out
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
 
 
 class Extracted:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ from ..metrics.frechet import frechet_distance
 from ..metrics.inception import InceptionFeatures
 from ..metrics.scores import StreamingStats, inception_score, precision_recall
 from ..weights import sha256_of
-from .assets import cache_dir
+from .assets import cache_dir, save_arrays
 
 log = logging.getLogger("elt")
 
@@ -35,13 +34,15 @@ def load_images_npz(path: str | Path) -> np.ndarray:
         raise FileNotFoundError(f"image file {p} not found; give an .npz written by `elt sample` or an ADM batch")
     try:
         z = np.load(p, mmap_mode="r")
-        key = "arr_0" if "arr_0" in z.files else "images" if "images" in z.files else None
-        if key is None:
-            raise ValueError(f"{p} holds {z.files}, not arr_0 or images; write it with `elt sample` or export_adm_npz")
+        files = z.files
+    except (OSError, EOFError, ValueError) as e:
+        raise ValueError(f"{p} is not a readable .npz ({e}); write it again") from None
+    key = "arr_0" if "arr_0" in files else "images" if "images" in files else None
+    if key is None:
+        raise ValueError(f"{p} holds {files}, not arr_0 or images; write it with `elt sample` or export_adm_npz")
+    try:
         x = z[key]
     except (OSError, EOFError, ValueError) as e:
-        if "holds" in str(e):
-            raise
         raise ValueError(f"{p} is not a readable .npz ({e}); write it again") from None
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
         raise ValueError(f"{p}: expected uint8 images (N, H, W, 1 or 3), got {x.dtype} {x.shape}")
@@ -57,8 +58,8 @@ def features(net: InceptionFeatures, images: np.ndarray, batch_size: int, keep: 
         f, lg = net(np.ascontiguousarray(images[i: i + chunk]), batch_size)
         stats.update(f)
         logits.append(lg.astype(np.float32))
-        if sum(len(k) for k in kept) < keep:
-            kept.append(f[: keep - sum(len(k) for k in kept)].astype(np.float32))
+        if i < keep:  # the first `keep` features, in order
+            kept.append(f[: keep - i].astype(np.float32))
     return stats, np.concatenate(logits), np.concatenate(kept)
 
 
@@ -74,9 +75,7 @@ def _cached(kind: str, ref: Path, parts: list, compute) -> dict:
             return dict(z)
     arrays = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    save_arrays(path, **arrays)
     log.info("cached reference statistics at %s", path)
     return arrays
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ..metrics.export import export_adm_npz
+from .assets import save_arrays
 from .generate import Run, balanced_labels, sample_local, sampling_settings
 
 log = logging.getLogger("elt")
@@ -38,12 +38,6 @@ def folder_name(run: Run, settings: dict) -> str:
             parts.append(f"{k}{settings[k]}")
     parts += [f"seed{settings['seed']}", f"n{settings['n']}"]
     return "_".join(str(p).replace("/", "-").replace(" ", "") for p in parts)
-
-
-def _write_atomic(path: Path, **arrays) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
 
 
 def _shard_ok(path: Path, n: int) -> bool:
@@ -84,7 +78,7 @@ def sample_folder(run: Run, loops, how: dict, out_root: str | Path, n: int, seed
     for i, lab in tqdm(mine, desc="shards", disable=not progress or rank > 0, dynamic_ncols=True):
         gen = torch.Generator().manual_seed(seed * 1_000_003 + i)
         images = sample_local(run, loops, lab, gen, steps, cfg_scale)
-        _write_atomic(folder / f"shard_{i:05d}.npz", images=images, labels=lab.numpy().astype(np.int64))
+        save_arrays(folder / f"shard_{i:05d}.npz", images=images, labels=lab.numpy().astype(np.int64))
     if world > 1:
         dist.barrier()
     if rank == 0:
@@ -100,7 +94,7 @@ def join(folder: Path, num_shards: int) -> None:
             images.append(z["images"])
             labels.append(z["labels"])
     images, labels = np.concatenate(images), np.concatenate(labels)
-    _write_atomic(folder / "samples.npz", images=images, labels=labels)
+    save_arrays(folder / "samples.npz", images=images, labels=labels)
     if images.ndim == 4:
         export_adm_npz(images, folder / "samples_adm.npz", labels)
     log.info("wrote %d samples to %s", len(images), folder / "samples.npz")

@@ -21,6 +21,8 @@ bias (the Inception Score's input, as torch-fidelity computes it).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -196,9 +198,8 @@ class InceptionFeatures:
 
     def __init__(self, path: str, sha256: str | None = None, device: str | torch.device = "cpu",
                  backend: str = "auto", check_prefix: bool = True):
-        file = verify_file(path, sha256, "FID Inception weights", WHERE)
-        if check_prefix and sha256 is None and file.name == WEIGHTS_NAME:
-            verify_file(file, None, "FID Inception weights", WHERE, sha256_prefix=SHA256_PREFIX)
+        standard_name = check_prefix and sha256 is None and Path(str(path)).name == WEIGHTS_NAME
+        file = verify_file(path, sha256, "FID Inception weights", WHERE, SHA256_PREFIX if standard_name else None)
         self.device = torch.device(device)
         if backend == "auto":
             backend = "torch-fidelity" if fidelity_available() else "elt"

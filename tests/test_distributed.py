@@ -145,3 +145,30 @@ def test_streaming_stats_reduce_across_ranks(tmp_path):
     assert int(z["n"]) == 101
     np.testing.assert_allclose(z["mu"], f.mean(0), rtol=1e-12)
     np.testing.assert_allclose(z["cov"], np.cov(f, rowvar=False), rtol=1e-10, atol=1e-12)
+
+
+def test_fid_split_across_ranks_matches_one_process(tmp_path, monkeypatch):
+    """`elt fid` under torchrun: each rank streams a share of the images; the reduced statistics,
+    gathered logits and precision/recall features give one process's numbers."""
+    import json
+
+    from elt.cli import main
+    from elt.metrics.export import export_adm_npz
+    from test_paper_scale import images, random_inception
+
+    weights = random_inception(tmp_path / "inception.pth")
+    samples = export_adm_npz(images(7, size=24, seed=1), tmp_path / "samples.npz")
+    ref = export_adm_npz(images(9, size=24, seed=3), tmp_path / "ref.npz")
+    args = ["fid", "--samples", str(samples), "--ref", str(ref), "--inception", str(weights), "--batch-size", "2"]
+    monkeypatch.setenv("ELT_CACHE_DIR", str(tmp_path / "cache1"))
+    assert main(["--quiet", *args, "--json", str(tmp_path / "one.json")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ELT_CACHE_DIR": str(tmp_path / "cache2")}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "elt.cli", "--quiet", *args, "--json", str(tmp_path / "two.json")],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    assert two["n_samples"] == one["n_samples"] == 7
+    for k in ("fid", "is", "is_std", "precision", "recall"):
+        assert two[k] == pytest.approx(one[k], rel=1e-6, abs=1e-9), k
+    assert len(list((tmp_path / "cache2").glob("inception-ref-*.npz"))) == 1  # written once, by rank 0

@@ -13,17 +13,21 @@ from elt.metrics.inception import WEIGHTS_NAME, FIDInceptionV3, InceptionFeature
 from elt.metrics.scores import StreamingStats, inception_score, precision_recall
 
 
-@pytest.fixture(scope="module")
-def inception_file(tmp_path_factory):
+def random_inception(path):
+    """The FID Inception's architecture with random weights, saved as its state dict."""
     torch.manual_seed(0)
     net = FIDInceptionV3()
     for m in net.modules():  # non-trivial BatchNorm statistics, so eval-mode BN matters
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 1.5)
-    path = tmp_path_factory.mktemp("inception") / "random-inception.pth"
     torch.save(net.state_dict(), path)
     return path
+
+
+@pytest.fixture(scope="module")
+def inception_file(tmp_path_factory):
+    return random_inception(tmp_path_factory.mktemp("inception") / "random-inception.pth")
 
 
 def images(n, size=32, channels=3, seed=0):

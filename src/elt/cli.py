@@ -214,25 +214,38 @@ def _write_json(out: dict, path: str | None) -> None:
         print(f"wrote {path}")
 
 
+def _metric_ranks(device: str) -> tuple[str, bool]:
+    """`fid` and `fvd` under torchrun split the images across ranks (one GPU each with --device cuda):
+    (this rank's device, whether it is rank 0, which prints and writes)."""
+    from .engine.distributed import setup
+
+    _require_device(device)
+    info = setup("cuda" if device.startswith("cuda") else "cpu")
+    return (str(info.device) if info.enabled else device), info.is_main
+
+
 def cmd_fvd(args) -> None:
     from .engine.fid import video_metrics
 
     sha = None if args.sha256.lower() == "none" else args.sha256
-    out = video_metrics(args.samples, args.ref, args.i3d, sha, args.device, ref_clips=args.ref_clips,
+    device, main_rank = _metric_ranks(args.device)
+    out = video_metrics(args.samples, args.ref, args.i3d, sha, device, ref_clips=args.ref_clips,
                         progress=not args.quiet)
-    print(f"FVD {out['fvd']:.2f}  ({out['n_samples']} clips against {out['n_reference']} real ones)")
-    _write_json(out, args.json)
+    if main_rank:
+        print(f"FVD {out['fvd']:.2f}  ({out['n_samples']} clips against {out['n_reference']} real ones)")
+        _write_json(out, args.json)
 
 
 def cmd_fid(args) -> None:
     from .engine.fid import image_metrics
 
-    _require_device(args.device)
-    out = image_metrics(args.samples, args.ref, args.inception, args.sha256, args.device, args.batch_size,
+    device, main_rank = _metric_ranks(args.device)
+    out = image_metrics(args.samples, args.ref, args.inception, args.sha256, device, args.batch_size,
                         args.pr_n, progress=not args.quiet)
-    print(f"FID {out['fid']:.3f}  IS {out['is']:.2f} ± {out['is_std']:.2f}  precision {out['precision']:.3f}  "
-          f"recall {out['recall']:.3f}  ({out['n_samples']} samples, Inception via {out['inception_backend']})")
-    _write_json(out, args.json)
+    if main_rank:
+        print(f"FID {out['fid']:.3f}  IS {out['is']:.2f} ± {out['is_std']:.2f}  precision {out['precision']:.3f}  "
+              f"recall {out['recall']:.3f}  ({out['n_samples']} samples, Inception via {out['inception_backend']})")
+        _write_json(out, args.json)
 
 
 def _config_from_args(args):

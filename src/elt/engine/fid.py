@@ -7,6 +7,10 @@ writes). The reference's features are computed once and cached (keyed by the fil
 path and the weights' hash): their statistics for FID and the first `pr_n` features for precision and
 recall. Reference statistics precomputed with TensorFlow (the ADM batch's `mu`/`sigma`) are not used:
 elt computes its own with the same network, so both sides match.
+
+Under `torchrun` each rank takes a contiguous share of the images; the statistics are summed across
+ranks (`StreamingStats.reduce`), logits and the precision/recall features gathered, and rank 0
+writes the cache: the numbers equal one process's up to float summation order.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ..metrics.frechet import frechet_distance
@@ -49,18 +54,48 @@ def load_images_npz(path: str | Path) -> np.ndarray:
     return x
 
 
-def features(net: InceptionFeatures, images: np.ndarray, batch_size: int, keep: int, progress: bool, desc: str):
-    """Streams images through the network: (StreamingStats of the pool features, all logits, the
-    first `keep` features)."""
-    stats, logits, kept = StreamingStats(2048), [], []
-    chunk = batch_size * 8
-    for i in tqdm(range(0, len(images), chunk), desc=desc, disable=not progress, dynamic_ncols=True):
-        f, lg = net(np.ascontiguousarray(images[i: i + chunk]), batch_size)
+def _dist():
+    """(rank, world size) of the process group `torchrun` started, (0, 1) in one process."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def streamed(fn, items, chunk: int, keep: int = 0, progress: bool = True, desc: str = ""):
+    """Runs `fn(batch) -> (features, *extras)` over `items` in chunks, each rank over its contiguous
+    share; returns (the features' StreamingStats summed over the ranks, each extra output of all
+    items in order, the first `keep` features of all items in order). One process: every item."""
+    rank, world = _dist()
+    n = len(items)
+    if n < world:
+        raise ValueError(f"{n} items for {world} ranks: run with at most {n} processes")
+    start, stop = rank * n // world, (rank + 1) * n // world
+    stats, extras, kept = None, [], []
+    for i in tqdm(range(start, stop, chunk), desc=desc, disable=not progress or rank > 0, dynamic_ncols=True):
+        f, *ex = fn(np.ascontiguousarray(items[i: min(i + chunk, stop)]))
+        stats = stats or StreamingStats(f.shape[1])
         stats.update(f)
-        logits.append(lg.astype(np.float32))
-        if i < keep:  # the first `keep` features, in order
+        extras.append([e.astype(np.float32) for e in ex])
+        if i < keep:
             kept.append(f[: keep - i].astype(np.float32))
-    return stats, np.concatenate(logits), np.concatenate(kept)
+    stats.reduce()
+    out = [_gather([e[j] for e in extras]) for j in range(len(extras[0]))]
+    return stats, *out, _gather(kept)
+
+
+def _gather(parts: list) -> np.ndarray:
+    """Arrays of every rank, concatenated in rank order (one process: its own)."""
+    if _dist()[1] > 1:
+        every = [None] * _dist()[1]
+        dist.all_gather_object(every, parts)
+        parts = [a for rank_parts in every for a in rank_parts]
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+def features(net: InceptionFeatures, images: np.ndarray, batch_size: int, keep: int, progress: bool, desc: str):
+    """Streams images through the network (split across ranks under torchrun): (StreamingStats of
+    the pool features, all logits, the first `keep` features)."""
+    return streamed(lambda x: net(x, batch_size), images, batch_size * 8, keep, progress, desc)
 
 
 def _cached(kind: str, ref: Path, parts: list, compute) -> dict:
@@ -73,10 +108,11 @@ def _cached(kind: str, ref: Path, parts: list, compute) -> dict:
         log.info("using cached reference statistics %s", path)
         with np.load(path) as z:
             return dict(z)
-    arrays = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_arrays(path, **arrays)
-    log.info("cached reference statistics at %s", path)
+    arrays = compute()  # every rank takes part (a collective under torchrun); rank 0 writes
+    if _dist()[0] == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_arrays(path, **arrays)
+        log.info("cached reference statistics at %s", path)
     return arrays
 
 
@@ -130,17 +166,19 @@ def video_metrics(samples: str | Path, ref: str | Path, i3d: str, sha256: str | 
     """{"fvd", "n_samples", "n_reference"}: Fréchet distance of I3D features (StyleGAN-V's detector).
     The reference statistics (of `ref_clips` real clips) are cached."""
     from ..metrics.i3d import I3D_SHA256, I3DFeatures
-    from ..metrics.frechet import feature_stats
 
     net = I3DFeatures(i3d, I3D_SHA256 if sha256 == "default" else sha256, device)
     clips = load_clips(samples, None, progress=progress)
     size = clips.shape[2]
 
+    def stats(x, desc):
+        return streamed(lambda c: (net(c, batch_size),), x, batch_size, progress=progress, desc=desc)[0].mean_cov()
+
     def compute():
         real = load_clips(ref, ref_clips, clips.shape[1], size, progress)
-        mu, sigma = feature_stats(net(real, batch_size))
+        mu, sigma = stats(real, "reference I3D features")
         return {"mu": mu, "sigma": sigma, "n": np.asarray(len(real))}
     z = _cached("i3d", Path(ref), [sha256_of(i3d), ref_clips, list(clips.shape[1:])], compute)
-    mu, sigma = feature_stats(net(clips, batch_size))
+    mu, sigma = stats(clips, "sample I3D features")
     return {"fvd": frechet_distance(mu, sigma, z["mu"], z["sigma"]), "n_samples": len(clips),
             "n_reference": int(z["n"]), "samples": str(samples), "reference": str(ref)}

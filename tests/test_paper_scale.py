@@ -245,3 +245,26 @@ def test_extract_latents_of_an_embedded_set_and_train_diffusion_from_them(tmp_pa
     assert main(["--quiet", "train", "--config", "digits-dit", "--set", "data.dataset=extracted", "--data-dir",
                  str(out), "--out", str(tmp_path / "run"), "--steps", "2", "--set", "train.batch_size=8",
                  "--set", "train.warmup_steps=1"]) == 0
+
+
+def test_reduced_gpu_recipe_builds_on_256_tokens():
+    """The reduced recipe of docs/reproduce.md (ELT-B 6N×2L on Fashion-MNIST at 64×64): 64×64
+    garments, its VQ-VAE's 16×16 grid of 1024 codes, and the model (here at width 64) on it."""
+    from elt.data import load_data
+    from elt.engine.assets import build_model, make_tokenizer
+    from elt.presets import get_preset
+
+    small = load_data("fmnist", "test", image_size=64)
+    native = load_data("fmnist", "test")
+    assert small.images.shape == (10_000, 64, 64, 1) and small.images.dtype == np.uint8
+    back = torch.nn.functional.interpolate(torch.from_numpy(small.images[:50, ..., 0]).float()[:, None], size=28,
+                                           mode="area")[:, 0].numpy()
+    assert np.abs(back - native.images[:50, ..., 0]).mean() < 12  # the same garments, resampled
+    cfg = get_preset("fmnist64-maskgit-B-6Nx2L")
+    assert (cfg.model.width, cfg.train.precision) == (768, "bf16")
+    tok = make_tokenizer(cfg, small)
+    ids = tok.encode(torch.from_numpy(small.images[:2]).permute(0, 3, 1, 2).float() / 255)
+    assert ids.shape == (2, 256) and tok.codebook_size == 1024
+    cfg.model.width, cfg.model.heads = 64, 4
+    model = build_model(cfg, tok, 10).eval()
+    assert model(ids, torch.tensor([1, 2]), loops=2).shape == (2, 256, 1024)

@@ -53,7 +53,7 @@ class DiffusionConfig:
 class DataConfig:
     dataset: str = "fmnist"          # fmnist | digits | folder | mfmnist (moving Fashion-MNIST clips) | ucf101
     data_dir: typing.Optional[str] = None
-    image_size: typing.Optional[int] = None   # folder: square resize; mfmnist: canvas (64); ucf101: crop (128)
+    image_size: typing.Optional[int] = None   # folder: square resize; fmnist: bicubic resize (28); mfmnist: canvas (64); ucf101: crop (128)
     strict_images: bool = False      # folder/ucf101: a corrupt image or video is an error instead of skipped
     frames: int = 16                 # video: frames per clip
     label: str = "class"             # mfmnist: what the label is, the garment's class or its motion

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..config import DATASETS, VIDEO_DATASETS  # noqa: F401  (one list, kept with the config's validation)
 from .digits import load_digits_split
-from .fmnist import FMNIST_CLASSES, load_fmnist
+from .fmnist import FMNIST_CLASSES, load_fmnist, upscale
 from .folder import load_image_folder
 from .moving import load_moving_fmnist
 from .ucf101 import load_ucf101
@@ -50,6 +50,8 @@ def load_data(dataset: str, split: str, data_dir: str | None = None, image_size:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if dataset == "fmnist":
         images, labels = load_fmnist(split, data_dir)
+        if image_size not in (None, images.shape[1]):
+            images = upscale(images, image_size)
         return ImageData(images, labels, list(FMNIST_CLASSES))
     if dataset == "digits":
         images, labels = load_digits_split(split)

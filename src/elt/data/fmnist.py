@@ -47,3 +47,16 @@ def load_fmnist(split: str, data_dir: str | None = None) -> tuple[np.ndarray, np
     if len(images) != len(labels):
         raise ValueError(f"Fashion-MNIST {split} images ({len(images)}) and labels ({len(labels)}) differ in count")
     return images[..., None], labels
+
+
+def upscale(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (N, 28, 28, 1) → (N, size, size, 1), bicubic (PIL): the garments at a larger resolution,
+    e.g. 64×64 for a GPU recipe whose tokenizer makes a 16×16 grid as ImageNet's."""
+    from PIL import Image
+
+    if size < 8:
+        raise ValueError(f"data.image_size={size} is too small for Fashion-MNIST; use 28 (native) or more")
+    out = np.empty((len(images), size, size, 1), np.uint8)
+    for i, im in enumerate(images[..., 0]):
+        out[i, ..., 0] = np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC))
+    return out

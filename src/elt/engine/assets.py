@@ -243,7 +243,7 @@ def build_model(cfg: Config, tokenizer, num_classes: int) -> torch.nn.Module:
 
 def nominal_shape(cfg: Config) -> tuple[int, int]:
     """(image size, classes) a preset implies without reading its data (for counts and benchmarks)."""
-    known = {"fmnist": (28, 10), "digits": (8, 10), "mfmnist": (cfg.data.image_size or 64, 10),
+    known = {"fmnist": (cfg.data.image_size or 28, 10), "digits": (8, 10), "mfmnist": (cfg.data.image_size or 64, 10),
              "ucf101": (cfg.data.image_size or 128, 101)}
     return known.get(cfg.data.dataset, (cfg.data.image_size or 256, 1000))
 

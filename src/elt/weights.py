@@ -1,14 +1,24 @@
 """Local weight files given by the user: existence and SHA-256 checks with one clear error line."""
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
 from pathlib import Path
 
 
-def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
+def sha256_of(path: str | Path) -> str:
+    """The file's SHA-256, read once per (file, size, modification time) in a process: checking a
+    weights file and keying a cache by it do not read a large file twice."""
+    st = os.stat(path)
+    return _sha256(os.path.realpath(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
+        for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import os
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import yaml
+
+from .atomic import write_text
 
 PRECISIONS = ("fp32", "bf16", "auto")
 FRAMEWORKS = ("masked", "diffusion")
@@ -147,10 +148,7 @@ class Config:
 
     def save(self, path: str | Path) -> None:
         """Atomic: readers (other ranks, a resumed run) never see a half-written file."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-        os.replace(tmp, path)
+        write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     def validate(self) -> "Config":
         m, t = self.model, self.train

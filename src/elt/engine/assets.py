@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..atomic import atomic_path
 from ..config import Config
 from ..data import VIDEO_DATASETS, ImageData, load_data
 from ..diffusion import DiffusionFramework, DiffusionSampler, DiT, LogSNRSchedule
@@ -63,18 +64,14 @@ def load_weights(module: torch.nn.Module, path: Path, what: str,
 
 def save_tensors(tensors: dict, path: Path) -> None:
     """safetensors, written to a temporary file and renamed: a crash never leaves a partial file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
 
 
 def save_arrays(path: Path, array: np.ndarray | None = None, **arrays) -> None:
     """One array as .npy, or named arrays as .npz, written to a temporary file and renamed."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    np.save(tmp, array) if array is not None else np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.save(tmp, array) if array is not None else np.savez(tmp, **arrays)
 
 
 def hash_weights(module: torch.nn.Module, h=None):

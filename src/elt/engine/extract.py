@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from ..atomic import write_text
 from ..config import Config
 from ..data import ImageData
 from ..data.folder import list_image_folder, read_image, unreadable
@@ -128,7 +129,7 @@ def extract(cfg: Config, out: str | Path, split: str = "train", shard_size: int 
                 raise ValueError(f"{out} holds an extraction with other settings or another tokenizer; choose "
                                  f"another --out or delete it")
         else:
-            manifest_path.write_text(json.dumps(meta, indent=2) + "\n")
+            write_text(manifest_path, json.dumps(meta, indent=2) + "\n")
     if world > 1:
         dist.barrier()
     todo = [i for i in range(rank, num_shards, world) if not (out / f"shard_{i:05d}.npy").is_file()]

@@ -17,6 +17,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from ..atomic import write_text
 from ..loops import AdaptiveLoops, LoopSchedule, schedule_family
 from .generate import (Run, balanced_labels, eval_settings, generate, make_judge, measure, new_report,
                        save_report)
@@ -162,9 +163,7 @@ def latencies(run: Run, policies: list[dict], steps: int, cfg_scale: float, prog
         generate(run, LoopSchedule.parse(p["spec"]), labels, 0, steps, cfg_scale)
         table[p["spec"]] = 1000 * (time.perf_counter() - tic) / batch
     if missing:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(cache, indent=2))
-        tmp.replace(path)
+        write_text(path, json.dumps(cache, indent=2))
     return {p["spec"]: table[p["spec"]] for p in policies}
 
 

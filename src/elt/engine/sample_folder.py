@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from ..atomic import write_text
 from ..metrics.export import export_adm_npz
 from .assets import save_arrays
 from .generate import Run, balanced_labels, sample_local, sampling_settings
@@ -68,7 +69,7 @@ def sample_folder(run: Run, loops, how: dict, out_root: str | Path, n: int, seed
             if old.get("settings") != json.loads(json.dumps(settings)):
                 raise ValueError(f"{folder} holds samples made with other settings; choose another --folder or delete it")
         else:
-            manifest.write_text(json.dumps(meta, indent=2) + "\n")
+            write_text(manifest, json.dumps(meta, indent=2) + "\n")
     if world > 1:
         dist.barrier()
     mine = [(i, lab) for i, lab in shards[rank::world] if not _shard_ok(folder / f"shard_{i:05d}.npz", len(lab))]

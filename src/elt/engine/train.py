@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..atomic import write_text
 from ..config import Config, ConfigError, load_config
 from ..ilsd import ILSD
 from .assets import build_framework, build_model, encode_dataset, get_tokenizer, is_learned, load_split, save_weights
@@ -115,9 +116,7 @@ def trim_metrics(path: Path, step: int) -> None:
             continue
         if record.get("step", 0) <= step:
             kept.append(line)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text("".join(f"{line}\n" for line in kept))
-    os.replace(tmp, path)
+    write_text(path, "".join(f"{line}\n" for line in kept))
 
 
 class TrainingInterrupted(KeyboardInterrupt):

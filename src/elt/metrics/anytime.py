@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import write_text
+
 
 def settings_tag(report: dict) -> str:
     s = report["sampling"]
@@ -103,7 +105,7 @@ def write_report(report: dict, run_dir: Path) -> Path:
     tagged = run_dir / "eval" / settings_tag(report)
     tagged.parent.mkdir(parents=True, exist_ok=True)
     for base in (run_dir / "anytime", tagged):
-        base.with_suffix(".json").write_text(json.dumps(report, indent=2))
+        write_text(base.with_suffix(".json"), json.dumps(report, indent=2))
         plot_report(report, base.with_suffix(".png"))
     return run_dir / "anytime.json"
 

@@ -33,6 +33,13 @@ class DistInfo:
         return self.world_size > 1
 
 
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) of the process group torchrun started; (0, 1) in one process."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"

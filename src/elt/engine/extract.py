@@ -28,6 +28,7 @@ from ..config import Config
 from ..data import ImageData
 from ..data.folder import list_image_folder, read_image, unreadable
 from ..tokenizers.vqvae import as_tensor, to_float
+from .distributed import rank_world
 from .assets import (get_tokenizer, hash_weights, is_learned, load_split, load_weights, make_tokenizer, save_arrays,
                      save_weights)
 
@@ -94,7 +95,7 @@ def manifest_settings(cfg: Config) -> dict:
 
 def extract(cfg: Config, out: str | Path, split: str = "train", shard_size: int = 4096, flip: bool = False,
             tokenizer_examples: int = 20_000, device: str = "cpu", progress: bool = True) -> Path:
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    rank, world = rank_world()
     out = Path(out)
     items, read, label, classes = _source(cfg, split)
     if not items:

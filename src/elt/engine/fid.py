@@ -28,6 +28,7 @@ from ..metrics.inception import InceptionFeatures
 from ..metrics.scores import StreamingStats, inception_score, precision_recall
 from ..weights import sha256_of
 from .assets import cache_dir, save_arrays
+from .distributed import rank_world
 
 log = logging.getLogger("elt")
 
@@ -54,18 +55,11 @@ def load_images_npz(path: str | Path) -> np.ndarray:
     return x
 
 
-def _dist():
-    """(rank, world size) of the process group `torchrun` started, (0, 1) in one process."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def streamed(fn, items, chunk: int, keep: int = 0, progress: bool = True, desc: str = ""):
     """Runs `fn(batch) -> (features, *extras)` over `items` in chunks, each rank over its contiguous
     share; returns (the features' StreamingStats summed over the ranks, each extra output of all
     items in order, the first `keep` features of all items in order). One process: every item."""
-    rank, world = _dist()
+    rank, world = rank_world()
     n = len(items)
     if n < world:
         raise ValueError(f"{n} items for {world} ranks: run with at most {n} processes")
@@ -85,8 +79,9 @@ def streamed(fn, items, chunk: int, keep: int = 0, progress: bool = True, desc: 
 
 def _gather(parts: list) -> np.ndarray:
     """Arrays of every rank, concatenated in rank order (one process: its own)."""
-    if _dist()[1] > 1:
-        every = [None] * _dist()[1]
+    world = rank_world()[1]
+    if world > 1:
+        every = [None] * world
         dist.all_gather_object(every, parts)
         parts = [a for rank_parts in every for a in rank_parts]
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
@@ -109,7 +104,7 @@ def _cached(kind: str, ref: Path, parts: list, compute) -> dict:
         with np.load(path) as z:
             return dict(z)
     arrays = compute()  # every rank takes part (a collective under torchrun); rank 0 writes
-    if _dist()[0] == 0:
+    if rank_world()[0] == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_arrays(path, **arrays)
         log.info("cached reference statistics at %s", path)

@@ -19,6 +19,7 @@ from ..metrics.frechet import feature_stats, frechet_distance
 from ..metrics.video import frame_views
 from ..tokenizers.vqvae import to_float
 from . import precision
+from .distributed import rank_world
 from .assets import (build_model, build_sampler, frame_judge_data, get_classifier, get_video_classifier, is_learned,
                      load_split, load_weights, make_tokenizer, metric_prefix)
 from .checkpoint import DAMAGED, find_checkpoint, read_state
@@ -101,7 +102,7 @@ def generate(run: Run, loops, labels: torch.Tensor, seed: int = 0, steps: int | 
 
     Under torchrun every rank samples every world_size-th label (seeded seed + rank) and the images
     are gathered back into label order on every rank."""
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    rank, world = rank_world()
     gen = torch.Generator().manual_seed(seed + rank)
     out = sample_local(run, loops, labels[rank::world], gen, steps, cfg_scale, progress and rank == 0)
     if world == 1:
@@ -255,7 +256,7 @@ def new_report(run: Run, judge: Judge, n: int, seed: int, steps: int, cfg_scale:
 
 def save_report(report: dict, run: Run) -> None:
     """anytime.json/.png in the run folder, written by one process under torchrun."""
-    if not dist.is_initialized() or dist.get_rank() == 0:
+    if rank_world()[0] == 0:
         write_report(report, run.path)
 
 

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ..atomic import write_text
 from ..metrics.export import export_adm_npz
+from .distributed import rank_world
 from .assets import save_arrays
 from .generate import Run, balanced_labels, sample_local, sampling_settings
 
@@ -53,7 +54,7 @@ def sample_folder(run: Run, loops, how: dict, out_root: str | Path, n: int, seed
                   cfg_scale: float | None = None, shard_size: int = 1000, classes: list[int] | None = None,
                   progress: bool = True) -> Path:
     """Writes (or completes) the sample folder under `out_root` and returns its path."""
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    rank, world = rank_world()
     settings = {**how, **sampling_settings(run, steps, cfg_scale), "seed": seed, "checkpoint_step": run.step,
                 "n": n, "shard_size": shard_size, "classes": classes}
     folder = Path(out_root) / folder_name(run, settings)

@@ -39,6 +39,25 @@ def test_vqvae_training_reduces_reconstruction_error():
     assert used > 8  # dead-code restarts keep the codebook in use
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_tokenizer_trains_on_a_device_and_comes_back_on_the_cpu(device):
+    """The 3D VQ (error-weighted code restarts drawn from the CPU generator) trained on `device`: on the
+    CPU exactly the weights of the default call; on any device the model returns to the CPU."""
+    clips = np.random.default_rng(0).integers(0, 256, (64, 8, 16, 16, 1), dtype=np.uint8)
+
+    def fit(**device):
+        torch.manual_seed(0)
+        vq = VQVAE(16, 1, 16, 4, 8, downsample_stages=2, frames=8, temporal_stages=1)
+        return train_vqvae(vq, clips, steps=6, batch_size=8, progress=False, **device)
+    trained = fit(device=device)
+    assert all(v.device.type == "cpu" for v in trained.state_dict().values())
+    assert trained.encode(to_float(clips[:2])).shape == (2, 4 * 4 * 4)
+    if device == "cpu":
+        default = fit().state_dict()
+        assert all(torch.equal(v, default[k]) for k, v in trained.state_dict().items())
+
+
 def test_pixel_space_pads_scales_and_crops_back_exactly():
     from elt.tokenizers import PixelSpace
 

@@ -26,6 +26,7 @@ from ..tokenizers import (KLVAE, VQVAE, DiffusersVAE, PixelSpace, PixelTokenizer
 from ..tokenizers.vqvae import as_tensor, batched, to_float
 from ..tokenizers.maskgit_vqgan import MaskGITVQGAN
 from . import precision
+from .distributed import resolve_device
 
 log = logging.getLogger("elt")
 
@@ -128,13 +129,16 @@ def is_learned(tokenizer) -> bool:
     return isinstance(tokenizer, (VQVAE, KLVAE))
 
 
-def get_tokenizer(cfg: Config, data: ImageData, seed: int = 0, progress: bool = True):
-    """The run's tokenizer, trained on `data` (train split) unless the cache has it."""
+def get_tokenizer(cfg: Config, data: ImageData, seed: int = 0, progress: bool = True,
+                  device: torch.device | None = None):
+    """The run's tokenizer, trained on `data` (train split) unless the cache has it, on `device`
+    (default: the run's `train.device`); returned on the CPU."""
     tok = make_tokenizer(cfg, data)
     if not is_learned(tok):
         return tok
     t = cfg.tokenizer
-    bf16 = precision.resolve(t.precision, torch.device("cpu")) == "bf16"
+    device = resolve_device(cfg.train.device) if device is None else device
+    bf16 = precision.resolve(t.precision, device) == "bf16"
     keys = ["codebook_size", "latent_dim", "hidden", "downsample_stages", "steps", "batch_size", "lr"]
     keys += ["temporal_stages"] if data.is_video else []
     kind, train_fn = "vqvae", train_vqvae
@@ -145,7 +149,9 @@ def get_tokenizer(cfg: Config, data: ImageData, seed: int = 0, progress: bool = 
     settings = {k: getattr(t, k) for k in keys} | {"seed": seed, "bf16": bf16}
     if data.is_video:
         settings["arch"] = "gn-errrestart"  # the 3D VQ's layers and restarts (caches of older ones are stale)
-    fit = lambda: train_fn(tok, data.images, t.steps, t.batch_size, t.lr, seed, progress, bf16)  # noqa: E731
+    if device.type != "cpu":
+        log.info("training the tokenizer on %s", device)
+    fit = lambda: train_fn(tok, data.images, t.steps, t.batch_size, t.lr, seed, progress, bf16, device)  # noqa: E731
     return _cached(kind, settings, data, tok, fit, progress)[0]
 
 

@@ -244,10 +244,10 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, info: DistInfo)
         log.info("data: %s train, %d images %s, %d classes", cfg.data.dataset, len(data), data.images.shape[1:],
                  data.num_classes)
         if info.is_main:  # rank 0 trains (or loads) the tokenizer first; the others then read the cache
-            tokenizer = get_tokenizer(cfg, data, seed=t.seed, progress=progress)
+            tokenizer = get_tokenizer(cfg, data, seed=t.seed, progress=progress, device=info.device)
         barrier(info)
         if not info.is_main:
-            tokenizer = get_tokenizer(cfg, data, seed=t.seed, progress=False)
+            tokenizer = get_tokenizer(cfg, data, seed=t.seed, progress=False, device=info.device)
         bf16 = data.is_video and precision.resolve(cfg.tokenizer.precision, torch.device("cpu")) == "bf16"
         tokens = encode_dataset(tokenizer, data, bf16, progress)  # token ids (masked) or latents (diffusion)
         labels = torch.as_tensor(data.labels)

@@ -64,7 +64,8 @@ class KLVAE(nn.Module):
 
     def loss(self, images: torch.Tensor, generator: torch.Generator | None = None):
         mean, logvar = self.posterior(images)
-        z = mean + (0.5 * logvar).exp() * torch.randn(mean.shape, generator=generator)
+        noise = torch.randn(mean.shape, generator=generator).to(mean.device)  # the CPU generator on any device
+        z = mean + (0.5 * logvar).exp() * noise
         recon = F.mse_loss(self.decoder(z).float(), images * 2 - 1)
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).sum(dim=(1, 2, 3)).mean() / images[0].numel()
         return recon + self.kl_weight * kl, recon
@@ -80,8 +81,8 @@ class KLVAE(nn.Module):
 
 
 def train_klvae(model: KLVAE, images, steps: int, batch_size: int = 128, lr: float = 2e-3, seed: int = 0,
-                progress: bool = True, bf16: bool = False) -> KLVAE:
-    return train_autoencoder(model, images, steps, batch_size, lr, seed, progress, bf16, "tokenizer (KL-VAE)")
+                progress: bool = True, bf16: bool = False, device: str | torch.device | None = None) -> KLVAE:
+    return train_autoencoder(model, images, steps, batch_size, lr, seed, progress, bf16, "tokenizer (KL-VAE)", device)
 
 
 class DiffusersVAE(nn.Module):

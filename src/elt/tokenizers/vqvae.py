@@ -53,9 +53,10 @@ class VectorQuantizer(nn.Module):
             n_dead = int(dead.sum())
             err = (z - self.codebook[ids]).pow(2).sum(1) if self.restart_from == "error" else None
             if err is not None and torch.isfinite(err).all() and err.sum() > 0:
-                pick = torch.multinomial(err, n_dead, replacement=True, generator=generator)
-            else:
+                pick = torch.multinomial(err.cpu(), n_dead, replacement=True, generator=generator)
+            else:  # drawn on the CPU (the generator's device), whatever device z is on
                 pick = torch.randint(0, z.shape[0], (n_dead,), generator=generator)
+            pick = pick.to(z.device)
             self.codebook[dead] = z[pick]
             self.ema_sum[dead] = z[pick]
             self.ema_count[dead] = 1.0
@@ -199,23 +200,28 @@ def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 def train_autoencoder(model: nn.Module, images: np.ndarray, steps: int, batch_size: int = 128, lr: float = 2e-3,
-                      seed: int = 0, progress: bool = True, bf16: bool = False, desc: str = "tokenizer"):
+                      seed: int = 0, progress: bool = True, bf16: bool = False, desc: str = "tokenizer",
+                      device: str | torch.device | None = None):
     """Adam with cosine decay on uint8 images (N, H, W, C) or clips (N, T, H, W, C) for any model with
     `loss(batch, generator)` → (loss, reconstruction MSE) and optionally `prepare(data, generator)` (run
-    once first) and `finish(data)` (after training), both given the uint8 set. Batches are converted
-    to float one at a time. `bf16`: convolutions under bf16 autocast."""
+    once first) and `finish(data)` (after training), both given the uint8 set and run on the CPU.
+    Batches are converted to float one at a time and trained on `device` (default CPU); the model is
+    returned on the CPU. Random draws come from one CPU generator, so a seed gives the same batches
+    on any device. `bf16`: convolutions under bf16 autocast."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
+    device = torch.device(device or "cpu")
     data = as_tensor(images)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     model.train()
     if hasattr(model, "prepare"):
         model.prepare(data, g)
+    model.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     bar = tqdm(range(steps), desc=desc, disable=not progress, dynamic_ncols=True)
     for step in bar:
-        batch = to_float(data[torch.randint(0, len(data), (batch_size,), generator=g)])
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        batch = to_float(data[torch.randint(0, len(data), (batch_size,), generator=g)]).to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss, recon = model.loss(batch, g)
         if not torch.isfinite(loss):  # never save (and cache) a diverged codec
             raise FloatingPointError(f"{desc} training diverged at step {step} (loss {loss.item()}); lower "
@@ -226,16 +232,17 @@ def train_autoencoder(model: nn.Module, images: np.ndarray, steps: int, batch_si
         sched.step()
         if step % 50 == 0:
             bar.set_postfix(recon_mse=f"{recon.item():.4f}")
-    model.eval()
+    model.eval().to("cpu")
     if hasattr(model, "finish"):
         model.finish(data)
     return model
 
 
 def train_vqvae(model: VQVAE, images: np.ndarray, steps: int, batch_size: int = 128, lr: float = 2e-3,
-                seed: int = 0, progress: bool = True, bf16: bool = False) -> VQVAE:
+                seed: int = 0, progress: bool = True, bf16: bool = False,
+                device: str | torch.device | None = None) -> VQVAE:
     """Train on uint8 images (N, H, W, C); the quantiser always runs in fp32."""
-    return train_autoencoder(model, images, steps, batch_size, lr, seed, progress, bf16, "tokenizer (VQ-VAE)")
+    return train_autoencoder(model, images, steps, batch_size, lr, seed, progress, bf16, "tokenizer (VQ-VAE)", device)
 
 
 @torch.no_grad()

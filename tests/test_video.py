@@ -112,23 +112,30 @@ def test_scripted_tokenizer_round_trip_and_checksum(tmp_path):
         ScriptedTokenizer(str(tmp_path / "missing.pt"))
 
 
+class FakeI3D(torch.nn.Module):  # the StyleGAN-V detector's call signature, on a tiny network
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(3, 5)
+
+    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
+                return_features: bool = False) -> torch.Tensor:
+        if rescale:
+            x = x / 127.5 - 1
+        return self.fc(x.mean((2, 3, 4)))
+
+
+def _fake_i3d(folder: Path) -> Path:
+    torch.manual_seed(0)
+    path = folder / "i3d.pt"
+    torch.jit.script(FakeI3D()).save(str(path))
+    return path
+
+
 def test_i3d_wiring_and_checksum(tmp_path):
     from elt.metrics.i3d import I3DFeatures
     from elt.weights import sha256_of
 
-    class FakeI3D(torch.nn.Module):  # the StyleGAN-V detector's call signature, on a tiny network
-        def __init__(self):
-            super().__init__()
-            self.fc = torch.nn.Linear(3, 5)
-
-        def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
-                    return_features: bool = False) -> torch.Tensor:
-            if rescale:
-                x = x / 127.5 - 1
-            return self.fc(x.mean((2, 3, 4)))
-
-    path = tmp_path / "i3d.pt"
-    torch.jit.script(FakeI3D()).save(str(path))
+    path = _fake_i3d(tmp_path)
     feats = I3DFeatures(str(path), sha256_of(path))(np.zeros((3, 4, 8, 8, 1), np.uint8), batch_size=2)
     assert feats.shape == (3, 5) and feats.dtype == np.float64
     with pytest.raises(ValueError, match="SHA-256"):
@@ -271,6 +278,17 @@ def test_ucf101_loader_on_real_videos(tmp_path):
     assert main(["--quiet", "train", *small, "--set", "data.dataset=extracted", "--data-dir", str(tmp_path / "tok"),
                  "--out", str(tmp_path / "run"), "--steps", "2", "--set", "model.width=32", "--set", "model.heads=2",
                  "--set", "model.unique_layers=1", "--set", "train.batch_size=2", "--set", "train.warmup_steps=1"]) == 0
+    # `elt fvd` against the folder: decoded chunk by chunk as it streams, the same clips as the loader's
+    from elt.data.ucf101 import UCF101Clips
+    from elt.engine.fid import video_metrics
+    from elt.weights import sha256_of
+
+    lazy = UCF101Clips(str(root), "train", 16, 32)
+    assert len(lazy) == len(train) and np.array_equal(lazy[1:3], train.images[1:3])
+    np.savez(tmp_path / "train.npz", images=train.images, labels=train.labels)
+    i3d = _fake_i3d(tmp_path)
+    out = video_metrics(tmp_path / "train.npz", root, str(i3d), sha256_of(i3d), progress=False)
+    assert out["fvd"] == pytest.approx(0, abs=1e-6) and out["n_reference"] == len(train)
     (root / "Biking" / "v_Biking_g09_c02.avi").write_bytes(b"not a video")
     assert len(load_data("ucf101", "test", str(root), image_size=32)) == 1  # skipped, with a warning
     with pytest.raises(ValueError, match="unreadable video"):

@@ -87,32 +87,56 @@ def decode_clip(path: str | Path, frames: int = 16, size: int = 128, stride: int
     return out
 
 
+class UCF101Clips:
+    """The clips of an official split list, decoded when indexed: `clips[i:j]` → uint8 (M, frames, size,
+    size, 3) with unreadable videos skipped (and warned about; `strict` raises). `elt fvd` under
+    torchrun reads its reference this way, so each rank decodes only its share."""
+
+    def __init__(self, root: str | None, split: str, frames: int = 16, size: int | None = 128, fold: int = 1,
+                 clips: int | None = None, strict: bool = False):
+        try:
+            import av  # noqa: F401
+        except ImportError:
+            raise ImportError("UCF-101 decoding needs PyAV: pip install 'elt[video]' (or pip install av)") from None
+        if root is None:
+            raise ValueError("the ucf101 dataset needs --data-dir pointing at the UCF-101 video folder")
+        self.base = Path(root)
+        if not self.base.is_dir():
+            raise FileNotFoundError(f"UCF-101 folder {self.base} does not exist; pass --data-dir with the class folders")
+        items, self.classes = read_split(self.base, split, fold)
+        self.items = items[:clips] if clips else items
+        self.frames, self.size, self.strict = frames, size or 128, strict
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def decode(self, i: int) -> np.ndarray | None:
+        """Clip i, or None when its video cannot be read."""
+        path = self.base / self.items[i][0]
+        try:
+            return decode_clip(path, self.frames, self.size)
+        except Exception as e:  # PyAV raises its own error types for broken files
+            unreadable(path, e, self.strict, "video")
+            log.warning("skipping unreadable video %s (%s)", path, e)
+            return None
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        got = [c for c in map(self.decode, range(*index.indices(len(self)))) if c is not None]
+        return np.stack(got) if got else np.zeros((0, self.frames, self.size, self.size, 3), np.uint8)
+
+
 def load_ucf101(root: str | None, split: str, frames: int = 16, size: int | None = 128, fold: int = 1,
                 clips: int | None = None, strict: bool = False, progress: bool = True):
     """(clips uint8 (N, frames, size, size, 3), labels (N,), class names) of an official split."""
-    try:
-        import av  # noqa: F401
-    except ImportError:
-        raise ImportError("UCF-101 decoding needs PyAV: pip install 'elt[video]' (or pip install av)") from None
-    if root is None:
-        raise ValueError("the ucf101 dataset needs --data-dir pointing at the UCF-101 video folder")
-    base = Path(root)
-    if not base.is_dir():
-        raise FileNotFoundError(f"UCF-101 folder {base} does not exist; pass --data-dir with the class folders")
-    items, classes = read_split(base, split, fold)
-    items = items[:clips] if clips else items
-    size = size or 128
-    videos, labels, skipped = [], [], 0
-    for rel, label in tqdm(items, desc=f"decode ucf101 {split}", disable=not progress, dynamic_ncols=True):
-        path = base / rel
-        try:
-            videos.append(decode_clip(path, frames, size))
-            labels.append(label)
-        except Exception as e:  # PyAV raises its own error types for broken files
-            unreadable(path, e, strict, "video")
-            skipped += 1
-    if skipped:
-        log.warning("skipped %d unreadable video(s) of the UCF-101 %s list", skipped, split)
+    source = UCF101Clips(root, split, frames, size, fold, clips, strict)
+    videos, labels = [], []
+    for i in tqdm(range(len(source)), desc=f"decode ucf101 {split}", disable=not progress, dynamic_ncols=True):
+        clip = source.decode(i)
+        if clip is not None:
+            videos.append(clip)
+            labels.append(source.items[i][1])
+    if len(videos) < len(source):
+        log.warning("skipped %d unreadable video(s) of the UCF-101 %s list", len(source) - len(videos), split)
     if not videos:
-        raise ValueError(f"no readable videos for the UCF-101 {split} list {fold} under {base}")
-    return np.stack(videos), np.asarray(labels, dtype=np.int64), classes
+        raise ValueError(f"no readable videos for the UCF-101 {split} list {fold} under {source.base}")
+    return np.stack(videos), np.asarray(labels, dtype=np.int64), source.classes

@@ -66,12 +66,17 @@ def streamed(fn, items, chunk: int, keep: int = 0, progress: bool = True, desc: 
     start, stop = rank * n // world, (rank + 1) * n // world
     stats, extras, kept = None, [], []
     for i in tqdm(range(start, stop, chunk), desc=desc, disable=not progress or rank > 0, dynamic_ncols=True):
-        f, *ex = fn(np.ascontiguousarray(items[i: min(i + chunk, stop)]))
+        batch = np.ascontiguousarray(items[i: min(i + chunk, stop)])  # a lazy source may skip unreadable items
+        if not len(batch):
+            continue
+        f, *ex = fn(batch)
         stats = stats or StreamingStats(f.shape[1])
         stats.update(f)
         extras.append([e.astype(np.float32) for e in ex])
         if i < keep:
             kept.append(f[: keep - i].astype(np.float32))
+    if stats is None:
+        raise ValueError(f"{desc}: none of items {start}..{stop - 1} could be read (rank {rank})")
     stats.reduce()
     out = [_gather([e[j] for e in extras]) for j in range(len(extras[0]))]
     return stats, *out, _gather(kept)
@@ -167,13 +172,18 @@ def video_metrics(samples: str | Path, ref: str | Path, i3d: str, sha256: str | 
     size = clips.shape[2]
 
     def stats(x, desc):
-        return streamed(lambda c: (net(c, batch_size),), x, batch_size, progress=progress, desc=desc)[0].mean_cov()
+        return streamed(lambda c: (net(c, batch_size),), x, batch_size, progress=progress, desc=desc)[0]
 
     def compute():
-        real = load_clips(ref, ref_clips, clips.shape[1], size, progress)
-        mu, sigma = stats(real, "reference I3D features")
-        return {"mu": mu, "sigma": sigma, "n": np.asarray(len(real))}
+        if Path(ref).is_dir():  # decoded as it streams: each rank decodes only its share
+            from ..data.ucf101 import UCF101Clips
+            real = UCF101Clips(str(ref), "train", clips.shape[1], size, 1, ref_clips)
+        else:
+            real = load_clips(ref, ref_clips, clips.shape[1], size, progress)
+        s = stats(real, "reference I3D features")
+        mu, sigma = s.mean_cov()
+        return {"mu": mu, "sigma": sigma, "n": np.asarray(s.n)}
     z = _cached("i3d", Path(ref), [sha256_of(i3d), ref_clips, list(clips.shape[1:])], compute)
-    mu, sigma = stats(clips, "sample I3D features")
+    mu, sigma = stats(clips, "sample I3D features").mean_cov()
     return {"fvd": frechet_distance(mu, sigma, z["mu"], z["sigma"]), "n_samples": len(clips),
             "n_reference": int(z["n"]), "samples": str(samples), "reference": str(ref)}

@@ -203,9 +203,20 @@ def test_imagenet_layout_extract_train_sample_adm_fid(inception_file, tmp_path, 
     assert main(["--quiet", "train", *base[:2], "--set", "data.image_size=12", "--set", "data.dataset=extracted",
                  "--data-dir", str(ext), "--out", str(tmp_path / "bad")]) == 2
     assert "other image_size" in capsys.readouterr().err
+    ext.rename(tmp_path / "moved")  # the run samples without its extraction folder (run/data.json)
     assert main(["--quiet", "sample", "--run", str(tmp_path / "run"), "--loops", "2", "--n", "10",
                  "--folder", str(tmp_path / "samples"), "--shard-size", "5"]) == 0
     (sample_dir,) = (tmp_path / "samples").iterdir()
+    import json
+    manifest = json.loads((sample_dir / "manifest.json").read_text())
+    assert manifest["class_names"] == Extracted(tmp_path / "moved").classes
+    spec = tmp_path / "run" / "data.json"
+    good = spec.read_text()
+    spec.write_text("{not json")
+    assert main(["--quiet", "sample", "--run", str(tmp_path / "run"), "--loops", "1", "--n", "2",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "data.json is damaged" in capsys.readouterr().err
+    spec.write_text(good)
     adm = sample_dir / "samples_adm.npz"
     with np.load(adm) as z:
         assert z["arr_0"].shape == (10, 8, 8, 3) and sorted(z["arr_1"].tolist()) == list(range(10))
@@ -213,7 +224,6 @@ def test_imagenet_layout_extract_train_sample_adm_fid(inception_file, tmp_path, 
     ref = export_adm_npz(real[::20], tmp_path / "ref.npz")  # one image per class
     assert main(["--quiet", "fid", "--samples", str(adm), "--ref", str(ref), "--inception", str(inception_file),
                  "--batch-size", "10", "--json", str(tmp_path / "fid.json")]) == 0
-    import json
     m = json.loads((tmp_path / "fid.json").read_text())
     assert m["fid"] > 0 and 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1 and m["n_samples"] == 10
     # a damaged image: skipped (and counted), or one clear error with data.strict_images

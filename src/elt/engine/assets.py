@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, write_text
 from ..config import Config
 from ..data import VIDEO_DATASETS, ImageData, load_data
 from ..diffusion import DiffusionFramework, DiffusionSampler, DiT, LogSNRSchedule
@@ -190,6 +190,23 @@ def get_video_classifier(cfg: Config, data: ImageData, progress: bool = True) ->
 def metric_prefix(cfg: Config) -> str:
     """The metric extractor's name: data set + network (`fmnist_cnn`, `mfmnist_c3d`)."""
     return f"{cfg.data.dataset}_{'c3d' if cfg.data.dataset in VIDEO_DATASETS else 'cnn'}"
+
+
+def save_data_spec(data: ImageData, path: Path) -> None:
+    """What sampling needs of a run's data — the example shape and the class names — written beside
+    its checkpoints, so `elt sample` needs neither the data set nor an extraction folder."""
+    write_text(path, json.dumps({"example_shape": list(data.images.shape[1:]), "class_names": list(data.class_names)}))
+
+
+def load_data_spec(path: Path) -> ImageData:
+    """The `save_data_spec` file as data without examples (shape (0, *example_shape))."""
+    try:
+        spec = json.loads(Path(path).read_text())
+        shape, names = [int(v) for v in spec["example_shape"]], [str(c) for c in spec["class_names"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is damaged ({e}); delete it and elt reads the shapes and class names from the "
+                         f"run's data again") from None
+    return ImageData(np.zeros((0, *shape), np.uint8), np.zeros(0, np.int64), names)
 
 
 def load_split(cfg: Config, split: str) -> ImageData:

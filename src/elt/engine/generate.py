@@ -21,7 +21,7 @@ from ..tokenizers.vqvae import to_float
 from . import precision
 from .distributed import rank_world
 from .assets import (build_model, build_sampler, frame_judge_data, get_classifier, get_video_classifier, is_learned,
-                     load_split, load_weights, make_tokenizer, metric_prefix)
+                     load_data_spec, load_split, load_weights, make_tokenizer, metric_prefix)
 from .checkpoint import DAMAGED, find_checkpoint, read_state
 
 log = logging.getLogger("elt")
@@ -49,7 +49,8 @@ def load_run(path: str | Path, use_ema: bool | None = None) -> Run:
     ckpt = find_checkpoint(path)
     if ckpt is None:
         raise FileNotFoundError(f"run folder {path} has no checkpoint yet; train it first (elt train --out {path})")
-    data = load_split(cfg, "test")  # shapes and class names; small
+    spec = path / "data.json"  # example shape and class names (runs from before it read their data)
+    data = load_data_spec(spec) if spec.is_file() else load_split(cfg, "test")
     tokenizer = make_tokenizer(cfg, data)
     if is_learned(tokenizer):
         load_weights(tokenizer, path / "tokenizer.safetensors", "tokenizer",

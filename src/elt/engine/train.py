@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 from ..atomic import write_text
 from ..config import Config, ConfigError, load_config
 from ..ilsd import ILSD
-from .assets import build_framework, build_model, encode_dataset, get_tokenizer, is_learned, load_split, save_weights
+from .assets import (build_framework, build_model, encode_dataset, get_tokenizer, is_learned, load_split, save_data_spec,
+                     save_weights)
 from . import precision
 from .distributed import DistInfo, barrier, full_state
 from .distributed import setup as dist_setup
@@ -251,8 +252,10 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, info: DistInfo)
         bf16 = data.is_video and precision.resolve(cfg.tokenizer.precision, torch.device("cpu")) == "bf16"
         tokens = encode_dataset(tokenizer, data, bf16, progress)  # token ids (masked) or latents (diffusion)
         labels = torch.as_tensor(data.labels)
-    if info.is_main and is_learned(tokenizer):
-        save_weights(tokenizer, out / "tokenizer.safetensors")
+    if info.is_main:
+        save_data_spec(data, out / "data.json")
+        if is_learned(tokenizer):
+            save_weights(tokenizer, out / "tokenizer.safetensors")
 
     model = build_model(cfg, tokenizer, data.num_classes).to(info.device)
     ema = copy.deepcopy(model).eval().requires_grad_(False) if t.ema_decay > 0 else None

@@ -69,7 +69,7 @@ class TokenizerConfig:
     latent_dim: int = 16
     hidden: int = 64
     downsample_stages: int = 2
-    temporal_stages: int = 0         # video VQ: how many stride-2 stages halve time (the last ones)
+    temporal_stages: int = 0         # video VQ: how many stride-2 stages halve time (the first ones)
     steps: int = 1200
     batch_size: int = 128
     lr: float = 2e-3

@@ -148,7 +148,7 @@ def get_tokenizer(cfg: Config, data: ImageData, seed: int = 0, progress: bool = 
         kind, train_fn = "klvae", train_klvae
     settings = {k: getattr(t, k) for k in keys} | {"seed": seed, "bf16": bf16}
     if data.is_video:
-        settings["arch"] = "gn-errrestart"  # the 3D VQ's layers and restarts (caches of older ones are stale)
+        settings["arch"] = "gn-errrestart-timefirst"  # the 3D VQ's layers and restarts (older caches are stale)
     if device.type != "cpu":
         log.info("training the tokenizer on %s", device)
     fit = lambda: train_fn(tok, data.images, t.steps, t.batch_size, t.lr, seed, progress, bf16, device)  # noqa: E731

@@ -117,11 +117,14 @@ class UCF101Clips:
             return decode_clip(path, self.frames, self.size)
         except Exception as e:  # PyAV raises its own error types for broken files
             unreadable(path, e, self.strict, "video")
-            log.warning("skipping unreadable video %s (%s)", path, e)
             return None
 
     def __getitem__(self, index: slice) -> np.ndarray:
-        got = [c for c in map(self.decode, range(*index.indices(len(self)))) if c is not None]
+        wanted = range(*index.indices(len(self)))
+        got = [c for c in map(self.decode, wanted) if c is not None]
+        if len(got) < len(wanted):
+            log.warning("skipped %d unreadable video(s) of clips %d..%d", len(wanted) - len(got), wanted.start,
+                        wanted.stop - 1)
         return np.stack(got) if got else np.zeros((0, self.frames, self.size, self.size, 3), np.uint8)
 
 

@@ -143,12 +143,16 @@ def image_metrics(samples: str | Path, ref: str | Path, inception: str, sha256: 
             "samples": str(samples), "reference": str(ref)}
 
 
-def load_clips(path: str | Path, n: int | None, frames: int = 16, size: int = 128, progress: bool = True) -> np.ndarray:
+def load_clips(path: str | Path, n: int | None, frames: int = 16, size: int = 128, progress: bool = True,
+               lazy: bool = False):
     """uint8 clips (N, T, H, W, C): an `.npz` (`images`, as `elt sample` writes) or a UCF-101 folder
-    (its official train list, split 1: the first n clips, `frames` from each video's middle)."""
+    (its official train list, split 1: the first n clips, `frames` from each video's middle). `lazy`:
+    a folder's clips are decoded when sliced (`UCF101Clips`), so each rank decodes only its share."""
     p = Path(path)
     if p.is_dir():
-        from ..data.ucf101 import load_ucf101
+        from ..data.ucf101 import UCF101Clips, load_ucf101
+        if lazy:
+            return UCF101Clips(str(p), "train", frames, size, 1, n)
         return load_ucf101(str(p), "train", frames, size, 1, n, progress=progress)[0]
     if not p.is_file():
         raise FileNotFoundError(f"clip file {p} not found; give an .npz written by `elt sample` or a UCF-101 folder")
@@ -175,11 +179,7 @@ def video_metrics(samples: str | Path, ref: str | Path, i3d: str, sha256: str | 
         return streamed(lambda c: (net(c, batch_size),), x, batch_size, progress=progress, desc=desc)[0]
 
     def compute():
-        if Path(ref).is_dir():  # decoded as it streams: each rank decodes only its share
-            from ..data.ucf101 import UCF101Clips
-            real = UCF101Clips(str(ref), "train", clips.shape[1], size, 1, ref_clips)
-        else:
-            real = load_clips(ref, ref_clips, clips.shape[1], size, progress)
+        real = load_clips(ref, ref_clips, clips.shape[1], size, progress, lazy=True)
         s = stats(real, "reference I3D features")
         mu, sigma = s.mean_cov()
         return {"mu": mu, "sigma": sigma, "n": np.asarray(s.n)}

@@ -52,9 +52,10 @@ class VectorQuantizer(nn.Module):
         if dead.any():
             n_dead = int(dead.sum())
             err = (z - self.codebook[ids]).pow(2).sum(1) if self.restart_from == "error" else None
+            # drawn on the CPU (the generator's device), whatever device z is on
             if err is not None and torch.isfinite(err).all() and err.sum() > 0:
                 pick = torch.multinomial(err.cpu(), n_dead, replacement=True, generator=generator)
-            else:  # drawn on the CPU (the generator's device), whatever device z is on
+            else:
                 pick = torch.randint(0, z.shape[0], (n_dead,), generator=generator)
             pick = pick.to(z.device)
             self.codebook[dead] = z[pick]

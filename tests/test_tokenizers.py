@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from elt.data import load_data
+from elt.data import ImageData, load_data
+from elt.engine.assets import encode_dataset
 from elt.tokenizers import VQVAE, PixelTokenizer, train_vqvae
 from elt.tokenizers.vqvae import to_float
 
@@ -41,9 +42,10 @@ def test_vqvae_training_reduces_reconstruction_error():
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA device"))])
-def test_tokenizer_trains_on_a_device_and_comes_back_on_the_cpu(device):
+def test_tokenizer_trains_on_a_device_and_comes_back_on_the_cpu(device, tmp_path, monkeypatch):
     """The 3D VQ (error-weighted code restarts drawn from the CPU generator) trained on `device`: on the
-    CPU exactly the weights of the default call; on any device the model returns to the CPU."""
+    CPU exactly the weights of the default call; on any device the model returns to the CPU. The data
+    set's encoding on `device` gives the CPU's token ids, on the CPU, and leaves the model there."""
     clips = np.random.default_rng(0).integers(0, 256, (64, 8, 16, 16, 1), dtype=np.uint8)
 
     def fit(**device):
@@ -56,6 +58,11 @@ def test_tokenizer_trains_on_a_device_and_comes_back_on_the_cpu(device):
     if device == "cpu":
         default = fit().state_dict()
         assert all(torch.equal(v, default[k]) for k, v in trained.state_dict().items())
+    monkeypatch.setenv("ELT_CACHE_DIR", str(tmp_path))
+    data = ImageData(clips, np.zeros(len(clips), np.int64), ["a"])
+    ids = encode_dataset(trained, data, device=device)
+    assert ids.device.type == "cpu" and all(p.device.type == "cpu" for p in trained.parameters())
+    assert (ids == trained.encode(to_float(clips))).float().mean() > 0.99  # equal but for float ties
 
 
 def test_pixel_space_pads_scales_and_crops_back_exactly():

@@ -218,10 +218,13 @@ def load_split(cfg: Config, split: str) -> ImageData:
 
 
 @torch.no_grad()
-def encode_dataset(tokenizer, data: ImageData, bf16: bool = False, progress: bool = False) -> torch.Tensor:
+def encode_dataset(tokenizer, data: ImageData, bf16: bool = False, progress: bool = False,
+                   device: torch.device | str = "cpu") -> torch.Tensor:
     """Token ids (masked) or latents (diffusion) of every image or clip, converted to float a chunk at
     a time. A learned or pretrained codec's output is computed once and cached, keyed by its weights
-    and the data. `bf16`: the codec's convolutions under bf16 autocast (CPU)."""
+    and the data. `bf16`: the codec's convolutions under bf16 autocast. `device`: where a learned or
+    pretrained codec encodes (a chunk at a time; the codec goes back to the CPU and the result is on
+    the CPU)."""
     images = as_tensor(data.images)
     chunk = 64 if data.is_video else 256
     if isinstance(tokenizer, (KLVAE, DiffusersVAE)):
@@ -241,9 +244,16 @@ def encode_dataset(tokenizer, data: ImageData, bf16: bool = False, progress: boo
                 return codes
         except Exception:  # a damaged cache entry is recomputed
             pass
-    log.info("encoding %d %s to %s %s", len(images), "clips" if data.is_video else "images", what, shape)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        codes = batched(lambda x: tokenizer.encode(to_float(x)), images, chunk, progress=progress, desc=f"encode {what}")
+    device = torch.device(device)
+    log.info("encoding %d %s to %s %s on %s", len(images), "clips" if data.is_video else "images", what, shape,
+             device)
+    encode = lambda x: tokenizer.encode(to_float(x.to(device))).cpu()  # noqa: E731
+    try:
+        tokenizer.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            codes = batched(encode, images, chunk, progress=progress, desc=f"encode {what}")
+    finally:
+        tokenizer.to("cpu")
     codes = codes.float() if what == "latents" else codes.long()
     path.parent.mkdir(parents=True, exist_ok=True)
     save_tensors({what: codes}, path)

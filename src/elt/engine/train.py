@@ -244,13 +244,17 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, info: DistInfo)
         data = load_split(cfg, "train")
         log.info("data: %s train, %d images %s, %d classes", cfg.data.dataset, len(data), data.images.shape[1:],
                  data.num_classes)
-        if info.is_main:  # rank 0 trains (or loads) the tokenizer first; the others then read the cache
-            tokenizer = get_tokenizer(cfg, data, seed=t.seed, progress=progress, device=info.device)
+        bf16 = data.is_video and precision.resolve(cfg.tokenizer.precision, info.device) == "bf16"
+
+        def tokenize(show: bool):  # token ids (masked) or latents (diffusion), on the run's device
+            tok = get_tokenizer(cfg, data, seed=t.seed, progress=show, device=info.device)
+            return tok, encode_dataset(tok, data, bf16, show, info.device)
+
+        if info.is_main:  # rank 0 trains (or loads) the tokenizer and encodes first; the others read the cache
+            tokenizer, tokens = tokenize(progress)
         barrier(info)
         if not info.is_main:
-            tokenizer = get_tokenizer(cfg, data, seed=t.seed, progress=False, device=info.device)
-        bf16 = data.is_video and precision.resolve(cfg.tokenizer.precision, torch.device("cpu")) == "bf16"
-        tokens = encode_dataset(tokenizer, data, bf16, progress)  # token ids (masked) or latents (diffusion)
+            tokenizer, tokens = tokenize(False)
         labels = torch.as_tensor(data.labels)
     if info.is_main:
         save_data_spec(data, out / "data.json")

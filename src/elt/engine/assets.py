@@ -156,7 +156,9 @@ def get_tokenizer(cfg: Config, data: ImageData, seed: int = 0, progress: bool = 
 
 
 def get_classifier(cfg: Config, data: ImageData, progress: bool = True) -> FeatureClassifier:
-    """The metric classifier, trained on the train split unless cached."""
+    """The metric classifier, trained on the train split unless cached. Metric classifiers train on the
+    CPU whatever the run's device (a minute at these sizes), so a GPU run is judged by the network a
+    laptop trains from the same seed, not by one whose GPU kernels made it drift."""
     clf = FeatureClassifier(data.images.shape[1], data.images.shape[3], data.num_classes)
     settings = {"epochs": cfg.eval.classifier_epochs, "arch": "cnn2-128"}
     fit = lambda: train_classifier(clf, data.images, data.labels, cfg.eval.classifier_epochs, progress=progress)  # noqa: E731

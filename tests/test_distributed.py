@@ -172,3 +172,36 @@ def test_fid_split_across_ranks_matches_one_process(tmp_path, monkeypatch):
     for k in ("fid", "is", "is_std", "precision", "recall"):
         assert two[k] == pytest.approx(one[k], rel=1e-6, abs=1e-9), k
     assert len(list((tmp_path / "cache2").glob("inception-ref-*.npz"))) == 1  # written once, by rank 0
+
+
+def _documented_torchrun_commands():
+    """Every `torchrun ... $(which elt) ...` command line in the README and docs."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for doc in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        for line in doc.read_text().splitlines():
+            for cmd in re.findall(r"torchrun [^`]*\$\(which elt\)[^`]*", line):
+                if "..." not in cmd:  # an elided example
+                    verb = cmd.split("$(which elt)")[1].split()[0]
+                    yield pytest.param(cmd.strip(), id=f"{doc.name}:{verb}:{len(cmd)}")
+
+
+@pytest.mark.parametrize("cmd", list(_documented_torchrun_commands()))
+def test_documented_torchrun_commands_parse(cmd):
+    """torchrun's parser claims abbreviations of its own options anywhere on the line (`--run` is
+    ambiguous with its `--run-path`): each documented command must get through torchrun's parser and
+    then elt's."""
+    import shlex
+
+    from torch.distributed.run import get_args_parser
+
+    from elt.cli import build_parser
+
+    argv = [{"L": "3"}.get(a, a) for a in shlex.split(cmd.replace("$(which elt)", "elt"))[1:]]
+    try:
+        script = get_args_parser().parse_args(argv)
+        build_parser().parse_args(script.training_script_args)
+    except SystemExit:
+        pytest.fail(f"documented command does not parse: {cmd}")

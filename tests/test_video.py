@@ -301,25 +301,30 @@ def test_ucf101_loader_on_real_videos(tmp_path):
 
 
 @pytest.mark.skipif(not FMNIST.is_file(), reason="needs Debian's dataset-fashion-mnist (make setup installs it)")
-def test_cli_video_train_sample_evaluate(tmp_path, capsys):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_cli_video_train_sample_evaluate(tmp_path, capsys, device):
+    """A tiny video run trained, sampled and evaluated on `device` (3D VQ, transformer, decoding)."""
     from elt.cli import main
 
     run = tmp_path / "run"
     sets = ["data.image_size=32", "data.frames=8", "data.clips=64", "tokenizer.steps=4", "tokenizer.codebook_size=32",
             "tokenizer.hidden=16", "tokenizer.downsample_stages=2", "tokenizer.temporal_stages=1",
             "model.width=32", "model.heads=2", "train.batch_size=8", "train.warmup_steps=1", "train.compile=false",
-            "sample.steps=3", "sample.batch_size=20", "eval.n=10", "eval.classifier_epochs=0.02"]
+            "sample.steps=3", "sample.batch_size=20", "eval.n=10", "eval.classifier_epochs=0.02",
+            f"train.device={device}"]
     sets = sum((["--set", s] for s in sets), [])
     assert main(["--quiet", "train", "--config", "mfmnist-video", "--out", str(run), "--steps", "3", *sets]) == 0
     out = tmp_path / "s"
     assert main(["--quiet", "sample", "--run", str(run), "--loops", "2", "--n", "10", "--out", str(out),
-                 "--export-frames", str(tmp_path / "frames")]) == 0
+                 "--export-frames", str(tmp_path / "frames"), "--device", device]) == 0
     z = np.load(out.with_suffix(".npz"))
     assert z["images"].shape == (10, 8, 32, 32, 1) and z["images"].dtype == np.uint8
     assert out.with_suffix(".gif").is_file() and len(list((tmp_path / "frames").iterdir())) == 10
-    assert main(["--quiet", "evaluate", "--run", str(run), "--loops", "1,4", "--n", "10"]) == 0
+    assert f"'device': '{device}'" in capsys.readouterr().out  # the settings printed with the samples
+    assert main(["--quiet", "evaluate", "--run", str(run), "--loops", "1,4", "--n", "10", "--device", device]) == 0
     report = json.loads((run / "anytime.json").read_text())
-    assert report["metric_extractor"] == "mfmnist_c3d"
+    assert report["metric_extractor"] == "mfmnist_c3d" and report["sampling"]["device"] == device
     for r in report["loops"].values():
         assert {"acc_mfmnist_c3d", "fd_mfmnist_c3d", "acc_fmnist_cnn_frames", "fd_fmnist_cnn_frames"} <= set(r)
     assert "acc_fmnist_cnn_frames_real_test" in report["reference"]

@@ -119,12 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "masked: w in (1+w)cond - w*uncond, 0 = off; diffusion: s in uncond + s(cond - uncond), 1 = off")
     p.add_argument("--classes", type=_int_list, help="comma-separated class ids to cycle through (default: all, balanced)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
+    _add_run_device(p)
 
     p = sub.add_parser("evaluate", help="any-time report: quality, time and GFLOPs per loop count")
     p.add_argument("--run", "--run-dir", dest="run", required=True,
                    help="run folder written by `elt train` (under torchrun spell it --run-dir)")
     p.add_argument("--loops", type=_int_list, help="loop counts, e.g. 1,2,3 (default 1..Lmax+2)")
     _add_eval_args(p, "samples per loop count")
+    _add_run_device(p)
 
     p = sub.add_parser("schedules", help="compute-optimal loop schedules: constant L vs per-step schedules of "
                                          "equal total loops at each budget, and adaptive exit; frontier into "
@@ -137,12 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="adaptive-exit thresholds to measure too, e.g. 0.01,0.03,0.1 (default none)")
     p.add_argument("--max-loops", type=_positive, help="largest loop count a schedule may use (default Lmax+2)")
     _add_eval_args(p, "samples per point")
+    _add_run_device(p)
 
     p = sub.add_parser("serve", help="local web demo (gradio): pick a class and a loop count, generate")
     p.add_argument("--run", "--run-dir", dest="run", required=True, help="run folder written by `elt train`")
     p.add_argument("--port", type=int, default=7860, help="port on 127.0.0.1 (default 7860)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--n", type=_positive, default=4, help="images per generation (default 4)")
+    _add_run_device(p)
 
     p = sub.add_parser("demo", help="train a preset, evaluate every L, write the any-time grid")
     _add_config_args(p, "fmnist-maskgit")
@@ -198,6 +202,12 @@ def _add_score_args(p: argparse.ArgumentParser, samples: str, ref: str) -> None:
     p.add_argument("--ref", required=True, help=ref)
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--json", help="also write the results to this JSON file")
+
+
+def _add_run_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="where the network and tokenizer run: auto (a CUDA GPU when "
+                                                    "one is visible, else the CPU), cpu or cuda; under torchrun one "
+                                                    "GPU per rank (default auto)")
 
 
 def _require_device(device: str) -> None:
@@ -272,11 +282,16 @@ def _check_out_file(out: str) -> Path:
     return path
 
 
-def _is_main() -> bool:
-    """Under torchrun, `sample` and `evaluate` split the work across ranks; rank 0 writes and prints."""
+def _run_ranks(device: str) -> tuple[str, bool]:
+    """`sample`, `evaluate` and `schedules` under torchrun split the work across ranks (one GPU each on
+    CUDA): (this rank's device, whether it is rank 0, which writes and prints)."""
     from .engine.distributed import setup
 
-    return setup("cpu").is_main
+    _require_device(device)
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise ValueError(f"--device {device}: choose auto, cpu or cuda")
+    info = setup("cuda" if device.startswith("cuda") else device)
+    return (str(info.device) if info.enabled or device == "auto" else device), info.is_main
 
 
 def _schedule_help() -> str:
@@ -318,11 +333,11 @@ def cmd_sample(args) -> None:
     if args.cfg is not None and args.cfg < 0:
         raise ValueError(f"--cfg must be >= 0, got {args.cfg}")
     base = _check_out_file(args.out) if args.out else None
-    run = load_run(args.run, use_ema=not args.no_ema)
+    device, main_rank = _run_ranks(args.device)
+    run = load_run(args.run, use_ema=not args.no_ema, device=device)
     if args.export_frames and run.cfg.data.dataset not in VIDEO_DATASETS:
         raise ValueError(f"--export-frames is for video runs; {args.run} makes images (drop --export-frames)")
     labels = balanced_labels(args.n, run.num_classes, args.classes)
-    main_rank = _is_main()
     policy, how = _loop_policy(args, run)
     if args.folder:
         from .engine.sample_folder import sample_folder
@@ -363,8 +378,8 @@ def cmd_evaluate(args) -> None:
         raise ValueError(f"--cfg must be >= 0, got {args.cfg}")
     if args.loops is not None and (not args.loops or min(args.loops) < 1):
         raise ValueError("--loops needs loop counts >= 1, e.g. --loops 1,2,4")
-    run = load_run(args.run)
-    main_rank = _is_main()
+    device, main_rank = _run_ranks(args.device)
+    run = load_run(args.run, device=device)
     report = evaluate(run, args.loops, args.n, args.seed, args.steps, args.cfg, progress=not args.quiet and main_rank)
     if not main_rank:
         return
@@ -379,10 +394,10 @@ def cmd_schedules(args) -> None:
 
     if args.cfg is not None and args.cfg < 0:
         raise ValueError(f"--cfg must be >= 0, got {args.cfg}")
-    run = load_run(args.run)
+    device, main_rank = _run_ranks(args.device)
+    run = load_run(args.run, device=device)
     m = run.cfg.model
     budgets = args.budgets or [float(L) for L in range(2, m.max_loops + 1)]
-    main_rank = _is_main()
     report = search_schedules(run, budgets, args.thresholds, args.n, args.seed, args.steps, args.cfg,
                               args.max_loops, progress=not args.quiet and main_rank)
     if main_rank:
@@ -393,7 +408,8 @@ def cmd_schedules(args) -> None:
 def cmd_serve(args) -> None:
     from .serve import serve
 
-    serve(args.run, host=args.host, port=args.port, n=args.n)
+    device, _ = _run_ranks(args.device)
+    serve(args.run, host=args.host, port=args.port, n=args.n, device=device)
 
 
 def cmd_presets(args) -> None:

@@ -12,6 +12,7 @@ import torch
 from ..config import Config
 from ..metrics.anytime import format_table, save_grid, save_video_grid
 from .assets import frame_judge_data, get_classifier, get_tokenizer, get_video_classifier, load_split
+from .distributed import resolve_device
 from .generate import evaluate, generate, load_run
 from .train import train
 
@@ -50,7 +51,7 @@ def demo(cfg: Config, out: str | Path, resume: bool = False, progress: bool = Tr
     train(cfg, out, resume=resume, progress=progress)
     timing["train_s"] = time.perf_counter() - tic
     tic = time.perf_counter()
-    run = load_run(out)
+    run = load_run(out, device=resolve_device(cfg.train.device))  # sampled where it trained
     loops = cfg.eval.loops or list(range(1, cfg.model.max_loops + 3))
     report = evaluate(run, loops, progress=progress)
     grid = anytime_grid(run, loops, cfg.eval.seed, out / "anytime_grid.png")

@@ -137,8 +137,9 @@ def measured_policies(run: Run, steps: int, cfg_scale: float) -> list[dict]:
 
 def machine_key(run: Run, batch: int, steps: int, cfg_scale: float) -> str:
     threads = torch.get_num_threads()
+    where = torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else f"{threads} threads"
     return (f"{platform.node()}|{platform.processor() or platform.machine()}|torch {torch.__version__}|"
-            f"{threads} threads|batch {batch}|steps {steps}|cfg {cfg_scale:g}|ckpt {run.step}")
+            f"{where}|batch {batch}|steps {steps}|cfg {cfg_scale:g}|ckpt {run.step}")
 
 
 def latencies(run: Run, policies: list[dict], steps: int, cfg_scale: float, progress: bool = True) -> dict:

@@ -40,8 +40,14 @@ class Run:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
-def load_run(path: str | Path, use_ema: bool | None = None) -> Run:
+
+def load_run(path: str | Path, use_ema: bool | None = None, device: torch.device | str = "cpu") -> Run:
+    """The run's network (EMA weights unless `use_ema=False` or the config says so) and tokenizer, both
+    on `device`, from its last checkpoint."""
     path = Path(path)
     if not (path / "config.yaml").is_file():
         raise FileNotFoundError(f"{path} is not a run folder (no config.yaml); pass the --out folder of `elt train`")
@@ -62,7 +68,7 @@ def load_run(path: str | Path, use_ema: bool | None = None) -> Run:
     cfg.sample.use_ema = weights == "ema.safetensors"  # what the reports say is what was loaded
     load_weights(model, ckpt / weights, "checkpoint", DAMAGED)
     step = int(read_state(ckpt)["step"])
-    return Run(path, cfg, model.eval(), tokenizer, step, data.class_names)
+    return Run(path, cfg, model.eval().to(device), tokenizer.to(device), step, data.class_names)
 
 
 def balanced_labels(n: int, num_classes: int, classes: list[int] | None = None) -> torch.Tensor:
@@ -84,15 +90,15 @@ def sampler_for(run: Run, steps: int | None = None, cfg_scale: float | None = No
 
 def sampling_settings(run: Run, steps: int | None = None, cfg_scale: float | None = None) -> dict:
     """Every setting that changes the samples, for reports and output names (the sampler's own, the
-    precision the network ran in, EMA or raw weights)."""
+    precision the network ran in, EMA or raw weights, the kind of device)."""
     return {**sampler_for(run, steps, cfg_scale).settings(),
-            "precision": precision.resolve(run.cfg.sample.precision, next(run.model.parameters()).device),
-            "ema": run.cfg.sample.use_ema}
+            "precision": precision.resolve(run.cfg.sample.precision, run.device),
+            "ema": run.cfg.sample.use_ema, "device": run.device.type}
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """float (B, C, H, W) in [0, 1] → uint8 (B, H, W, C); clips (B, C, T, H, W) → (B, T, H, W, C)."""
-    return (images.float().clamp(0, 1) * 255).round().to(torch.uint8).movedim(1, -1).numpy()
+    return (images.float().clamp(0, 1) * 255).round().to(torch.uint8).movedim(1, -1).cpu().numpy()
 
 
 @torch.no_grad()
@@ -125,10 +131,10 @@ def sample_local(run: Run, loops, labels: torch.Tensor, gen: torch.Generator, st
     schedule = as_policy(loops)
     out = []
     bs = run.cfg.sample.batch_size
-    device = next(run.model.parameters()).device
+    device = run.device
     for i in tqdm(range(0, len(labels), bs), desc=f"sample {schedule}", disable=not progress, leave=False):
         with precision.autocast(run.cfg.sample.precision, device):  # the network only; the sampler's maths stays fp32
-            ids = sampler(run.model, labels[i: i + bs], schedule, gen)
+            ids = sampler(run.model, labels[i: i + bs].to(device), schedule, gen)
         out.append(to_uint8(run.tokenizer.decode(ids)))
     return np.concatenate(out) if out else np.zeros((0,), np.uint8)  # no labels: an empty array
 
@@ -198,7 +204,7 @@ def make_judge(run: Run, progress: bool = True) -> Judge:
         judge = Judge(classifier, feature_stats(classifier.features_and_predictions(to_float(test.images))[0]),
                       prefix, {})
     test_x = to_float(test.images)
-    recon = torch.cat([run.tokenizer.decode(run.tokenizer.encode(test_x[i: i + 256]))
+    recon = torch.cat([run.tokenizer.decode(run.tokenizer.encode(test_x[i: i + 256].to(run.device))).cpu()
                        for i in range(0, len(test_x), 256)])
     real_scores = judge.score(test.images, test.labels, fd=False)  # accuracies of the real test split
     recon_scores = judge.score(to_uint8(recon), test.labels)

@@ -224,21 +224,11 @@ def _write_json(out: dict, path: str | None) -> None:
         print(f"wrote {path}")
 
 
-def _metric_ranks(device: str) -> tuple[str, bool]:
-    """`fid` and `fvd` under torchrun split the images across ranks (one GPU each with --device cuda):
-    (this rank's device, whether it is rank 0, which prints and writes)."""
-    from .engine.distributed import setup
-
-    _require_device(device)
-    info = setup("cuda" if device.startswith("cuda") else "cpu")
-    return (str(info.device) if info.enabled else device), info.is_main
-
-
 def cmd_fvd(args) -> None:
     from .engine.fid import video_metrics
 
     sha = None if args.sha256.lower() == "none" else args.sha256
-    device, main_rank = _metric_ranks(args.device)
+    device, main_rank = _run_ranks(args.device)
     out = video_metrics(args.samples, args.ref, args.i3d, sha, device, ref_clips=args.ref_clips,
                         progress=not args.quiet)
     if main_rank:
@@ -249,7 +239,7 @@ def cmd_fvd(args) -> None:
 def cmd_fid(args) -> None:
     from .engine.fid import image_metrics
 
-    device, main_rank = _metric_ranks(args.device)
+    device, main_rank = _run_ranks(args.device)
     out = image_metrics(args.samples, args.ref, args.inception, args.sha256, device, args.batch_size,
                         args.pr_n, progress=not args.quiet)
     if main_rank:
@@ -283,8 +273,8 @@ def _check_out_file(out: str) -> Path:
 
 
 def _run_ranks(device: str) -> tuple[str, bool]:
-    """`sample`, `evaluate` and `schedules` under torchrun split the work across ranks (one GPU each on
-    CUDA): (this rank's device, whether it is rank 0, which writes and prints)."""
+    """`sample`, `evaluate`, `schedules`, `fid` and `fvd` under torchrun split the work across ranks (one
+    GPU each on CUDA): (this rank's device, whether it is rank 0, which writes and prints)."""
     from .engine.distributed import setup
 
     _require_device(device)

@@ -195,3 +195,23 @@ def test_diverged_tokenizer_training_stops_with_a_clear_error():
     images = np.zeros((4, 8, 8, 1), np.uint8)
     with pytest.raises(FloatingPointError, match="diverged at step 1.*tokenizer.lr"):
         train_autoencoder(Diverges(), images, steps=5, batch_size=2, progress=False)
+
+
+def test_cached_tokenizer_does_not_depend_on_earlier_draws(tmp_path, monkeypatch):
+    """`elt demo` trains the tokenizer before anything else draws, `elt train` after seeding the model:
+    both must train (and cache under one key) the same weights."""
+    from elt.config import apply_overrides
+    from elt.engine.assets import get_tokenizer
+    from elt.presets import get_preset
+
+    cfg = apply_overrides(get_preset("digits-maskgit"), [
+        "tokenizer.kind=vqvae", "tokenizer.codebook_size=16", "tokenizer.latent_dim=4", "tokenizer.hidden=8",
+        "tokenizer.downsample_stages=1", "tokenizer.steps=3", "tokenizer.batch_size=16"]).validate()
+    data = load_data("digits", "train")
+    weights = []
+    for draw in (1, 2):
+        monkeypatch.setenv("ELT_CACHE_DIR", str(tmp_path / str(draw)))
+        torch.manual_seed(draw)
+        torch.rand(draw)
+        weights.append(get_tokenizer(cfg, data, seed=0, progress=False, device=torch.device("cpu")).state_dict())
+    assert all(torch.equal(v, weights[1][k]) for k, v in weights[0].items())

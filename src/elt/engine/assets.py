@@ -129,11 +129,20 @@ def is_learned(tokenizer) -> bool:
     return isinstance(tokenizer, (VQVAE, KLVAE))
 
 
+def seeded(build, seed: int = 0):
+    """`build()` with the global RNG seeded by `seed` (and restored after): a cached network's initial
+    weights depend on its seed alone, not on what the process drew before (`elt demo` trains the
+    tokenizer first, `elt train` after seeding for the model; both must cache the same weights)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
 def get_tokenizer(cfg: Config, data: ImageData, seed: int = 0, progress: bool = True,
                   device: torch.device | None = None):
     """The run's tokenizer, trained on `data` (train split) unless the cache has it, on `device`
     (default: the run's `train.device`); returned on the CPU."""
-    tok = make_tokenizer(cfg, data)
+    tok = seeded(lambda: make_tokenizer(cfg, data), seed)
     if not is_learned(tok):
         return tok
     t = cfg.tokenizer
@@ -159,7 +168,7 @@ def get_classifier(cfg: Config, data: ImageData, progress: bool = True) -> Featu
     """The metric classifier, trained on the train split unless cached. Metric classifiers train on the
     CPU whatever the run's device (a minute at these sizes), so a GPU run is judged by the network a
     laptop trains from the same seed, not by one whose GPU kernels made it drift."""
-    clf = FeatureClassifier(data.images.shape[1], data.images.shape[3], data.num_classes)
+    clf = seeded(lambda: FeatureClassifier(data.images.shape[1], data.images.shape[3], data.num_classes))
     settings = {"epochs": cfg.eval.classifier_epochs, "arch": "cnn2-128"}
     fit = lambda: train_classifier(clf, data.images, data.labels, cfg.eval.classifier_epochs, progress=progress)  # noqa: E731
     return _cached("classifier", settings, data, clf, fit, progress)[0]
@@ -182,7 +191,7 @@ def frame_judge_data(cfg: Config, data: ImageData) -> tuple[str, ImageData, int 
 def get_video_classifier(cfg: Config, data: ImageData, progress: bool = True) -> C3DClassifier:
     """The 3D-conv metric classifier of clips (label + auxiliary label), trained unless cached."""
     num_aux = 0 if data.aux_labels is None else int(data.aux_labels.max()) + 1
-    clf = C3DClassifier(data.images.shape[-1], data.num_classes, num_aux)
+    clf = seeded(lambda: C3DClassifier(data.images.shape[-1], data.num_classes, num_aux))
     settings = {"epochs": cfg.eval.classifier_epochs, "arch": "c3d3-128", "aux": num_aux}
     fit = lambda: train_video_classifier(clf, data.images, data.labels, data.aux_labels,  # noqa: E731
                                          cfg.eval.classifier_epochs, progress=progress)

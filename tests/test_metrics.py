@@ -55,3 +55,11 @@ def test_save_grid(tmp_path):
     assert Image.open(tmp_path / "g.png").size == (3 * 10 + 2, 2 * 10 + 2)
     with pytest.raises(ValueError):
         save_grid(imgs, 2, 2, tmp_path / "bad.png")
+
+
+def test_metric_classifier_near_chance_on_real_data_is_flagged(caplog):
+    from elt.engine.generate import warn_near_chance
+
+    with caplog.at_level("WARNING", logger="elt"):
+        weak = warn_near_chance({"acc_a": 0.12, "acc_b": 0.9, "fd_a": 0.0}, 10, 0.2)
+    assert weak == ["acc_a"] and "eval.classifier_epochs" in caplog.text and "acc_b" not in caplog.text

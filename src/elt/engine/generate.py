@@ -207,11 +207,24 @@ def make_judge(run: Run, progress: bool = True) -> Judge:
     recon = torch.cat([run.tokenizer.decode(run.tokenizer.encode(test_x[i: i + 256].to(run.device))).cpu()
                        for i in range(0, len(test_x), 256)])
     real_scores = judge.score(test.images, test.labels, fd=False)  # accuracies of the real test split
+    warn_near_chance(real_scores, run.num_classes, c.eval.classifier_epochs)
     recon_scores = judge.score(to_uint8(recon), test.labels)
     judge.reference = {**{f"{k}_real_test": v for k, v in real_scores.items()},
                        **{f"{k}_tokenizer_recon": v for k, v in recon_scores.items()},
                        "tokenizer_recon_mse": float((recon - test_x).pow(2).mean())}
     return judge
+
+
+def warn_near_chance(real_scores: dict, num_classes: int, epochs: float) -> list[str]:
+    """A metric classifier near chance on real test data makes its Fréchet distances meaningless (its
+    features barely vary: FD near 0 for any samples). Warns, and returns the names of such metrics."""
+    chance = 1 / max(num_classes, 1)
+    weak = [k for k, v in real_scores.items() if k.startswith("acc_") and v < 2 * chance]
+    for k in weak:
+        log.warning("the metric classifier behind %s is near chance on the real test data (%.3f, chance %.3f): "
+                    "its accuracies and Fréchet distances say little; train it longer (eval.classifier_epochs, "
+                    "now %g)", k, real_scores[k], chance, epochs)
+    return weak
 
 
 def measure(run: Run, judge: Judge, loops, labels: torch.Tensor, seed: int, steps: int, cfg_scale: float,

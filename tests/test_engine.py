@@ -104,6 +104,9 @@ def test_cli_train_sample_evaluate_on_digits(tmp_path, capsys):
     (["sample", "--run", "{run}", "--loops", "1", "--n", "2", "--out", "{tmp}/x", "--cfg", "-1"], "--cfg"),
     (["evaluate", "--run", "{run}", "--loops", "0,1"], "--loops"),
     (["evaluate", "--run", "{run}", "--device", "tpu"], "choose auto, cpu or cuda"),
+    (["evaluate", "--run", "{run}", "--set", "model.width=64"], "only sample.* settings"),
+    (["sample", "--run", "{run}", "--loops", "1", "--n", "2", "--out", "{tmp}/x", "--set", "sample.temp_base=0"],
+     "sample.temp_base: must be > 0"),
     pytest.param(["sample", "--run", "{run}", "--loops", "1", "--n", "2", "--out", "{tmp}/x", "--device", "cuda"],
                  "no CUDA GPU", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is here")),
     (["train", "--config", "digits-maskgit", "--out", "{run}", "--set", "model.max_loop=3"], "did you mean 'max_loops'"),
@@ -253,6 +256,11 @@ def test_sample_folder_is_balanced_resumable_and_named_by_its_settings(tmp_path,
         np.testing.assert_array_equal(z["images"], images)  # shard seeds do not depend on the order of work
     assert main([*args[:-2], "--seed", "6"]) == 0  # another seed: another folder
     assert len(list((tmp_path / "s").iterdir())) == 2
+    assert main([*args, "--set", "sample.choice_temperature=1"]) == 0  # another temperature: another folder
+    (hot,) = [f for f in (tmp_path / "s").iterdir() if "choice_temperature1.0_" in f.name]
+    assert json.loads((hot / "manifest.json").read_text())["settings"]["choice_temperature"] == 1.0
+    with np.load(hot / "samples.npz") as z:
+        assert not np.array_equal(z["images"], images)
     (folder / "manifest.json").write_text(json.dumps({**manifest, "settings": {"loops": 9}}))
     assert main(args) == 2
     assert "other settings" in capsys.readouterr().err

@@ -166,6 +166,10 @@ def test_cli_schedules_budget_and_adaptive_on_digits(tmp_path, capsys):
     assert main(["sample", "--run", str(run), "--budget-gflops", str(cheapest / 2), "--n", "4",
                  "--out", str(tmp_path / "x")]) == 2
     assert "raise the budget" in capsys.readouterr().err
+    # measurements at other sampling temperatures do not choose for these ones
+    assert main(["sample", "--run", str(run), "--budget-gflops", str(budget), "--n", "4", "--out", str(tmp_path / "y"),
+                 "--set", "sample.choice_temperature=1"]) == 2
+    assert "choice_temperature=4.5 (now 1.0)" in capsys.readouterr().err
     assert main(["--quiet", "sample", "--run", str(run), "--budget-ms", "1e6", "--n", "4",
                  "--out", str(tmp_path / "m")]) == 0
     cache = json.loads((run / "latency.json").read_text())

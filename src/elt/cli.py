@@ -120,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=_int_list, help="comma-separated class ids to cycle through (default: all, balanced)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     _add_run_device(p)
+    _add_sample_set(p)
 
     p = sub.add_parser("evaluate", help="any-time report: quality, time and GFLOPs per loop count")
     p.add_argument("--run", "--run-dir", dest="run", required=True,
@@ -127,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loops", type=_int_list, help="loop counts, e.g. 1,2,3 (default 1..Lmax+2)")
     _add_eval_args(p, "samples per loop count")
     _add_run_device(p)
+    _add_sample_set(p)
 
     p = sub.add_parser("schedules", help="compute-optimal loop schedules: constant L vs per-step schedules of "
                                          "equal total loops at each budget, and adaptive exit; frontier into "
@@ -140,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-loops", type=_positive, help="largest loop count a schedule may use (default Lmax+2)")
     _add_eval_args(p, "samples per point")
     _add_run_device(p)
+    _add_sample_set(p)
 
     p = sub.add_parser("serve", help="local web demo (gradio): pick a class and a loop count, generate")
     p.add_argument("--run", "--run-dir", dest="run", required=True, help="run folder written by `elt train`")
@@ -147,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--n", type=_positive, default=4, help="images per generation (default 4)")
     _add_run_device(p)
+    _add_sample_set(p)
 
     p = sub.add_parser("demo", help="train a preset, evaluate every L, write the any-time grid")
     _add_config_args(p, "fmnist-maskgit")
@@ -202,6 +206,12 @@ def _add_score_args(p: argparse.ArgumentParser, samples: str, ref: str) -> None:
     p.add_argument("--ref", required=True, help=ref)
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--json", help="also write the results to this JSON file")
+
+
+def _add_sample_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="sample.KEY=VALUE",
+                   help="change a sampling setting of the run's config, e.g. --set sample.choice_temperature=2 "
+                        "or sample.temp_base=0.3 (repeatable; recorded in the report and the output names)")
 
 
 def _add_run_device(p: argparse.ArgumentParser) -> None:
@@ -324,7 +334,7 @@ def cmd_sample(args) -> None:
         raise ValueError(f"--cfg must be >= 0, got {args.cfg}")
     base = _check_out_file(args.out) if args.out else None
     device, main_rank = _run_ranks(args.device)
-    run = load_run(args.run, use_ema=not args.no_ema, device=device)
+    run = load_run(args.run, use_ema=not args.no_ema, device=device, sample_overrides=args.set)
     if args.export_frames and run.cfg.data.dataset not in VIDEO_DATASETS:
         raise ValueError(f"--export-frames is for video runs; {args.run} makes images (drop --export-frames)")
     labels = balanced_labels(args.n, run.num_classes, args.classes)
@@ -369,7 +379,7 @@ def cmd_evaluate(args) -> None:
     if args.loops is not None and (not args.loops or min(args.loops) < 1):
         raise ValueError("--loops needs loop counts >= 1, e.g. --loops 1,2,4")
     device, main_rank = _run_ranks(args.device)
-    run = load_run(args.run, device=device)
+    run = load_run(args.run, device=device, sample_overrides=args.set)
     report = evaluate(run, args.loops, args.n, args.seed, args.steps, args.cfg, progress=not args.quiet and main_rank)
     if not main_rank:
         return
@@ -385,7 +395,7 @@ def cmd_schedules(args) -> None:
     if args.cfg is not None and args.cfg < 0:
         raise ValueError(f"--cfg must be >= 0, got {args.cfg}")
     device, main_rank = _run_ranks(args.device)
-    run = load_run(args.run, device=device)
+    run = load_run(args.run, device=device, sample_overrides=args.set)
     m = run.cfg.model
     budgets = args.budgets or [float(L) for L in range(2, m.max_loops + 1)]
     report = search_schedules(run, budgets, args.thresholds, args.n, args.seed, args.steps, args.cfg,
@@ -399,7 +409,7 @@ def cmd_serve(args) -> None:
     from .serve import serve
 
     device, _ = _run_ranks(args.device)
-    serve(args.run, host=args.host, port=args.port, n=args.n, device=device)
+    serve(args.run, host=args.host, port=args.port, n=args.n, device=device, sample_overrides=args.set)
 
 
 def cmd_presets(args) -> None:

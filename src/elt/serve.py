@@ -26,11 +26,11 @@ class Generator:
 
     SLIDER = "the loop-count slider"
 
-    def __init__(self, run_dir, n: int = 4, device: str = "cpu"):
+    def __init__(self, run_dir, n: int = 4, device: str = "cpu", sample_overrides: list[str] | None = None):
         from .engine.frontier import measured_policies
         from .engine.generate import load_run
 
-        self.run = load_run(run_dir, device=device)
+        self.run = load_run(run_dir, device=device, sample_overrides=sample_overrides)
         self.n = n
         self.max_loops = self.run.cfg.model.max_loops
         s = self.run.cfg.sample
@@ -73,12 +73,12 @@ class Generator:
         return _grid(images, scale), status
 
 
-def build_app(run_dir, n: int = 4, device: str = "cpu"):
+def build_app(run_dir, n: int = 4, device: str = "cpu", sample_overrides: list[str] | None = None):
     try:
         import gradio as gr
     except ImportError:
         raise ValueError("the web demo needs gradio: pip install -e '.[serve]' (or pip install gradio)") from None
-    gen = Generator(run_dir, n, device)
+    gen = Generator(run_dir, n, device, sample_overrides)
     names = gen.run.class_names
     cfg = gen.run.cfg
     with gr.Blocks(title=f"elt — {cfg.name}", analytics_enabled=False) as app:
@@ -100,12 +100,13 @@ def build_app(run_dir, n: int = 4, device: str = "cpu"):
     return app
 
 
-def serve(run_dir, host: str = "127.0.0.1", port: int = 7860, n: int = 4, block: bool = True, device: str = "cpu"):
+def serve(run_dir, host: str = "127.0.0.1", port: int = 7860, n: int = 4, block: bool = True, device: str = "cpu",
+          sample_overrides: list[str] | None = None):
     """Start the app on host:port (this machine only by default). Returns the app when not blocking."""
     import os
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from an offline machine
-    app = build_app(run_dir, n, device)
+    app = build_app(run_dir, n, device, sample_overrides)
     log.info("serving %s on http://%s:%d", run_dir, host, port)
     app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, share=False,
                show_error=True, quiet=not block)

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..atomic import write_text
 from ..loops import AdaptiveLoops, LoopSchedule, schedule_family
-from .generate import (Run, balanced_labels, eval_settings, generate, make_judge, measure, new_report,
+from .generate import (Run, balanced_labels, eval_settings, generate, make_judge, measure, new_report, sampler_for,
                        save_report)
 
 log = logging.getLogger("elt")
@@ -121,10 +121,12 @@ def measured_policies(run: Run, steps: int, cfg_scale: float) -> list[dict]:
         raise FileNotFoundError(f"{path} is missing: run `elt evaluate --run {run.path}` and "
                                 f"`elt schedules --run {run.path}` first, then sample within a budget")
     report = json.loads(path.read_text())
-    s = report["sampling"]
-    if s["steps"] != steps or float(s["cfg"]) != float(cfg_scale):
-        raise ValueError(f"{path} was measured with steps={s['steps']} cfg={s['cfg']}, not steps={steps} "
-                         f"cfg={cfg_scale}; sample with those settings or re-run evaluate/schedules with these")
+    measured, now = report["sampling"], sampler_for(run, steps, cfg_scale).settings()
+    differ = {k: (measured[k], v) for k, v in now.items() if k in measured and measured[k] != v}
+    if differ:
+        said = ", ".join(f"{k}={a} (now {b})" for k, (a, b) in differ.items())
+        raise ValueError(f"{path} was measured with {said}; sample with those settings or re-run "
+                         "evaluate/schedules with these")
     fd = f"fd_{report['metric_extractor']}"
     out = [{"name": f"L{L}", "spec": str(L), "kind": "constant", "gflops_per_sample": r["gflops_per_sample"],
             "quality": r[fd]} for L, r in report.get("loops", {}).items()]

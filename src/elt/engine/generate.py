@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from ..config import Config, load_config
+from ..config import Config, apply_overrides, load_config
 from ..loops import AdaptiveLoops, as_policy
 from ..metrics.anytime import write_report
 from ..metrics.frechet import feature_stats, frechet_distance
@@ -45,13 +45,19 @@ class Run:
         return next(self.model.parameters()).device
 
 
-def load_run(path: str | Path, use_ema: bool | None = None, device: torch.device | str = "cpu") -> Run:
+def load_run(path: str | Path, use_ema: bool | None = None, device: torch.device | str = "cpu",
+             sample_overrides: list[str] | None = None) -> Run:
     """The run's network (EMA weights unless `use_ema=False` or the config says so) and tokenizer, both
-    on `device`, from its last checkpoint."""
+    on `device`, from its last checkpoint; `sample_overrides` ("sample.key=value") change how it samples."""
     path = Path(path)
     if not (path / "config.yaml").is_file():
         raise FileNotFoundError(f"{path} is not a run folder (no config.yaml); pass the --out folder of `elt train`")
     cfg = load_config(str(path / "config.yaml"))
+    for item in sample_overrides or []:
+        if not item.strip().startswith("sample."):
+            raise ValueError(f"--set {item}: only sample.* settings can change after training "
+                             "(e.g. --set sample.choice_temperature=2); the rest is fixed by the checkpoint")
+    cfg = apply_overrides(cfg, sample_overrides or []).validate()
     ckpt = find_checkpoint(path)
     if ckpt is None:
         raise FileNotFoundError(f"run folder {path} has no checkpoint yet; train it first (elt train --out {path})")

@@ -204,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_score_args(p: argparse.ArgumentParser, samples: str, ref: str) -> None:
     p.add_argument("--samples", required=True, help=samples)
     p.add_argument("--ref", required=True, help=ref)
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--device", default="auto", help="auto (a CUDA GPU when one is visible, else the CPU), cpu or "
+                                                    "cuda; under torchrun one GPU per rank (default auto)")
     p.add_argument("--json", help="also write the results to this JSON file")
 
 

@@ -107,6 +107,8 @@ def test_cli_train_sample_evaluate_on_digits(tmp_path, capsys):
     (["evaluate", "--run", "{run}", "--set", "model.width=64"], "only sample.* settings"),
     (["sample", "--run", "{run}", "--loops", "1", "--n", "2", "--out", "{tmp}/x", "--set", "sample.temp_base=0"],
      "sample.temp_base: must be > 0"),
+    (["sample", "--run", "{run}", "--loops", "1", "--n", "2", "--out", "{tmp}/x", "--set", "sample.steps=abc"],
+     "expected an integer, got 'abc'"),  # the message's own closing quote stays
     pytest.param(["sample", "--run", "{run}", "--loops", "1", "--n", "2", "--out", "{tmp}/x", "--device", "cuda"],
                  "no CUDA GPU", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is here")),
     (["train", "--config", "digits-maskgit", "--out", "{run}", "--set", "model.max_loop=3"], "did you mean 'max_loops'"),

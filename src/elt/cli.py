@@ -494,7 +494,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, PermissionError) as e:
         if args.debug:
             raise
-        msg = str(e).strip("'\"") or type(e).__name__
+        msg = str(e)
+        if len(msg) >= 2 and msg[0] == msg[-1] and msg[0] in "'\"":  # a message that is one quoted repr
+            msg = msg[1:-1]
+        msg = msg or type(e).__name__
         print(f"elt: error: {msg}", file=sys.stderr)
         return 2
     except FloatingPointError as e:  # training diverged: a runtime failure, not bad input

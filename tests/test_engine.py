@@ -103,6 +103,9 @@ def test_cli_train_sample_evaluate_on_digits(tmp_path, capsys):
     (["sample", "--run", "{run}", "--loops", "1", "--n", "2", "--out", "{tmp}/nodir/x"], "does not exist"),
     (["sample", "--run", "{run}", "--loops", "1", "--n", "2", "--out", "{tmp}/x", "--cfg", "-1"], "--cfg"),
     (["evaluate", "--run", "{run}", "--loops", "0,1"], "--loops"),
+    (["evaluate", "--run", "{run}", "--loops", "1,17"], "loop count 17 is above 16"),  # tiny_cfg: Lmax 4
+    (["sample", "--run", "{run}", "--schedule", "ramp:1:40", "--n", "2", "--out", "{tmp}/x"], "use loop counts 1..16"),
+    (["schedules", "--run", "{run}", "--max-loops", "20"], "loop count 20 is above 16"),
     (["evaluate", "--run", "{run}", "--device", "tpu"], "choose auto, cpu or cuda"),
     (["evaluate", "--run", "{run}", "--set", "model.width=64"], "only sample.* settings"),
     (["sample", "--run", "{run}", "--loops", "1", "--n", "2", "--out", "{tmp}/x", "--set", "sample.temp_base=0"],

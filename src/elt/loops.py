@@ -243,6 +243,19 @@ def per_step_counts(loops, steps: int) -> list[tuple[float, float]]:
     return [(float(L), 1.0) for L in LoopSchedule.coerce(loops).per_step(steps)]
 
 
+BEYOND_LMAX = 4  # sampling loops at most this many times the trained Lmax (spec §3: far above Lmax degrades)
+
+
+def check_sampling_loops(policy, steps: int, lmax: int) -> None:
+    """One clear error for a policy that loops far beyond what the model was trained for (a typo such
+    as 40 for 4 would otherwise run ten times longer and give noise)."""
+    most = policy.max_loops if isinstance(policy, AdaptiveLoops) else max(policy.per_step(steps))
+    limit = BEYOND_LMAX * lmax
+    if most > limit:
+        raise ValueError(f"loop count {most} is above {limit} ({BEYOND_LMAX}×Lmax: this model was trained at "
+                         f"L <= {lmax}, and quality degrades far above it); use loop counts 1..{limit}")
+
+
 def as_policy(loops) -> "LoopSchedule | AdaptiveLoops":
     """What samplers accept as `loops`: an int, a per-step list, a LoopSchedule or an AdaptiveLoops."""
     return loops if isinstance(loops, AdaptiveLoops) else LoopSchedule.coerce(loops)

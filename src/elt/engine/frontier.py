@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..atomic import write_text
-from ..loops import AdaptiveLoops, LoopSchedule, schedule_family
+from ..loops import AdaptiveLoops, LoopSchedule, check_sampling_loops, schedule_family
 from .generate import (Run, balanced_labels, eval_settings, generate, make_judge, measure, new_report, sampler_for,
                        save_report)
 
@@ -45,6 +45,7 @@ def search_schedules(run: Run, budgets: list[float], thresholds: list[float] = (
     n, seed, steps, cfg_scale = eval_settings(run, n, seed, steps, cfg_scale)
     lmin, lmax = c.model.min_loops, c.model.max_loops
     cap = max_loops or lmax + 2
+    check_sampling_loops(LoopSchedule.constant(cap), steps, lmax)  # --max-loops far above Lmax
     bad = [b for b in budgets if not 1 <= b <= cap]
     if bad:
         raise ValueError(f"budgets {bad} are outside 1..{cap} loops per step; give mean loop counts such as 2,3,4")

@@ -13,7 +13,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ..config import Config, apply_overrides, load_config
-from ..loops import AdaptiveLoops, as_policy
+from ..loops import AdaptiveLoops, as_policy, check_sampling_loops
 from ..metrics.anytime import write_report
 from ..metrics.frechet import feature_stats, frechet_distance
 from ..metrics.video import frame_views
@@ -135,6 +135,7 @@ def sample_local(run: Run, loops, labels: torch.Tensor, gen: torch.Generator, st
     """This process's samples for `labels`, in batches of sample.batch_size, drawing from `gen`."""
     sampler = sampler_for(run, steps, cfg_scale)
     schedule = as_policy(loops)
+    check_sampling_loops(schedule, sampler.steps, run.cfg.model.max_loops)
     out = []
     bs = run.cfg.sample.batch_size
     device = run.device
@@ -258,6 +259,8 @@ def evaluate(run: Run, loops: list[int] | None = None, n: int | None = None, see
     c = run.cfg
     loops = loops or c.eval.loops or list(range(1, c.model.max_loops + 3))
     n, seed, steps, cfg_scale = eval_settings(run, n, seed, steps, cfg_scale)
+    for L in loops:  # every loop count checked before any work
+        check_sampling_loops(as_policy(L), steps, c.model.max_loops)
     judge = make_judge(run, progress)
     labels = balanced_labels(n, run.num_classes)
     per_loop = {}

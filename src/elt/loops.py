@@ -244,9 +244,10 @@ def per_step_counts(loops, steps: int) -> list[tuple[float, float]]:
     return [(float(L), 1.0) for L in LoopSchedule.coerce(loops).per_step(steps)]
 
 
-def check_sampling_loops(policy, steps: int, lmax: int) -> None:
-    """One clear error for a policy that loops far beyond what the model was trained for (a typo such
-    as 40 for 4 would otherwise run ten times longer and give noise)."""
+def check_sampling_loops(loops, steps: int, lmax: int) -> None:
+    """One clear error for `loops` (anything `as_policy` takes) that loop far beyond what the model was
+    trained for (a typo such as 40 for 4 would otherwise run ten times longer and give noise)."""
+    policy = as_policy(loops)
     most = policy.max_loops if isinstance(policy, AdaptiveLoops) else max(policy.per_step(steps))
     limit = BEYOND_LMAX * lmax
     if most > limit:

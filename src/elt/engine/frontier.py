@@ -45,7 +45,7 @@ def search_schedules(run: Run, budgets: list[float], thresholds: list[float] = (
     n, seed, steps, cfg_scale = eval_settings(run, n, seed, steps, cfg_scale)
     lmin, lmax = c.model.min_loops, c.model.max_loops
     cap = max_loops or lmax + 2
-    check_sampling_loops(LoopSchedule.constant(cap), steps, lmax)  # --max-loops far above Lmax
+    check_sampling_loops(cap, steps, lmax)  # --max-loops far above Lmax
     bad = [b for b in budgets if not 1 <= b <= cap]
     if bad:
         raise ValueError(f"budgets {bad} are outside 1..{cap} loops per step; give mean loop counts such as 2,3,4")

@@ -260,7 +260,7 @@ def evaluate(run: Run, loops: list[int] | None = None, n: int | None = None, see
     loops = loops or c.eval.loops or list(range(1, c.model.max_loops + 3))
     n, seed, steps, cfg_scale = eval_settings(run, n, seed, steps, cfg_scale)
     for L in loops:  # every loop count checked before any work
-        check_sampling_loops(as_policy(L), steps, c.model.max_loops)
+        check_sampling_loops(L, steps, c.model.max_loops)
     judge = make_judge(run, progress)
     labels = balanced_labels(n, run.num_classes)
     per_loop = {}

@@ -335,7 +335,8 @@ def cmd_sample(args) -> None:
         raise ValueError(f"--cfg must be >= 0, got {args.cfg}")
     base = _check_out_file(args.out) if args.out else None
     device, main_rank = _run_ranks(args.device)
-    run = load_run(args.run, use_ema=not args.no_ema, device=device, sample_overrides=args.set)
+    run = load_run(args.run, use_ema=False if args.no_ema else None, device=device,  # else the config's
+                   sample_overrides=args.set)
     if args.export_frames and run.cfg.data.dataset not in VIDEO_DATASETS:
         raise ValueError(f"--export-frames is for video runs; {args.run} makes images (drop --export-frames)")
     labels = balanced_labels(args.n, run.num_classes, args.classes)

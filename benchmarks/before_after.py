@@ -17,11 +17,17 @@ from types import SimpleNamespace
 import torch
 
 import elt
-from elt.engine.assets import build_framework, build_model
-from elt.engine.train import make_optimizer
-from elt.ilsd import ILSD
 from elt.masked import MaskGITSampler
 from elt.presets import get_preset
+
+try:  # the layout since the engine was split (core/, engine/build.py, engine/step.py)
+    from elt.core.ilsd import ILSD
+    from elt.engine.build import build_framework, build_model
+    from elt.engine.step import make_optimizer
+except ImportError:  # earlier commits
+    from elt.engine.assets import build_framework, build_model
+    from elt.engine.train import make_optimizer
+    from elt.ilsd import ILSD
 
 
 def median(fn, warmup=3, repeats=15):
@@ -63,7 +69,7 @@ def main():
         labels = torch.randint(0, 10, (cfg.train.batch_size,), generator=gen)
         out = framework.corrupt(tokens, labels, gen)
         (x, y), mask = (out[0], out[2]) if isinstance(out[0], tuple) else (out[:2], out[2])  # before/after the engine took any framework
-        lint = objective.draw_student_loops(gen)
+        lint = (getattr(objective, "draw_lint", None) or objective.draw_student_loops)(gen)
         outs = model.forward_exits(x, y, loops=4, exits=objective.exits(lint), **head_kwargs(mask))
         loss, _ = objective(outs, lint, 100, lambda p: framework.gt_loss(p, tokens, mask),
                             lambda s, t: framework.dist_loss(s, t, mask))
@@ -74,7 +80,10 @@ def main():
     result = {"label": args.label, "elt": elt.__file__, "compile": args.compile,
               "train_step_ms": 1e3 * median(train_step)}
     model.eval()
-    sampler = MaskGITSampler(steps=12, cfg=1.0)  # fixed here: the preset's own settings changed over time
+    try:  # fixed here: the preset's own settings changed over time (guidance s = 2 is the older cfg w = 1)
+        sampler = MaskGITSampler(steps=12, guidance=2.0)
+    except TypeError:
+        sampler = MaskGITSampler(steps=12, cfg=1.0)
     labels = torch.arange(args.sample_batch) % 10
     result["sampling_s"] = {L: median(lambda: sampler(model, labels, L, gen), 2, 9) for L in (1, 2, 3, 4)}
     result["sampling_over_lmax"] = {L: v / result["sampling_s"][4] for L, v in result["sampling_s"].items()}

@@ -2,7 +2,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from elt.config import Config, ConfigError, apply_overrides, from_dict, load_config
+from elt.config import Config, ConfigError, apply_overrides, from_dict
+from elt.presets import load_config
 from elt.presets import ALIASES, PRESETS, get_preset
 
 
@@ -58,7 +59,7 @@ def test_preset_names_carry_n_and_l():
 def test_paper_presets_build_and_run_at_reduced_width(name):
     import torch
 
-    from elt.engine.assets import build_model
+    from elt.engine.build import build_model
 
     cfg = get_preset(name)
     assert cfg.model.width in (1024, 1152)
@@ -73,7 +74,7 @@ def test_paper_parameter_counts():
     """Spec §4.4: ELT-L 8N×3L ≈ 101M, 12N×2L ≈ 152M, ELT-XL 7N×4L ≈ 111M (layers only, ≈12·d² each)."""
     import torch
 
-    from elt.engine.assets import build_model
+    from elt.engine.build import build_model
 
     for name, expected in [("maskgit-L-8Nx3L", 101e6), ("maskgit-L-12Nx2L", 152e6), ("maskgit-XL-7Nx4L", 111e6)]:
         cfg = get_preset(name)
@@ -90,11 +91,11 @@ DIT_PAPER = ["dit-16Nx2L", "dit-8Nx4L", "dit-4Nx8L", "dit-1Nx32L", "dit-16Nx1L",
 def test_paper_dit_presets_build_and_run_at_reduced_width(name):
     import torch
 
-    from elt.engine.assets import build_model, nominal_tokenizer
+    from elt.engine.build import build_model, nominal_tokenizer
 
     cfg = get_preset(name)
     assert cfg.framework == "diffusion" and cfg.tokenizer.kind == "diffusers_vae"
-    assert cfg.model.unique_layers * cfg.model.max_loops in (16, 32)  # effective depth (spec §4.2)
+    assert cfg.model.unique_layers * cfg.model.max_loops in (16, 32)  # effective depth 32 (the paper's diffusion rows)
     tok = nominal_tokenizer(cfg)
     assert tok.latent_shape == (4, 32, 32)  # SD VAE latents of 256×256 images
     cfg.model.width, cfg.model.heads = 64, 4
@@ -109,7 +110,7 @@ def test_paper_dit_parameter_counts():
     """Spec §5: DiT 16 layers 1.1B, 32 layers 2.1B; ELT 8N×4L 539M, 4N×8L 271M."""
     import torch
 
-    from elt.engine.assets import build_model, nominal_tokenizer
+    from elt.engine.build import build_model, nominal_tokenizer
 
     for name, expected in [("dit-16Nx1L", 1.1e9), ("dit-32Nx1L", 2.1e9), ("dit-8Nx4L", 539e6), ("dit-4Nx8L", 271e6)]:
         cfg = get_preset(name)

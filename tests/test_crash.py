@@ -18,7 +18,7 @@ STEPS = 150
 def _cmd(out):
     sets = sum((["--set", s] for s in TINY + [f"train.steps={STEPS}", "train.ckpt_every=1"]), [])
     # ckpt_every=1: a checkpoint is written at every step, so kills also land in the middle of writes
-    return [sys.executable, "-m", "elt.cli", "--quiet", "train", "--config", "digits-maskgit", "--out", str(out),
+    return [sys.executable, "-m", "elt", "--quiet", "train", "--config", "digits-maskgit", "--out", str(out),
             "--resume", *sets]
 
 

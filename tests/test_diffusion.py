@@ -8,8 +8,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import tiny_dit
 from elt.diffusion import DiffusionFramework, DiffusionSampler, DiT, LogSNRSchedule, to_x0_eps
-from elt.ilsd import ILSD
-from elt.layers import AdaLNBlock
+from elt.core.ilsd import ILSD
+from elt.core.layers import AdaLNBlock
 
 
 # ---- schedules -------------------------------------------------------------------------------
@@ -93,7 +93,7 @@ class Oracle(torch.nn.Module):
 def test_sampler_with_exact_x0_oracle_returns_the_data(kind, prediction):
     sched = LogSNRSchedule(1.0)
     x0 = torch.rand(3, 2, 4, 4) * 2 - 1
-    sampler = DiffusionSampler(sched, steps=10, cfg=1.0, kind=kind, prediction=prediction)
+    sampler = DiffusionSampler(sched, steps=10, guidance=1.0, kind=kind, prediction=prediction)
     out = sampler(Oracle(x0, sched, prediction), torch.zeros(3, dtype=torch.long), 1, torch.Generator().manual_seed(0))
     assert torch.allclose(out, x0, atol=1e-5)
 
@@ -102,7 +102,7 @@ def test_sampler_with_exact_x0_oracle_returns_the_data(kind, prediction):
 def test_same_seed_same_samples_other_seed_other_samples(kind):
     model = tiny_dit()
     labels = torch.tensor([0, 2])
-    sampler = DiffusionSampler(LogSNRSchedule(), steps=4, cfg=1.5, kind=kind)
+    sampler = DiffusionSampler(LogSNRSchedule(), steps=4, guidance=1.5, kind=kind)
     a, b, c = (sampler(model, labels, 2, torch.Generator().manual_seed(seed)) for seed in (0, 0, 1))
     assert a.shape == (2, 2, 8, 8)
     assert torch.equal(a, b) and not torch.allclose(a, c)
@@ -113,9 +113,9 @@ def test_guidance_scale_one_is_the_conditional_model_and_others_extrapolate():
     x, labels = torch.randn(2, 2, 8, 8), torch.tensor([0, 1])
     cond = model(x, torch.full((2,), 0.3), labels, loops=2)
     uncond = model(x, torch.full((2,), 0.3), torch.full((2,), model.null_class), loops=2)
-    one = DiffusionSampler(LogSNRSchedule(), cfg=1.0).predict(model, x, 0.3, labels, 2)
+    one = DiffusionSampler(LogSNRSchedule(), guidance=1.0).predict(model, x, 0.3, labels, 2)
     assert torch.allclose(one, cond, atol=1e-6)
-    three = DiffusionSampler(LogSNRSchedule(), cfg=3.0).predict(model, x, 0.3, labels, 2)
+    three = DiffusionSampler(LogSNRSchedule(), guidance=3.0).predict(model, x, 0.3, labels, 2)
     assert torch.allclose(three, uncond + 3.0 * (cond - uncond), atol=1e-5)
 
 
@@ -210,10 +210,10 @@ def test_bad_patch_size_is_a_clear_error():
         DiT(10, 1, 3, patch_size=4)
 
 
-@pytest.mark.parametrize("cfg", [1.0, 2.0])
-def test_sampling_flops_equal_torch_flop_counter(cfg):
+@pytest.mark.parametrize("guidance", [1.0, 2.0])
+def test_sampling_flops_equal_torch_flop_counter(guidance):
     model = tiny_dit()
-    sampler = DiffusionSampler(LogSNRSchedule(), steps=4, cfg=cfg)
+    sampler = DiffusionSampler(LogSNRSchedule(), steps=4, guidance=guidance)
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         sampler(model, torch.tensor([0, 1, 2]), [1, 3, 2, 1], torch.Generator().manual_seed(0))
     assert counter.get_total_flops() == 3 * sampler.flops(model, [1, 3, 2, 1])

@@ -16,7 +16,7 @@ ARGS = ["train.steps=20", "train.batch_size=8", "train.ckpt_every=10", "train.lr
 def torchrun(tmp_path, out, extra=(), nproc=2, resume=False):
     sets = sum((["--set", s] for s in TINY + ARGS + list(extra)), [])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "elt.cli", "--quiet", "train", "--config", "digits-maskgit", "--out", str(out), *sets]
+           "-m", "elt", "--quiet", "train", "--config", "digits-maskgit", "--out", str(out), *sets]
     cmd += ["--resume"] if resume else []
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
@@ -62,6 +62,36 @@ def test_ddp_two_processes_match_one(tmp_path):
     assert_same_logged_losses(tmp_path / "one", tmp_path / "ddp_accum")
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_c10d_rendezvous_match_one_process(tmp_path):
+    """The multi-node recipe of docs/engine.md: two torchrun agents (two "nodes", one process each)
+    meet through the c10d rendezvous on 127.0.0.1 and train the single-process weights."""
+    ref = single(tmp_path, "one")
+    out = tmp_path / "two_nodes"
+    sets = sum((["--set", s] for s in TINY + ARGS), [])
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    agents = []
+    for node in range(2):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node-rank={node}",
+               "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
+               "--rdzv-id=elt-test", "-m", "elt", "--quiet", "train", "--config", "digits-maskgit", "--out", str(out),
+               *sets]
+        agents.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                       cwd=tmp_path))
+    for agent in agents:
+        _, err = agent.communicate(timeout=300)
+        assert agent.returncode == 0, err[-3000:]
+    assert_close(ref, load_file(str(out / "checkpoints" / "last" / "model.safetensors")))
+
+
 def test_fsdp2_trains_and_saves_full_weights(tmp_path):
     ref = single(tmp_path, "one")
     got = torchrun(tmp_path, tmp_path / "fsdp", ["train.parallel=fsdp"])
@@ -89,7 +119,7 @@ def test_sampling_and_evaluation_split_across_ranks(tmp_path):
     run = tmp_path / "run"
     train(tiny_cfg(4), run, progress=False)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "elt.cli", "--quiet"]
+    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "elt", "--quiet"]
     # torchrun's own parser claims abbreviations of its options (--run, --n): use the long spellings
     proc = subprocess.run(base + ["sample", "--run-dir", str(run), "--loops", "2", "--num-samples", "10",
                                   "--out", str(tmp_path / "s")],
@@ -108,7 +138,7 @@ def test_sampling_and_evaluation_split_across_ranks(tmp_path):
     proc = subprocess.run(base + folder + ["--folder", str(tmp_path / "two")], capture_output=True, text=True,
                           timeout=300, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    from elt.cli import main
+    from elt.apps.cli import main
     assert main(["--quiet", *folder, "--folder", str(tmp_path / "one")]) == 0
     (two,), (one,) = (list((tmp_path / d).iterdir()) for d in ("two", "one"))
     assert two.name == one.name
@@ -152,8 +182,8 @@ def test_fid_split_across_ranks_matches_one_process(tmp_path, monkeypatch):
     gathered logits and precision/recall features give one process's numbers."""
     import json
 
-    from elt.cli import main
-    from elt.metrics.export import export_adm_npz
+    from elt.apps.cli import main
+    from elt.engine.media import export_adm_npz
     from test_paper_scale import images, random_inception
 
     weights = random_inception(tmp_path / "inception.pth")
@@ -164,7 +194,7 @@ def test_fid_split_across_ranks_matches_one_process(tmp_path, monkeypatch):
     assert main(["--quiet", *args, "--json", str(tmp_path / "one.json")]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ELT_CACHE_DIR": str(tmp_path / "cache2")}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "elt.cli", "--quiet", *args, "--json", str(tmp_path / "two.json")],
+                           "-m", "elt", "--quiet", *args, "--json", str(tmp_path / "two.json")],
                           capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
@@ -197,7 +227,7 @@ def test_documented_torchrun_commands_parse(cmd):
 
     from torch.distributed.run import get_args_parser
 
-    from elt.cli import build_parser
+    from elt.apps.cli import build_parser
 
     argv = [{"L": "3"}.get(a, a) for a in shlex.split(cmd.replace("$(which elt)", "elt"))[1:]]
     try:

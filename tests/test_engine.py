@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from elt.cli import main
+from elt.apps.cli import main
 from elt.config import apply_overrides
 from elt.engine.train import train
 from elt.presets import get_preset
@@ -56,7 +56,7 @@ def test_existing_run_is_not_overwritten(tmp_path):
 
 
 def test_checkpoint_round_trip_is_exact(tmp_path):
-    from elt.engine.generate import load_run
+    from elt.engine.run import load_run
 
     train(tiny_cfg(3, ["train.ema_decay=0"]), tmp_path / "run", progress=False)
     run = load_run(tmp_path / "run")
@@ -105,12 +105,12 @@ def test_cli_train_sample_evaluate_on_digits(tmp_path, capsys):
     (["sample", "--run", "{missing}", "--loops", "1", "--n", "2", "--out", "{tmp}/x"], "not a run folder"),
     (["sample", "--run", "{run}", "--loops", "1", "--n", "2", "--out", "{tmp}/x", "--classes", "12"], "outside 0..9"),
     (["sample", "--run", "{run}", "--loops", "1", "--n", "2", "--out", "{tmp}/nodir/x"], "does not exist"),
-    (["sample", "--run", "{run}", "--loops", "1", "--n", "2", "--out", "{tmp}/x", "--cfg", "-1"], "--cfg"),
+    (["sample", "--run", "{run}", "--loops", "1", "--n", "2", "--out", "{tmp}/x", "--guidance", "-1"], "--guidance"),
     (["evaluate", "--run", "{run}", "--loops", "0,1"], "--loops"),
     (["evaluate", "--run", "{run}", "--loops", "1,17"], "loop count 17 is above 16"),  # tiny_cfg: Lmax 4
     (["sample", "--run", "{run}", "--schedule", "ramp:1:40", "--n", "2", "--out", "{tmp}/x"], "use loop counts 1..16"),
     (["schedules", "--run", "{run}", "--max-loops", "20"], "loop count 20 is above 16"),
-    (["evaluate", "--run", "{run}", "--device", "tpu"], "choose auto, cpu or cuda"),
+    (["evaluate", "--run", "{run}", "--device", "tpu"], "invalid choice: 'tpu' (choose from 'auto', 'cpu', 'cuda')"),
     (["evaluate", "--run", "{run}", "--set", "model.width=64"], "only sample.* settings"),
     (["sample", "--run", "{run}", "--loops", "1", "--n", "2", "--out", "{tmp}/x", "--set", "sample.temp_base=0"],
      "sample.temp_base: must be > 0"),
@@ -128,9 +128,13 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, needle):
     before = sorted(p.name for p in run.rglob("*"))
     fill = {"{missing}": str(tmp_path / "missing"), "{run}": str(run), "{tmp}": str(tmp_path)}
     argv = [a.replace(k, v) if k in a else a for a in argv for k, v in [next(((k, v) for k, v in fill.items() if k in a), ("", ""))]]
-    assert main(["--quiet", *argv]) == 2
+    try:
+        code = main(["--quiet", *argv])
+    except SystemExit as e:  # argparse's own checks (types, choices) exit while parsing
+        code = e.code
+    assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("elt: error:") and needle in err[0], err
+    assert len(err) == 1 and err[0].startswith("elt") and ": error:" in err[0] and needle in err[0], err
     assert sorted(p.name for p in run.rglob("*")) == before
 
 
@@ -146,10 +150,11 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, monkeypatch):
     import os
     import signal
 
+    import elt.engine.step as engine_step
     import elt.engine.train as engine_train
     from elt.engine.checkpoint import read_state
 
-    real_update = engine_train.ema_update
+    real_update = engine_step.ema_update
     calls = {"n": 0}
 
     def ema_then_signal(*a):
@@ -158,7 +163,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, monkeypatch):
         if calls["n"] == 2:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(engine_train, "ema_update", ema_then_signal)
+    monkeypatch.setattr(engine_step, "ema_update", ema_then_signal)
     with pytest.raises(engine_train.TrainingInterrupted, match="SIGTERM at step 2"):
         train(tiny_cfg(10), tmp_path / "run", progress=False)
     assert read_state(tmp_path / "run" / "checkpoints" / "last")["step"] == 2
@@ -212,12 +217,12 @@ def test_cli_diffusion_train_sample_evaluate_on_digits(tmp_path, capsys, tokeniz
     assert main(["--quiet", "train", "--config", "digits-dit", "--out", str(run), "--steps", "6", *sets]) == 0
     assert ((run / "tokenizer.safetensors").is_file()) == ("tokenizer.kind=klvae" in tokenizer)
     out = tmp_path / "s"
-    args = ["--quiet", "sample", "--run", str(run), "--loops", "2", "--n", "10", "--steps", "3", "--cfg", "2"]
+    args = ["--quiet", "sample", "--run", str(run), "--loops", "2", "--n", "10", "--steps", "3", "--guidance", "2"]
     assert main([*args, "--out", str(out), "--seed", "1"]) == 0
     z = np.load(out.with_suffix(".npz"))
     assert z["images"].shape == (10, 8, 8, 1) and z["images"].dtype == np.uint8
     assert np.bincount(z["labels"]).tolist() == [1] * 10
-    assert "'sampler': 'ddim'" in str(z["settings"]) and "'cfg': 2.0" in str(z["settings"])
+    assert "'sampler': 'ddim'" in str(z["settings"]) and "'guidance': 2.0" in str(z["settings"])
     assert main([*args, "--out", str(tmp_path / "again"), "--seed", "1"]) == 0
     assert np.array_equal(np.load(tmp_path / "again.npz")["images"], z["images"])  # same seed, same samples
     assert main(["--quiet", "evaluate", "--run", str(run), "--loops", "1,3", "--n", "20"]) == 0
@@ -249,7 +254,7 @@ def test_sample_folder_is_balanced_resumable_and_named_by_its_settings(tmp_path,
             "--shard-size", "8", "--seed", "5"]
     assert main(args) == 0
     (folder,) = (tmp_path / "s").iterdir()
-    assert folder.name.startswith("run_ckpt4_L2_K4_cfg") and "_seed5_n20" in folder.name
+    assert folder.name.startswith("run_ckpt4_L2_K4_guidance") and "_seed5_n20" in folder.name
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["num_shards"] == 3 and manifest["settings"]["loops"] == 2
     assert sorted(manifest["per_class"].values()) == [2] * 10  # digits: 10 classes, 2 each

@@ -26,10 +26,10 @@ def test_analytic_forward_flops_equal_torch_flop_counter(loops):
     assert _counted_flops(lambda: model(x, y, loops=loops)) == 4 * model.flops(loops)
 
 
-@pytest.mark.parametrize("cfg", [0.0, 1.0])
-def test_analytic_sampling_flops_equal_torch_flop_counter(cfg):
+@pytest.mark.parametrize("guidance", [1.0, 2.0])
+def test_analytic_sampling_flops_equal_torch_flop_counter(guidance):
     model = tiny_masked(tokens=16)
-    sampler = MaskGITSampler(steps=5, cfg=cfg)
+    sampler = MaskGITSampler(steps=5, guidance=guidance)
     labels = torch.tensor([0, 1, 2])
     counted = _counted_flops(lambda: sampler(model, labels, [1, 3, 2, 2, 1], torch.Generator().manual_seed(0)))
     assert counted == pytest.approx(3 * sampler.flops(model, [1, 3, 2, 2, 1]), rel=1e-9)
@@ -57,7 +57,7 @@ def test_head_at_index_positions_equals_full_head_gathered():
 
 
 def test_cpu_bf16_attention_path_matches_sdpa():
-    from elt.layers import attention, cpu_bf16
+    from elt.core.layers import attention, cpu_bf16
 
     q, k, v = (torch.randn(2, 4, 10, 8, requires_grad=True) for _ in range(3))
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v)
@@ -106,7 +106,7 @@ def test_bf16_tokenizer_training_keeps_the_quantiser_in_fp32():
 
 @pytest.mark.parametrize("preset", ["digits-maskgit-2Nx4L", "digits-dit-2Nx4L"])
 def test_bench_quick_writes_every_key(tmp_path, preset):
-    from elt.cli import main
+    from elt.apps.cli import main
 
     out = tmp_path / "bench.json"
     assert main(["--quiet", "bench", "--quick", "--preset", preset, "--json", str(out)]) == 0

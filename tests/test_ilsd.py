@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import tiny_masked
-from elt.ilsd import ILSD
+from elt.core.ilsd import ILSD
 from elt.masked import MaskedFramework
 
 
@@ -19,15 +19,15 @@ def test_lambda_goes_linearly_from_one_to_zero():
 def test_student_loops_uniform_in_lmin_to_lmax_minus_one():
     obj = ILSD(2, 5, total_steps=10)
     g = torch.Generator().manual_seed(0)
-    draws = [obj.draw_student_loops(g) for _ in range(3000)]
+    draws = [obj.draw_lint(g) for _ in range(3000)]
     assert set(draws) == {2, 3, 4}
     for v in (2, 3, 4):
         assert abs(draws.count(v) / 3000 - 1 / 3) < 0.04
 
 
 def test_vanilla_and_degenerate_range_draw_no_student():
-    assert ILSD(1, 4, 10, "vanilla").draw_student_loops() is None
-    assert ILSD(3, 3, 10).draw_student_loops() is None
+    assert ILSD(1, 4, 10, "vanilla").draw_lint() is None
+    assert ILSD(3, 3, 10).draw_lint() is None
     with pytest.raises(ValueError):
         ILSD(1, 4, 10, "distill")
     with pytest.raises(ValueError):
@@ -54,7 +54,8 @@ def test_total_is_the_spec_formula():
     lam = obj.lam(3)
     expected = gt(outs[3]) + lam * gt(outs[2]) + (1 - lam) * dist(outs[2], outs[3])
     assert torch.allclose(total, expected)
-    assert parts["lam"] == lam and parts["lint"] == 2
+    assert set(parts) == {"loss", "loss_teacher", "loss_student", "loss_dist"}
+    assert all(not v.requires_grad for v in parts.values()) and torch.equal(parts["loss"], total.detach())
     vanilla, vparts = ILSD(1, 3, 11, "vanilla")(outs, None, 3, gt, dist)
     assert torch.allclose(vanilla, gt(outs[3])) and set(vparts) == {"loss", "loss_teacher"}
 

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from conftest import tiny_masked
-from elt.looped import LoopedStack
+from elt.core.looped import LoopedStack
 
 
 def test_parameters_do_not_depend_on_loops():

@@ -62,7 +62,7 @@ def test_decoding_unmasks_everything_following_the_schedule():
     model = tiny_masked(tokens=16, codebook=11)
     sampler = MaskGITSampler(steps=6)
     masked_counts = []
-    out = sampler(model, torch.tensor([0, 1, 2]), loops=2, generator=torch.Generator().manual_seed(0),
+    out = sampler(model, torch.tensor([0, 1, 2]), policy=2, generator=torch.Generator().manual_seed(0),
                   callback=lambda k, toks: masked_counts.append((toks == model.mask_id).sum(1).tolist()))
     assert out.shape == (3, 16) and not (out == model.mask_id).any()
     assert out.max() < 11
@@ -77,7 +77,7 @@ def test_decoding_unmasks_everything_following_the_schedule():
 def test_decoded_tokens_are_never_remasked():
     model = tiny_masked(tokens=16)
     history = []
-    MaskGITSampler(steps=8)(model, torch.tensor([0, 1]), loops=1, generator=torch.Generator().manual_seed(3),
+    MaskGITSampler(steps=8)(model, torch.tensor([0, 1]), policy=1, generator=torch.Generator().manual_seed(3),
                             callback=lambda k, t: history.append(t.clone()))
     for before, after in zip(history, history[1:]):
         known = before != model.mask_id
@@ -86,7 +86,7 @@ def test_decoded_tokens_are_never_remasked():
 
 def test_same_seed_same_samples_and_different_seed_differs():
     model = tiny_masked(tokens=16)
-    s = MaskGITSampler(steps=4, cfg=1.0)
+    s = MaskGITSampler(steps=4, guidance=2.0)
     labels = torch.tensor([0, 1, 2, 0])
     a = s(model, labels, 2, torch.Generator().manual_seed(7))
     b = s(model, labels, 2, torch.Generator().manual_seed(7))
@@ -94,12 +94,12 @@ def test_same_seed_same_samples_and_different_seed_differs():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-def test_cfg_zero_equals_conditional_model():
+def test_guidance_one_equals_conditional_model():
     model = tiny_masked(tokens=16)
     tokens = torch.full((2, 16), model.mask_id)
     labels = torch.tensor([1, 2])
-    assert torch.equal(MaskGITSampler(cfg=0.0).logits(model, tokens, labels, 2), model(tokens, labels, loops=2))
-    guided = MaskGITSampler(cfg=2.0).logits(model, tokens, labels, 2)
+    assert torch.equal(MaskGITSampler(guidance=1.0).logits(model, tokens, labels, 2), model(tokens, labels, loops=2))
+    guided = MaskGITSampler(guidance=3.0).logits(model, tokens, labels, 2)
     cond = model(tokens, labels, loops=2)
     uncond = model(tokens, torch.full_like(labels, model.null_class), loops=2)
     assert torch.allclose(guided, 3 * cond - 2 * uncond, atol=1e-5)
@@ -115,15 +115,15 @@ def test_loop_schedule_per_step_is_used():
         return orig(*a, loops=loops, exits=exits, **kw)
 
     model.forward_exits = spy
-    MaskGITSampler(steps=3)(model, torch.tensor([0]), loops=[3, 2, 1])
+    MaskGITSampler(steps=3)(model, torch.tensor([0]), policy=[3, 2, 1])
     assert seen == [3, 2, 1]
 
 
 def test_bad_sampler_settings():
     with pytest.raises(ValueError, match="steps"):
         MaskGITSampler(steps=0)
-    with pytest.raises(ValueError, match="cfg"):
-        MaskGITSampler(cfg=-1)
+    with pytest.raises(ValueError, match="guidance"):
+        MaskGITSampler(guidance=-1)
 
 
 def test_categorical_draws_follow_the_softmax():

@@ -4,7 +4,7 @@ import scipy.linalg
 import torch
 
 from elt.metrics import FeatureClassifier, feature_stats, frechet_distance
-from elt.metrics.anytime import save_grid
+from elt.engine.media import save_grid
 
 
 def scipy_frechet(mu1, s1, mu2, s2):
@@ -58,7 +58,7 @@ def test_save_grid(tmp_path):
 
 
 def test_metric_classifier_near_chance_on_real_data_is_flagged(caplog):
-    from elt.engine.generate import warn_near_chance
+    from elt.engine.evaluation import warn_near_chance
 
     with caplog.at_level("WARNING", logger="elt"):
         weak = warn_near_chance({"acc_a": 0.12, "acc_b": 0.9, "fd_a": 0.0}, 10, 0.2)

@@ -1,4 +1,4 @@
-"""Paper scale (issue 7): the FID Inception network from a local file, the metric maths' identities,
+"""Paper scale: the FID Inception network from a local file, the metric maths' identities,
 streaming statistics, the ADM `.npz` export, and the ImageNet-layout pipeline end to end (extract →
 train → sharded sampling → FID). Random weights stand in for the real Inception file, which cannot be
 downloaded here."""
@@ -7,7 +7,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from elt.metrics.export import export_adm_npz
+from elt.engine.media import export_adm_npz
 from elt.metrics.frechet import feature_stats, frechet_distance
 from elt.metrics.inception import WEIGHTS_NAME, FIDInceptionV3, InceptionFeatures, fidelity_available, resize_bilinear_tf1
 from elt.metrics.scores import StreamingStats, inception_score, precision_recall
@@ -142,7 +142,7 @@ def test_adm_npz_export(tmp_path):
 def test_fid_cli_end_to_end(inception_file, tmp_path, monkeypatch, capsys):
     """`elt fid` from files only: an ADM-layout sample .npz against a reference .npz; the reference's
     features are cached; a sample set equal to the reference scores FID 0 and precision = recall = 1."""
-    from elt.cli import main
+    from elt.apps.cli import main
 
     monkeypatch.setenv("ELT_CACHE_DIR", str(tmp_path / "cache"))
     ref = export_adm_npz(images(6, size=24, seed=3), tmp_path / "ref.npz")
@@ -179,9 +179,9 @@ def test_imagenet_layout_extract_train_sample_adm_fid(inception_file, tmp_path, 
     """Issue 7's pipeline end to end on CPU: a 200-image ImageNet-layout folder → `elt extract` (sharded,
     resumable) → `elt train` from the shards → `elt sample --folder` (class-balanced, ADM npz) →
     `elt fid` with Inception weights from a local file."""
-    from elt.cli import main
+    from elt.apps.cli import main
     from elt.data.folder import load_image_folder
-    from elt.engine.extract import Extracted
+    from elt.data.extracted import Extracted
 
     monkeypatch.setenv("ELT_CACHE_DIR", str(tmp_path / "cache"))
     folder = _imagenet_folder(tmp_path / "imagenet")
@@ -237,9 +237,9 @@ def test_imagenet_layout_extract_train_sample_adm_fid(inception_file, tmp_path, 
 def test_extract_latents_of_an_embedded_set_and_train_diffusion_from_them(tmp_path, monkeypatch):
     """The diffusion side: float16 latents in the shards (here pixel space of the 8×8 digits, with
     flipped copies), and a DiT trained from them."""
-    from elt.cli import main
+    from elt.apps.cli import main
     from elt.data import load_data
-    from elt.engine.extract import Extracted
+    from elt.data.extracted import Extracted
 
     monkeypatch.setenv("ELT_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "latents"
@@ -261,7 +261,7 @@ def test_reduced_gpu_recipe_builds_on_256_tokens():
     """The reduced recipe of docs/reproduce.md (ELT-B 6N×2L on Fashion-MNIST at 64×64): 64×64
     garments, its VQ-VAE's 16×16 grid of 1024 codes, and the model (here at width 64) on it."""
     from elt.data import load_data
-    from elt.engine.assets import build_model, make_tokenizer
+    from elt.engine.build import build_model, make_tokenizer
     from elt.presets import get_preset
 
     small = load_data("fmnist", "test", image_size=64)

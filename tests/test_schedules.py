@@ -7,9 +7,9 @@ import pytest
 import torch
 from conftest import tiny_dit, tiny_masked
 
-from elt.cli import main
+from elt.apps.cli import main
 from elt.diffusion import DiffusionSampler, LogSNRSchedule
-from elt.loops import (AdaptiveLoops, LoopSchedule, logits_kl_change, quantize, relative_rms_change,
+from elt.core.loops import (AdaptiveLoops, LoopSchedule, logits_kl_change, quantize, relative_rms_change,
                        schedule_family)
 from elt.masked import MaskGITSampler
 
@@ -109,10 +109,10 @@ def test_adaptive_exit_stops_copies_of_an_example_together():
 @pytest.mark.parametrize("kind", ["masked", "diffusion"])
 def test_samplers_take_schedules_and_adaptive_exit_with_flops(kind):
     if kind == "masked":
-        model, sampler = tiny_masked(), MaskGITSampler(steps=4, cfg=1.0)
+        model, sampler = tiny_masked(), MaskGITSampler(steps=4, guidance=2.0)
     else:
         model = tiny_dit()
-        sampler = DiffusionSampler(LogSNRSchedule(), steps=4, cfg=2.0, kind="ddim", prediction="v")
+        sampler = DiffusionSampler(LogSNRSchedule(), steps=4, guidance=2.0, kind="ddim", prediction="v")
     labels = torch.arange(6) % 3
     run = lambda loops: sampler(model, labels, loops, torch.Generator().manual_seed(0))  # noqa: E731
     assert torch.equal(run(LoopSchedule.parse("3,3,3,3")), run(3))

@@ -9,7 +9,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from elt.cli import main
+from elt.apps.cli import main
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 TINY = ["model.width=32", "model.heads=2", "train.batch_size=16", "train.warmup_steps=2", "eval.n=20",
@@ -31,7 +31,7 @@ def run_dir(tmp_path_factory):
 
 
 def test_generator_answers_at_every_loop_count(run_dir):
-    from elt.serve import Generator
+    from elt.apps.serve import Generator
 
     gen = Generator(run_dir, n=3)
     for loops in (1, 4, 6):
@@ -55,7 +55,7 @@ def test_web_demo_in_headless_chromium(run_dir):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from elt.serve import serve
+    from elt.apps.serve import serve
 
     port = _free_port()
     app = serve(run_dir, port=port, n=3, block=False)

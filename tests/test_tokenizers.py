@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from elt.data import ImageData, load_data
-from elt.engine.assets import encode_dataset
+from elt.engine.cache import encode_dataset
 from elt.tokenizers import VQVAE, PixelTokenizer, train_vqvae
-from elt.tokenizers.vqvae import to_float
+from elt.utils.arrays import to_float
 
 
 def test_pixel_tokenizer_round_trip_is_exact_on_digits():
@@ -201,7 +201,7 @@ def test_cached_tokenizer_does_not_depend_on_earlier_draws(tmp_path, monkeypatch
     """`elt demo` trains the tokenizer before anything else draws, `elt train` after seeding the model:
     both must train (and cache under one key) the same weights."""
     from elt.config import apply_overrides
-    from elt.engine.assets import get_tokenizer
+    from elt.engine.cache import get_tokenizer
     from elt.presets import get_preset
 
     cfg = apply_overrides(get_preset("digits-maskgit"), [

@@ -77,7 +77,7 @@ def test_video_model_positions_and_loop_invariants():
 
 
 def test_scripted_tokenizer_round_trip_and_checksum(tmp_path):
-    from elt.weights import sha256_of
+    from elt.utils.files import sha256_of
 
     class Tiny(torch.nn.Module):
         codebook_size: int
@@ -133,7 +133,7 @@ def _fake_i3d(folder: Path) -> Path:
 
 def test_i3d_wiring_and_checksum(tmp_path):
     from elt.metrics.i3d import I3DFeatures
-    from elt.weights import sha256_of
+    from elt.utils.files import sha256_of
 
     path = _fake_i3d(tmp_path)
     feats = I3DFeatures(str(path), sha256_of(path))(np.zeros((3, 4, 8, 8, 1), np.uint8), batch_size=2)
@@ -142,7 +142,7 @@ def test_i3d_wiring_and_checksum(tmp_path):
         I3DFeatures(str(path))  # the published checksum: this file is not it
 
     # `elt fvd` from files: the same clips as samples and reference give FVD 0; another set does not
-    from elt.cli import main
+    from elt.apps.cli import main
 
     rng = np.random.default_rng(0)
     real = rng.integers(0, 256, (12, 4, 8, 8, 1), dtype=np.uint8)
@@ -162,7 +162,7 @@ def test_i3d_architecture_from_a_random_weights_file(tmp_path):
     interface, saved with random weights and loaded back through I3DFeatures: 400-d features, batch
     = single, checksum enforced."""
     from elt.metrics.i3d import I3DFeatures, InceptionI3d, script_detector
-    from elt.weights import sha256_of
+    from elt.utils.files import sha256_of
 
     torch.manual_seed(0)
     net = InceptionI3d()
@@ -184,8 +184,8 @@ def test_i3d_architecture_from_a_random_weights_file(tmp_path):
 def test_video_grid_gif_mp4_and_stylegan_v_export(tmp_path):
     from PIL import Image
 
-    from elt.metrics.anytime import save_video_grid
-    from elt.metrics.export import export_stylegan_v
+    from elt.engine.media import save_video_grid
+    from elt.engine.media import export_stylegan_v
 
     clips = np.random.default_rng(0).integers(0, 256, (6, 5, 16, 16, 1), dtype=np.uint8)
     written = save_video_grid(clips, 2, 3, tmp_path / "g.gif")
@@ -216,17 +216,17 @@ def test_video_classifier_cache_tells_class_from_motion_labels(tmp_path, monkeyp
     """Moving Fashion-MNIST labelled by class or by motion has one data fingerprint (the clips'); the
     cached metric classifier must still be a different one for each labelling."""
     from elt.data import ImageData
-    from elt.engine import assets
+    from elt.engine import cache
     from elt.presets import get_preset
 
     monkeypatch.setenv("ELT_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(assets, "train_video_classifier", lambda *a, **k: None)
+    monkeypatch.setattr(cache, "train_video_classifier", lambda *a, **k: None)
     clips = np.zeros((8, 4, 32, 32, 1), np.uint8)
     by_class = ImageData(clips, np.arange(8) % 8, [str(i) for i in range(8)], np.arange(8)[::-1] % 8, "same")
     by_motion = ImageData(clips, by_class.aux_labels, by_class.class_names, by_class.labels, "same")
     cfg = get_preset("mfmnist-video")
     for data in (by_class, by_motion, by_class):
-        assets.get_video_classifier(cfg, data, progress=False)
+        cache.get_video_classifier(cfg, data, progress=False)
     assert len(list(tmp_path.glob("classifier3d-*.safetensors"))) == 2
 
 
@@ -283,8 +283,8 @@ def test_ucf101_loader_on_real_videos(tmp_path):
     assert test.images.shape == (2, 16, 32, 32, 3)
     assert np.all(test.images[0, 9:] == test.images[0, 9])  # 10 frames: the last one repeats
     # UCF-101 → `elt extract` (3D VQ trained on the clips, sharded token arrays) → training from the shards
-    from elt.cli import main
-    from elt.engine.extract import Extracted
+    from elt.apps.cli import main
+    from elt.data.extracted import Extracted
 
     small = ["--config", "ucf101-magvit-6Nx4L", "--set", "data.image_size=32", "--set", "tokenizer.hidden=16",
              "--set", "tokenizer.codebook_size=16", "--set", "tokenizer.latent_dim=4", "--set", "tokenizer.steps=2",
@@ -298,8 +298,8 @@ def test_ucf101_loader_on_real_videos(tmp_path):
                  "--set", "model.unique_layers=1", "--set", "train.batch_size=2", "--set", "train.warmup_steps=1"]) == 0
     # `elt fvd` against the folder: decoded chunk by chunk as it streams, the same clips as the loader's
     from elt.data.ucf101 import UCF101Clips
-    from elt.engine.fid import video_metrics
-    from elt.weights import sha256_of
+    from elt.engine.scoring import video_metrics
+    from elt.utils.files import sha256_of
 
     lazy = UCF101Clips(str(root), "train", 16, 32)
     assert len(lazy) == len(train) and np.array_equal(lazy[1:3], train.images[1:3])
@@ -323,7 +323,7 @@ def test_ucf101_loader_on_real_videos(tmp_path):
     not torch.cuda.is_available(), reason="needs a CUDA device"))])
 def test_cli_video_train_sample_evaluate(tmp_path, capsys, device):
     """A tiny video run trained, sampled and evaluated on `device` (3D VQ, transformer, decoding)."""
-    from elt.cli import main
+    from elt.apps.cli import main
 
     run = tmp_path / "run"
     sets = ["data.image_size=32", "data.frames=8", "data.clips=64", "tokenizer.steps=4", "tokenizer.codebook_size=32",
@@ -350,7 +350,7 @@ def test_cli_video_train_sample_evaluate(tmp_path, capsys, device):
 
 def test_ucf101_paper_preset_builds_and_runs_at_reduced_width():
     from elt.config import apply_overrides
-    from elt.engine.assets import build_model, nominal_tokenizer
+    from elt.engine.build import build_model, nominal_tokenizer
     from elt.presets import get_preset
 
     full = get_preset("ucf101-magvit-6Nx4L")

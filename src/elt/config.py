@@ -7,22 +7,17 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import yaml
 
-from .atomic import write_text
-
-PRECISIONS = ("fp32", "bf16", "auto")
-FRAMEWORKS = ("masked", "diffusion")
-TOKENIZERS = {"masked": ("vqvae", "pixel", "torchscript", "maskgit_vqgan"), "diffusion": ("pixel", "klvae", "diffusers_vae")}
-DATASETS = ("fmnist", "digits", "folder", "mfmnist", "ucf101", "extracted")  # extracted: `elt extract` shards
-VIDEO_DATASETS = ("mfmnist", "ucf101")
-
-
-BEYOND_LMAX = 4  # sampling loops at most this many times the trained Lmax (spec §3: far above Lmax degrades)
+from .choices import (BEYOND_LMAX, DATASETS, DEVICES, DIFFUSION_SAMPLERS, FRAMEWORKS, LR_SCHEDULES, MOVING_LABELS,
+                      NOISE_SCHEDULES, OBJECTIVES, PARALLEL, PRECISIONS, PREDICTIONS, TOKENIZERS, UCF101_FOLDS,
+                      VIDEO_DATASETS, one_of)
+from .utils.atomic import write_text
 
 
 class ConfigError(ValueError):
@@ -43,7 +38,7 @@ class ModelConfig:
 
 @dataclass
 class DiffusionConfig:
-    """Diffusion framework settings (spec §4.2); ignored by the masked framework."""
+    """Diffusion framework settings (the paper's DiT setting); ignored by the masked framework."""
     prediction: str = "v"           # v | eps | x0: what the network predicts (the others are derived)
     schedule: str = "shifted_cosine"  # shifted_cosine | cosine (shift 0)
     shift: typing.Optional[float] = None  # log-SNR shift; None: 2·log(shift_reference / latent size)
@@ -114,8 +109,8 @@ class TrainConfig:
 @dataclass
 class SampleConfig:
     steps: int = 12                  # decoding steps K (masked) or denoising steps (diffusion)
-    cfg: float = 0.0                 # masked: w in (1+w)·cond − w·uncond (0 = off); diffusion: s in
-                                     # uncond + s·(cond − uncond) (1 = off)
+    guidance: float = 1.0            # classifier-free guidance s: uncond + s·(cond − uncond), both frameworks;
+                                     # 1 = off (the conditional model alone), 0 = unconditional
     sampler: str = "ddim"            # diffusion: ddim | ddpm
     clip_denoised: bool = True       # diffusion in pixel space: clip the predicted x0 to [-1, 1]
     temp_base: float = 0.5           # STemp_k = temp_base + temp_anneal·(1 − ratio)
@@ -157,56 +152,56 @@ class Config:
         m, t = self.model, self.train
         checks = [
             (self.framework in FRAMEWORKS, "framework", f"unknown framework {self.framework!r}; choose "
-             f"{' or '.join(FRAMEWORKS)}"),
+             f"{one_of(FRAMEWORKS)}"),
             (m.width > 0 and m.heads > 0 and m.width % m.heads == 0, "model.width",
              f"width {m.width} must be positive and divisible by heads {m.heads}"),
             (m.unique_layers >= 1, "model.unique_layers", "must be >= 1"),
             (m.max_loops >= 1, "model.max_loops", "must be >= 1"),
             (1 <= m.min_loops <= m.max_loops, "model.min_loops", f"must be in 1..max_loops ({m.max_loops})"),
             (0 <= m.dropout < 1, "model.dropout", "must be in [0, 1)"),
-            (self.data.dataset in DATASETS, "data.dataset", f"choose one of {', '.join(DATASETS)}"),
+            (self.data.dataset in DATASETS, "data.dataset", f"choose {one_of(DATASETS)}"),
             (self.data.dataset not in VIDEO_DATASETS or (self.framework == "masked" and self.tokenizer.kind in
              ("vqvae", "torchscript")), "tokenizer.kind",
              "video data needs the masked framework with a vqvae (3D) or torchscript tokenizer"),
             (self.data.frames >= 2, "data.frames", "must be >= 2"),
-            (self.data.label in ("class", "motion"), "data.label", "choose class or motion"),
+            (self.data.label in MOVING_LABELS, "data.label", f"choose {one_of(MOVING_LABELS)}"),
             (self.data.clips is None or self.data.clips >= 2, "data.clips", "must be >= 2 (or null for all)"),
-            (self.data.fold in (1, 2, 3), "data.fold", "UCF-101 has official splits 1, 2 and 3"),
+            (self.data.fold in UCF101_FOLDS, "data.fold", f"UCF-101's official splits are {one_of(UCF101_FOLDS)}"),
             (self.tokenizer.temporal_stages >= 0 and self.data.frames % 2 ** self.tokenizer.temporal_stages == 0,
              "tokenizer.temporal_stages", "must be >= 0 with data.frames divisible by 2^temporal_stages"),
             (self.tokenizer.kind in TOKENIZERS.get(self.framework, ()), "tokenizer.kind",
-             f"choose {' or '.join(TOKENIZERS.get(self.framework, ()))} for the {self.framework} framework"),
+             f"choose {one_of(TOKENIZERS.get(self.framework, ('?',)))} for the {self.framework} framework"),
             (self.tokenizer.codebook_size >= 2, "tokenizer.codebook_size", "must be >= 2"),
             (self.tokenizer.steps >= 1, "tokenizer.steps", "must be >= 1"),
-            (t.objective in ("ilsd", "vanilla"), "train.objective", "choose ilsd or vanilla"),
+            (t.objective in OBJECTIVES, "train.objective", f"choose {one_of(OBJECTIVES)}"),
             (t.steps >= 1, "train.steps", "must be >= 1"),
             (t.batch_size >= 1, "train.batch_size", "must be >= 1"),
             (t.lr > 0, "train.lr", "must be > 0"),
             (t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0"),
             (t.grad_accum >= 1, "train.grad_accum", "must be >= 1"),
-            (t.device in ("auto", "cpu", "cuda"), "train.device", "choose auto, cpu or cuda"),
-            (t.precision in PRECISIONS, "train.precision", "choose fp32, bf16 or auto"),
-            (self.tokenizer.precision in PRECISIONS, "tokenizer.precision", "choose fp32, bf16 or auto"),
-            (self.sample.precision in PRECISIONS, "sample.precision", "choose fp32, bf16 or auto"),
-            (t.parallel in ("ddp", "fsdp"), "train.parallel", "choose ddp or fsdp"),
-            (t.lr_schedule in ("cosine", "constant"), "train.lr_schedule", "choose cosine or constant"),
+            (t.device in DEVICES, "train.device", f"choose {one_of(DEVICES)}"),
+            (t.precision in PRECISIONS, "train.precision", f"choose {one_of(PRECISIONS)}"),
+            (self.tokenizer.precision in PRECISIONS, "tokenizer.precision", f"choose {one_of(PRECISIONS)}"),
+            (self.sample.precision in PRECISIONS, "sample.precision", f"choose {one_of(PRECISIONS)}"),
+            (t.parallel in PARALLEL, "train.parallel", f"choose {one_of(PARALLEL)}"),
+            (t.lr_schedule in LR_SCHEDULES, "train.lr_schedule", f"choose {one_of(LR_SCHEDULES)}"),
             (0 <= t.label_dropout < 1, "train.label_dropout", "must be in [0, 1)"),
             (0 <= t.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)"),
             (0 <= t.ema_decay < 1, "train.ema_decay", "must be in [0, 1) (0 disables EMA)"),
             (t.log_every >= 1 and t.ckpt_every >= 1, "train.log_every", "log_every and ckpt_every must be >= 1"),
             (t.keep_every >= 0 and t.max_nonfinite >= 0, "train.keep_every", "keep_every and max_nonfinite must be >= 0"),
             (self.sample.steps >= 1, "sample.steps", "must be >= 1"),
-            (self.sample.cfg >= 0, "sample.cfg", "must be >= 0"),
+            (self.sample.guidance >= 0 and math.isfinite(self.sample.guidance), "sample.guidance",
+             "must be a finite number >= 0 (1: no guidance)"),
             (self.sample.batch_size >= 1, "sample.batch_size", "must be >= 1"),
             (self.sample.temp_base > 0, "sample.temp_base", "must be > 0 (the last step samples at it)"),
             (self.sample.temp_anneal >= 0, "sample.temp_anneal", "must be >= 0"),
             (self.sample.choice_temperature >= 0, "sample.choice_temperature", "must be >= 0 (0: no Gumbel noise)"),
             (self.eval.n >= 2, "eval.n", "must be >= 2 (Fréchet distance needs a covariance)"),
-            (self.sample.sampler in ("ddim", "ddpm"), "sample.sampler", "choose ddim or ddpm"),
+            (self.sample.sampler in DIFFUSION_SAMPLERS, "sample.sampler", f"choose {one_of(DIFFUSION_SAMPLERS)}"),
             (m.patch_size >= 1, "model.patch_size", "must be >= 1"),
-            (self.diffusion.prediction in ("v", "eps", "x0"), "diffusion.prediction", "choose v, eps or x0"),
-            (self.diffusion.schedule in ("shifted_cosine", "cosine"), "diffusion.schedule",
-             "choose shifted_cosine or cosine"),
+            (self.diffusion.prediction in PREDICTIONS, "diffusion.prediction", f"choose {one_of(PREDICTIONS)}"),
+            (self.diffusion.schedule in NOISE_SCHEDULES, "diffusion.schedule", f"choose {one_of(NOISE_SCHEDULES)}"),
             (self.diffusion.logsnr_min < self.diffusion.logsnr_max, "diffusion.logsnr_min",
              "must be below diffusion.logsnr_max"),
             (self.diffusion.shift_reference >= 1, "diffusion.shift_reference", "must be >= 1"),
@@ -223,7 +218,7 @@ class Config:
         return self
 
 
-def _suggest(key: str, options) -> str:
+def suggest(key: str, options) -> str:
     close = difflib.get_close_matches(key, list(options), n=1)
     return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(options)})"
 
@@ -283,15 +278,18 @@ def from_dict(data: dict, base: Config | None = None) -> Config:
     top = {f.name: f for f in fields(Config)}
     for key, value in data.items():
         if key not in top:
-            raise ConfigError(f"unknown config key {key!r}{_suggest(key, top)}")
+            raise ConfigError(f"unknown config key {key!r}{suggest(key, top)}")
         section = getattr(cfg, key)
         if dataclasses.is_dataclass(section):
             if not isinstance(value, dict):
                 raise ConfigError(f"config section {key!r} must be a mapping")
             inner = {f.name: f for f in fields(section)}
             for k, v in value.items():
+                if (key, k) == ("sample", "cfg"):
+                    raise ConfigError("sample.cfg is now sample.guidance, one convention for both frameworks: s in "
+                                      "uncond + s·(cond − uncond), 1 = off (a masked run's old w is s = 1 + w)")
                 if k not in inner:
-                    raise ConfigError(f"unknown config key {key}.{k}{_suggest(k, inner)}")
+                    raise ConfigError(f"unknown config key {key}.{k}{suggest(k, inner)}")
                 setattr(section, k, _coerce(v, _field_type(inner[k]), f"{key}.{k}"))
         else:
             setattr(cfg, key, _coerce(value, _field_type(top[key]), key))
@@ -317,19 +315,25 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     return cfg
 
 
-def load_config(spec: str) -> Config:
-    """A preset name or a YAML file path → validated Config."""
-    from .presets import PRESETS, get_preset
+def read_config(path: str | Path) -> Config:
+    """A YAML config file (e.g. a run's config.yaml) → validated Config; `presets.load_config` also
+    takes preset names."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; give an existing YAML file or a preset name")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    return from_dict(_upgrade(data or {})).validate()
 
-    path = Path(spec)
-    if spec.endswith((".yaml", ".yml")) or path.is_file():
-        if not path.is_file():
-            raise ConfigError(f"config file {spec} not found; give an existing YAML file or a preset name")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {spec} is not valid YAML: {str(e).splitlines()[0]}") from None
-        return from_dict(data or {}).validate()
-    if spec not in PRESETS:
-        raise ConfigError(f"unknown preset {spec!r}{_suggest(spec, PRESETS)}; `elt presets` lists them")
-    return get_preset(spec)
+
+def _upgrade(data):
+    """A config written before `sample.guidance`: its `sample.cfg` (masked: w in (1+w)·cond − w·uncond;
+    diffusion: already s) as the guidance scale s."""
+    sample = data.get("sample") if isinstance(data, dict) else None
+    if isinstance(sample, dict) and "cfg" in sample and "guidance" not in sample:
+        w = sample.pop("cfg")
+        masked = data.get("framework", "masked") == "masked"
+        sample["guidance"] = 1 + w if masked and isinstance(w, (int, float)) else w
+    return data

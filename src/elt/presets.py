@@ -1,7 +1,7 @@
 """Named configurations. Every name carries N (unique layers) and L (max loops): `...-2Nx4L`.
 
 CPU demos (Fashion-MNIST, digits, moving Fashion-MNIST video) and the paper's ImageNet-256 and
-UCF-101 models (spec §4.1–4.4, §5).
+UCF-101 models (the three settings of the paper, its model scales and its result tables).
 The paper tokenises ImageNet with the pretrained MaskGIT VQGAN (16×16 tokens, codebook 1024): the
 ImageNet presets read a local port of it (`tokenizer.kind=maskgit_vqgan`, docs/reproduce.md).
 Short aliases (`fmnist-maskgit`, `digits-maskgit`) name the demo presets.
@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import copy
 
-from .config import (Config, DataConfig, DiffusionConfig, EvalConfig, ModelConfig, SampleConfig, TokenizerConfig,
-                     TrainConfig)
+from pathlib import Path
+
+from .config import (Config, ConfigError, DataConfig, DiffusionConfig, EvalConfig, ModelConfig, SampleConfig,
+                     TokenizerConfig, TrainConfig, read_config, suggest)
 
 
 def _fmnist_maskgit() -> Config:
@@ -30,7 +32,7 @@ def _fmnist_maskgit() -> Config:
                           compile=True),
         # 8 decoding steps decode 49 tokens as well as 12 did (acc/FD within run-to-run noise), and
         # batches of 32 keep activations in cache: ~25% faster per sample than batches of 250.
-        sample=SampleConfig(steps=8, cfg=1.0, batch_size=32),
+        sample=SampleConfig(steps=8, guidance=2.0, batch_size=32),
         eval=EvalConfig(n=500),
     )
 
@@ -63,12 +65,12 @@ def _digits_maskgit() -> Config:
         data=DataConfig(dataset="digits"),
         tokenizer=TokenizerConfig(kind="pixel", codebook_size=17),
         train=TrainConfig(steps=300, batch_size=64, lr=2e-3, warmup_steps=30, ckpt_every=100),
-        sample=SampleConfig(steps=8, cfg=1.0, batch_size=200),
+        sample=SampleConfig(steps=8, guidance=2.0, batch_size=200),
         eval=EvalConfig(n=200, classifier_epochs=30.0),
     )
 
 
-# Paper scales (spec §4.4): width, heads, MLP ratio 4.
+# The paper's model scales (B, L, XL, H): width, heads; MLP ratio 4.
 _SCALES = {"B": (768, 12), "L": (1024, 16), "XL": (1152, 16), "H": (1280, 16)}
 
 
@@ -86,7 +88,7 @@ def _imagenet_maskgit(scale: str, n: int, loops: int):
             train=TrainConfig(steps=675_000, batch_size=512, lr=1e-4, warmup_steps=5000,
                               weight_decay=0.045 * (5 if scale == "H" else 1), ema_decay=0.9999,
                               ckpt_every=10_000, log_every=100),
-            sample=SampleConfig(steps=24, cfg=0.0, batch_size=64),
+            sample=SampleConfig(steps=24, guidance=1.0, batch_size=64),
             eval=EvalConfig(n=50_000),
         )
     return make
@@ -105,7 +107,7 @@ def _fmnist64_maskgit_b() -> Config:
                                   steps=2000, batch_size=64),
         train=TrainConfig(steps=20_000, batch_size=64, lr=2e-4, warmup_steps=1000, ema_decay=0.999,
                           precision="bf16", compile=True, ckpt_every=2000, log_every=100),
-        sample=SampleConfig(steps=12, cfg=1.0, batch_size=100, precision="bf16"),
+        sample=SampleConfig(steps=12, guidance=2.0, batch_size=100, precision="bf16"),
         eval=EvalConfig(n=1000),
     )
 
@@ -129,7 +131,7 @@ def _fmnist_dit() -> Config:
                           ema_decay=0.998, compile=True, precision="auto"),
         # 25 DDIM steps (as good as 32 here: acc 0.834/0.890, fd 78.3/50.8 at L=1/4 against 0.830/0.888,
         # 78.4/50.1) and guidance 3 (uncond + 3·(cond − uncond); 2 gave acc 0.76 at L=4 on an earlier run).
-        sample=SampleConfig(steps=25, cfg=3.0, sampler="ddim", batch_size=100, precision="auto"),
+        sample=SampleConfig(steps=25, guidance=3.0, sampler="ddim", batch_size=100, precision="auto"),
         eval=EvalConfig(n=500),
     )
 
@@ -155,13 +157,13 @@ def _digits_dit() -> Config:
         tokenizer=TokenizerConfig(kind="pixel"),
         train=TrainConfig(steps=300, batch_size=64, lr=2e-3, warmup_steps=30, weight_decay=0.0, ema_decay=0.99,
                           ckpt_every=100),
-        sample=SampleConfig(steps=16, cfg=1.5, sampler="ddim", batch_size=200),
+        sample=SampleConfig(steps=16, guidance=1.5, sampler="ddim", batch_size=200),
         eval=EvalConfig(n=200, classifier_epochs=30.0),
     )
 
 
 def _imagenet_dit(n: int, loops: int):
-    """The paper's diffusion rows (spec §4.2, §5): SD v1.4 VAE latents 32×32×4, patch 2 (256 tokens),
+    """The paper's diffusion rows (its ImageNet-256 DiT table): SD v1.4 VAE latents 32×32×4, patch 2 (256 tokens),
     effective depth N·L = 32 for ELT (16 and 32 for the DiT baselines, L = 1). Width (unstated): 1920
     with 16 heads reproduces the reported sizes (≈18·d² per adaLN layer: 1N = 69M, 16N = 1.1B, 32N = 2.1B).
     CFG 3.0 is read as our diffusion scale s (uncond + s·(cond − uncond)). Set tokenizer.path to a local
@@ -176,7 +178,7 @@ def _imagenet_dit(n: int, loops: int):
             tokenizer=TokenizerConfig(kind="diffusers_vae", path="weights/sd-vae-ft-v1-4"),
             train=TrainConfig(steps=500_000, batch_size=512, lr=1e-4, warmup_steps=0, weight_decay=0.0,
                               grad_clip=1.0, ema_decay=0.9999, precision="bf16", ckpt_every=10_000, log_every=100),
-            sample=SampleConfig(steps=512, cfg=3.0, sampler="ddpm", batch_size=64, clip_denoised=False),
+            sample=SampleConfig(steps=512, guidance=3.0, sampler="ddpm", batch_size=64, clip_denoised=False),
             eval=EvalConfig(n=50_000),
         )
     return make
@@ -200,7 +202,7 @@ def _mfmnist_video() -> Config:
         # (per-frame accuracy 0.15 both); without label dropout 492 / 466.
         train=TrainConfig(steps=1100, batch_size=32, lr=3e-3, warmup_steps=100, ema_decay=0.995, compile=True,
                           precision="auto"),
-        sample=SampleConfig(steps=12, cfg=0.0, batch_size=50, precision="auto"),
+        sample=SampleConfig(steps=12, guidance=1.0, batch_size=50, precision="auto"),
         eval=EvalConfig(n=300),
     )
 
@@ -215,7 +217,7 @@ def _mfmnist_motion_video() -> Config:
 
 
 def _ucf101_video() -> Config:
-    """The paper's UCF-101 row (spec §4.3, §5): 6N×4L at width 1024 (76M parameters), 16×128×128 clips
+    """The paper's UCF-101 row (its video table): 6N×4L at width 1024 (76M parameters), 16×128×128 clips
     as 4×16×16 = 1024 tokens of a 3D VQ with codebook 1024, 12 decoding steps, no guidance; the MAGVIT
     recipe (batch 256, lr 1e-4, 5k warmup, cosine, label smoothing 1e-4, dropout 0.1). The paper uses
     MAGVIT's pretrained 3D-VQ: export a port as TorchScript and set tokenizer.kind=torchscript and
@@ -229,7 +231,7 @@ def _ucf101_video() -> Config:
         train=TrainConfig(steps=200_000, batch_size=256, lr=1e-4, warmup_steps=5000, weight_decay=0.045,
                           grad_clip=1.0, label_smoothing=1e-4, ema_decay=0.9999, precision="bf16",
                           ckpt_every=10_000, log_every=100),
-        sample=SampleConfig(steps=12, cfg=0.0, choice_temperature=4.5, batch_size=32, precision="bf16"),
+        sample=SampleConfig(steps=12, guidance=1.0, choice_temperature=4.5, batch_size=32, precision="bf16"),
         eval=EvalConfig(n=10_000),
     )
 
@@ -239,7 +241,7 @@ PRESETS = {
     "fmnist-maskgit-1Nx8L": _fmnist_maskgit_1x8,
     "fmnist-maskgit-w256-2Nx4L": _fmnist_maskgit_w256,
     "digits-maskgit-2Nx4L": _digits_maskgit,
-    # ELT rows of the masked ImageNet table (spec §5) and their non-looped baselines (L = 1).
+    # ELT rows of the paper's masked ImageNet table and their non-looped baselines (L = 1).
     "maskgit-L-8Nx3L": _imagenet_maskgit("L", 8, 3),
     "maskgit-L-12Nx2L": _imagenet_maskgit("L", 12, 2),
     "maskgit-XL-7Nx4L": _imagenet_maskgit("XL", 7, 4),
@@ -249,14 +251,14 @@ PRESETS = {
     "fmnist-dit-2Nx4L": _fmnist_dit,
     "fmnist-dit-kl-2Nx4L": _fmnist_dit_kl,
     "digits-dit-2Nx4L": _digits_dit,
-    # Diffusion rows of the ImageNet table (spec §5) and the two DiT baselines.
+    # Diffusion rows of the paper's ImageNet table and the two DiT baselines.
     "dit-16Nx2L": _imagenet_dit(16, 2),
     "dit-8Nx4L": _imagenet_dit(8, 4),
     "dit-4Nx8L": _imagenet_dit(4, 8),
     "dit-1Nx32L": _imagenet_dit(1, 32),
     "dit-16Nx1L": _imagenet_dit(16, 1),
     "dit-32Nx1L": _imagenet_dit(32, 1),
-    # Video (spec §4.3): the CPU demo on moving Fashion-MNIST and the paper's UCF-101 model.
+    # Video (the paper's MAGVIT setting): the CPU demo on moving Fashion-MNIST and the paper's UCF-101 model.
     "mfmnist-video-2Nx4L": _mfmnist_video,
     "mfmnist-motion-video-2Nx4L": _mfmnist_motion_video,
     "ucf101-magvit-6Nx4L": _ucf101_video,
@@ -269,3 +271,12 @@ PRESETS.update({alias: PRESETS[target] for alias, target in ALIASES.items()})
 
 def get_preset(name: str) -> Config:
     return copy.deepcopy(PRESETS[name]()).validate()
+
+
+def load_config(spec: str) -> Config:
+    """A preset name or a YAML file path → validated Config."""
+    if spec.endswith((".yaml", ".yml")) or Path(spec).is_file():
+        return read_config(spec)
+    if spec not in PRESETS:
+        raise ConfigError(f"unknown preset {spec!r}{suggest(spec, PRESETS)}; `elt presets` lists them")
+    return get_preset(spec)

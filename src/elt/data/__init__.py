@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import DATASETS, VIDEO_DATASETS  # noqa: F401  (one list, kept with the config's validation)
+from ..choices import DATASETS, SPLITS
 from .digits import load_digits_split
 from .fmnist import FMNIST_CLASSES, load_fmnist, upscale
 from .folder import load_image_folder
@@ -46,7 +46,7 @@ class ImageData:
 def load_data(dataset: str, split: str, data_dir: str | None = None, image_size: int | None = None,
               strict_images: bool = False, frames: int = 16, label: str = "class", clips: int | None = None,
               fold: int = 1) -> ImageData:
-    if split not in ("train", "test"):
+    if split not in SPLITS:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if dataset == "fmnist":
         images, labels = load_fmnist(split, data_dir)

@@ -14,6 +14,7 @@ import hashlib
 
 import numpy as np
 
+from ..choices import MOVING_LABELS
 from .fmnist import FMNIST_CLASSES, load_fmnist
 
 DIRECTIONS = ("right", "down-right", "down", "down-left", "left", "up-left", "up", "up-right")
@@ -56,7 +57,7 @@ def render(garments: np.ndarray, positions: np.ndarray, size: int) -> np.ndarray
 def load_moving_fmnist(split: str, data_dir: str | None = None, frames: int = 16, size: int = 64,
                        clips: int | None = None, label: str = "class"):
     """(clips uint8 (N, frames, size, size, 1), labels, aux_labels, class names, fingerprint)."""
-    if label not in ("class", "motion"):
+    if label not in MOVING_LABELS:
         raise ValueError(f"moving-fmnist label must be 'class' or 'motion', got {label!r}")
     if frames < 2:
         raise ValueError(f"a clip needs at least 2 frames, got data.frames={frames}")

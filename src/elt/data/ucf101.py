@@ -18,9 +18,9 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .folder import unreadable
+from ..utils.progress import bar
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def load_ucf101(root: str | None, split: str, frames: int = 16, size: int | None
     """(clips uint8 (N, frames, size, size, 3), labels (N,), class names) of an official split."""
     source = UCF101Clips(root, split, frames, size, fold, clips, strict)
     videos, labels = [], []
-    for i in tqdm(range(len(source)), desc=f"decode ucf101 {split}", disable=not progress, dynamic_ncols=True):
+    for i in bar(range(len(source)), desc=f"decode ucf101 {split}", progress=progress):
         clip = source.decode(i)
         if clip is not None:
             videos.append(clip)

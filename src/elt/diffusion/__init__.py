@@ -1,4 +1,4 @@
-"""Diffusion framework (DiT-style, spec §4.2): looped DiT, log-SNR schedules, loss, samplers."""
+"""Diffusion framework (DiT-style, the paper's second setting): looped DiT, log-SNR schedules, loss, samplers."""
 from .framework import DiffusionFramework, to_x0_eps
 from .model import DiT
 from .sampler import DiffusionSampler

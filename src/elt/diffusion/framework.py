@@ -1,4 +1,4 @@
-"""Diffusion training (spec §4.2): noising, one prediction target, sigmoid-weighted MSE for both
+"""Diffusion training (the paper's DiT setting): noising, one prediction target, sigmoid-weighted MSE for both
 ILSD terms, label dropout.
 
 Per example: t ~ U[0, 1) (stratified across the batch), ε ~ N(0, I), x_t = α_t·x₀ + σ_t·ε. The
@@ -13,7 +13,7 @@ import torch
 
 from .schedules import LogSNRSchedule
 
-PREDICTIONS = ("v", "eps", "x0")
+from ..choices import PREDICTIONS
 
 
 def to_x0_eps(pred: torch.Tensor, x_t: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, prediction: str):

@@ -1,4 +1,4 @@
-"""The looped DiT denoiser (Peebles & Xie 2023, spec §4.2), read top to bottom like DiT's models.py.
+"""The looped DiT denoiser (Peebles & Xie 2023; the paper's diffusion setting), read top to bottom like DiT's models.py.
 
 Input latents (B, C, H, W) → p×p patches → tokens + fixed 2D sin-cos positions; conditioning
 c = timestep embedding + class embedding (id `num_classes` is the null class used for label dropout
@@ -14,8 +14,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from ..layers import AdaLNBlock, adaln_block_flops, modulate
-from ..looped import LoopedModel, LoopedStack
+from ..core.layers import AdaLNBlock, adaln_block_flops, modulate
+from ..core.looped import LoopedModel, LoopedStack
 
 
 class TimestepEmbedder(nn.Module):

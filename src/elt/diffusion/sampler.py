@@ -18,18 +18,18 @@ from dataclasses import dataclass
 
 import torch
 
-from ..loops import as_policy, loops_at, per_step_counts, relative_rms_change, run_policy
+from ..core.loops import as_policy, loops_at, per_step_counts, relative_rms_change, run_policy
 from .framework import to_x0_eps
 from .schedules import LogSNRSchedule
 
-SAMPLERS = ("ddim", "ddpm")
+from ..choices import DIFFUSION_SAMPLERS as SAMPLERS
 
 
 @dataclass
 class DiffusionSampler:
     schedule: LogSNRSchedule
     steps: int = 50
-    cfg: float = 1.0
+    guidance: float = 1.0
     kind: str = "ddim"
     prediction: str = "v"
     clip: float | None = None  # clip x̂₀ to [-clip, clip] (pixel space: 1); None for latents
@@ -37,42 +37,42 @@ class DiffusionSampler:
     def __post_init__(self):
         if self.steps < 1:
             raise ValueError(f"sampling steps must be >= 1, got {self.steps}")
-        if self.cfg < 0:
-            raise ValueError(f"guidance scale must be >= 0 (1 = no guidance), got {self.cfg}")
+        if not self.guidance >= 0:
+            raise ValueError(f"guidance scale must be >= 0 (1 = no guidance), got {self.guidance}")
         if self.kind not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.kind!r}")
 
     @property
     def guided(self) -> bool:
-        return self.cfg != 1.0
+        return self.guidance != 1.0
 
     def settings(self) -> dict:
-        return {"sampler": self.kind, "steps": self.steps, "cfg": self.cfg, "prediction": self.prediction,
+        return {"sampler": self.kind, "steps": self.steps, "guidance": self.guidance, "prediction": self.prediction,
                 "clip": self.clip, "logsnr_shift": round(self.schedule.shift, 6)}
 
-    def flops(self, model, loops) -> float:
+    def flops(self, model, policy) -> float:
         """Network FLOPs of sampling one example (x2 with guidance); decoder excluded. Adaptive exit:
         the loops and heads it ran, on average."""
-        total = sum(model.flops(L, heads=h) for L, h in per_step_counts(loops, self.steps))
+        total = sum(model.flops(L, heads=h) for L, h in per_step_counts(policy, self.steps))
         return float(total * (2 if self.guided else 1))
 
-    def predict(self, model, x, t, labels, loops, step: int = 0) -> torch.Tensor:
-        """The guided prediction at time t; `loops` a loop count or an AdaptiveLoops (the relative
+    def predict(self, model, x, t, labels, step_policy, step: int = 0) -> torch.Tensor:
+        """The guided prediction at time t; `step_policy` a loop count or an AdaptiveLoops (the relative
         change of the prediction between loops decides; both guidance halves stop together)."""
         tt = torch.full((x.shape[0],), float(t), device=x.device)
         if not self.guided:
-            return run_policy(model, (x, tt, labels), loops, step, relative_rms_change).float()
+            return run_policy(model, (x, tt, labels), step_policy, step, relative_rms_change).float()
         null = torch.full_like(labels, model.null_class)
-        both = run_policy(model, (torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([labels, null])), loops, step,
+        both = run_policy(model, (torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([labels, null])), step_policy, step,
                           relative_rms_change, groups=2).float()
         cond, uncond = both.chunk(2)
-        return torch.lerp(uncond, cond, self.cfg)
+        return torch.lerp(uncond, cond, self.guidance)
 
     @torch.no_grad()
-    def __call__(self, model, labels: torch.Tensor, loops, generator: torch.Generator | None = None,
+    def __call__(self, model, labels: torch.Tensor, policy, generator: torch.Generator | None = None,
                  callback=None) -> torch.Tensor:
-        """Latents (B, C, H, W) for class `labels` (B,); `loops`: an int, a LoopSchedule or an AdaptiveLoops."""
-        policy = as_policy(loops)
+        """Latents (B, C, H, W) for class `labels` (B,); `policy`: an int, a LoopSchedule or an AdaptiveLoops."""
+        policy = as_policy(policy)
         shape = (labels.shape[0], model.in_channels, model.input_size, model.input_size)
         x = torch.randn(shape, generator=generator).to(labels.device)
         ts = torch.linspace(1.0, 0.0, self.steps + 1)

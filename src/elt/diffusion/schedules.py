@@ -1,4 +1,4 @@
-"""Continuous-time noise schedules in log-SNR (Kingma et al. 2021; Hoogeboom et al. 2023), spec §4.2.
+"""Continuous-time noise schedules in log-SNR (Kingma et al. 2021; Hoogeboom et al. 2023), as the paper's DiT setting uses them.
 
 x_t = α_t·x₀ + σ_t·ε with α² = sigmoid(λ), σ² = sigmoid(−λ) (variance preserving), t ∈ [0, 1]:
 t = 0 is (almost) clean data, t = 1 (almost) pure noise.

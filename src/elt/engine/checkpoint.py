@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .assets import load_weights
+from .store import load_weights
 from .distributed import like, optimizer_state_like
 
 

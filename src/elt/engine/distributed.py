@@ -45,7 +45,8 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
+            raise ValueError("device cuda was asked for (--device or train.device) but no CUDA GPU is visible here; "
+                             "use cpu or auto")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
 

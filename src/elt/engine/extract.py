@@ -13,7 +13,6 @@ first on at most `tokenizer_examples` examples and saved in the folder.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -21,16 +20,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
 
-from ..atomic import write_text
 from ..config import Config
 from ..data import ImageData
 from ..data.folder import list_image_folder, read_image, unreadable
-from ..tokenizers.vqvae import as_tensor, to_float
+from ..utils.arrays import as_tensor, to_float
+from ..utils.atomic import write_text
+from ..utils.progress import bar
+from .build import is_learned, load_split, make_tokenizer, manifest_settings, tokenizer_hash
+from .cache import get_tokenizer
 from .distributed import rank_world
-from .assets import (get_tokenizer, hash_weights, is_learned, load_split, load_weights, make_tokenizer, save_arrays,
-                     save_weights)
+from .store import load_weights, save_arrays, save_weights
 
 log = logging.getLogger("elt")
 VERSION = 1
@@ -52,10 +52,6 @@ def _source(cfg: Config, split: str):
         return items, lambda it: decode_clip(root / it[0], d.frames, d.image_size or 128), lambda it: it[1], classes
     data = load_split(cfg, split)  # the embedded data sets are small: read them whole
     return (list(range(len(data))), lambda i: data.images[i], lambda i: int(data.labels[i]), data.class_names)
-
-
-def _tokenizer_hash(tokenizer) -> str:
-    return hash_weights(tokenizer).hexdigest()[:16]
 
 
 def _read(it, read, strict: bool) -> np.ndarray | None:
@@ -81,16 +77,10 @@ def _fit_tokenizer(cfg: Config, items, read, label, classes, limit: int, probe: 
     if not is_learned(tok):
         return tok
     sub = items[:: max(1, len(items) // limit)][:limit]
-    got = [(x, label(it)) for it in tqdm(sub, desc="tokenizer data", disable=not progress, dynamic_ncols=True)
+    got = [(x, label(it)) for it in bar(sub, desc="tokenizer data", progress=progress)
            if (x := _read(it, read, cfg.data.strict_images)) is not None]
     data = ImageData(np.stack([x for x, _ in got]), np.asarray([y for _, y in got]), classes)
     return get_tokenizer(cfg, data, cfg.train.seed, progress)
-
-
-def manifest_settings(cfg: Config) -> dict:
-    """What must match between an extraction and the training that reads it."""
-    return {"framework": cfg.framework, "tokenizer": dataclasses.asdict(cfg.tokenizer),
-            "image_size": cfg.data.image_size, "frames": cfg.data.frames}
 
 
 def extract(cfg: Config, out: str | Path, split: str = "train", shard_size: int = 4096, flip: bool = False,
@@ -122,7 +112,7 @@ def extract(cfg: Config, out: str | Path, split: str = "train", shard_size: int 
             "example_shape": list(probe.shape),
             "num_shards": num_shards, "examples": len(items), "flip": flip, "split": split, "classes": classes,
             "dataset": cfg.data.dataset, "data_dir": str(cfg.data.data_dir), "settings": manifest_settings(cfg),
-            "tokenizer_hash": _tokenizer_hash(tokenizer)}
+            "tokenizer_hash": tokenizer_hash(tokenizer)}
     if rank == 0:
         if manifest_path.is_file():
             old = json.loads(manifest_path.read_text())
@@ -137,7 +127,7 @@ def extract(cfg: Config, out: str | Path, split: str = "train", shard_size: int 
     if len(todo) < len(range(rank, num_shards, world)) and rank == 0:
         log.info("resuming extraction in %s: %d of %d shards left", out, len(todo), num_shards)
     skipped = 0
-    for i in tqdm(todo, desc=f"extract {meta['what']}", disable=not progress or rank > 0, dynamic_ncols=True):
+    for i in bar(todo, desc=f"extract {meta['what']}", progress=progress and rank == 0):
         examples, labels = [], []
         for it in items[i * shard_size: (i + 1) * shard_size]:
             x = _read(it, read, cfg.data.strict_images)
@@ -161,71 +151,3 @@ def extract(cfg: Config, out: str | Path, split: str = "train", shard_size: int 
     if world > 1:
         dist.barrier()
     return out
-
-
-class Extracted:
-    """The shards of an extraction as one indexable array: `codes[idx]` (a LongTensor of example ids)
-    gives token ids (long) or latents (float32); shards stay memory-mapped."""
-
-    def __init__(self, folder: str | Path):
-        self.folder = Path(folder) if folder else None
-        path = self.folder / "manifest.json" if self.folder else None
-        if path is None or not path.is_file():
-            raise FileNotFoundError(f"{path or 'data.data_dir'}: no extraction manifest; run `elt extract --out DIR` "
-                                    f"first and pass that DIR as --data-dir")
-        try:
-            self.meta = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is damaged ({e}); run `elt extract` again into a new folder") from None
-        missing = [i for i in range(self.meta["num_shards"]) if not (self.folder / f"shard_{i:05d}.npy").is_file()]
-        if missing:
-            raise ValueError(f"{self.folder}: {len(missing)} of {self.meta['num_shards']} shards missing (e.g. "
-                             f"shard_{missing[0]:05d}); rerun the same `elt extract` command to finish it")
-        self.shards = [np.load(self.folder / f"shard_{i:05d}.npy", mmap_mode="r") for i in range(self.meta["num_shards"])]
-        self.labels = torch.from_numpy(np.concatenate(
-            [np.load(self.folder / f"shard_{i:05d}.labels.npy") for i in range(self.meta["num_shards"])]))
-        self.offsets = np.cumsum([0] + [len(s) for s in self.shards])
-        self.classes = list(self.meta["classes"])
-        self.latents = self.meta["what"] == "latents"
-
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
-
-    @property
-    def shape(self) -> tuple:
-        return (len(self), *self.meta["shape"])
-
-    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
-        idx = np.asarray(idx)
-        shard = np.searchsorted(self.offsets, idx, side="right") - 1
-        out = np.empty((len(idx), *self.meta["shape"]), np.float32 if self.latents else np.int64)
-        for s in np.unique(shard):
-            sel = shard == s
-            rows = idx[sel] - self.offsets[s]
-            order = np.argsort(rows)  # sorted reads from the memory map
-            out[np.flatnonzero(sel)[order]] = self.shards[s][rows[order]]
-        return torch.from_numpy(out)
-
-    def check(self, cfg: Config) -> None:
-        """The training config must use the extraction's tokenizer, image size and framework."""
-        want, got = self.meta["settings"], json.loads(json.dumps(manifest_settings(cfg)))
-        diff = sorted(k for k in want if want[k] != got.get(k))
-        if diff:
-            raise ValueError(f"{self.folder} was extracted with other {', '.join(diff)} than this config; train with "
-                             f"the config the extraction used (its manifest.json), or extract again")
-
-    def as_data(self) -> ImageData:
-        """No images (shape (0, *example)), the labels and class names: what building the tokenizer and
-        the model and naming classes need."""
-        return ImageData(np.zeros((0, *self.meta["example_shape"]), np.uint8), self.labels.numpy(), self.classes)
-
-    def tokenizer(self, cfg: Config):
-        """The config's tokenizer, with the extraction's weights when elt trained it."""
-        self.check(cfg)
-        tok = make_tokenizer(cfg, self.as_data())
-        if is_learned(tok):
-            load_weights(tok, self.folder / "tokenizer.safetensors", "tokenizer", "run `elt extract` again")
-        if _tokenizer_hash(tok) != self.meta["tokenizer_hash"]:
-            raise ValueError(f"the tokenizer this config loads is not the one {self.folder} was extracted with "
-                             f"(its weights differ); use the same tokenizer file, or extract again")
-        return tok.eval()

@@ -19,13 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
 
-from ..atomic import write_text
-from ..metrics.export import export_adm_npz
+from ..utils.atomic import write_text
 from .distributed import rank_world
-from .assets import save_arrays
-from .generate import Run, balanced_labels, sample_local, sampling_settings
+from .media import export_adm_npz
+from .run import Run
+from .sampling import balanced_labels, sample_local, sampling_settings
+from .store import save_arrays
+from ..utils.progress import bar
 
 log = logging.getLogger("elt")
 
@@ -34,7 +35,7 @@ def folder_name(run: Run, settings: dict) -> str:
     """`<run>_ckpt<step>_L<loops>_K<steps>_cfg<cfg>[_temp<t>]_seed<seed>_n<n>`, from the settings."""
     parts = [run.path.name, f"ckpt{settings['checkpoint_step']}", f"L{settings['loops']}"]
     parts.append(f"K{settings['steps']}")
-    parts.append(f"cfg{settings['cfg']}")
+    parts.append(f"guidance{settings['guidance']}")
     for k in sorted(settings):
         if "temp" in k:
             parts.append(f"{k}{settings[k]}")
@@ -50,12 +51,12 @@ def _shard_ok(path: Path, n: int) -> bool:
         return False
 
 
-def sample_folder(run: Run, loops, how: dict, out_root: str | Path, n: int, seed: int = 0, steps: int | None = None,
-                  cfg_scale: float | None = None, shard_size: int = 1000, classes: list[int] | None = None,
+def sample_folder(run: Run, policy, how: dict, out_root: str | Path, n: int, seed: int = 0, steps: int | None = None,
+                  guidance: float | None = None, shard_size: int = 1000, classes: list[int] | None = None,
                   progress: bool = True) -> Path:
     """Writes (or completes) the sample folder under `out_root` and returns its path."""
     rank, world = rank_world()
-    settings = {**how, **sampling_settings(run, steps, cfg_scale), "seed": seed, "checkpoint_step": run.step,
+    settings = {**how, **sampling_settings(run, steps, guidance), "seed": seed, "checkpoint_step": run.step,
                 "n": n, "shard_size": shard_size, "classes": classes}
     folder = Path(out_root) / folder_name(run, settings)
     manifest = folder / "manifest.json"
@@ -77,9 +78,9 @@ def sample_folder(run: Run, loops, how: dict, out_root: str | Path, n: int, seed
     done = len(shards[rank::world]) - len(mine)
     if done and rank == 0:
         log.info("resuming %s: %d shards already there", folder, done)
-    for i, lab in tqdm(mine, desc="shards", disable=not progress or rank > 0, dynamic_ncols=True):
+    for i, lab in bar(mine, desc="shards", progress=progress and rank == 0):
         gen = torch.Generator().manual_seed(seed * 1_000_003 + i)
-        images = sample_local(run, loops, lab, gen, steps, cfg_scale)
+        images = sample_local(run, policy, lab, gen, steps, guidance)
         save_arrays(folder / f"shard_{i:05d}.npz", images=images, labels=lab.numpy().astype(np.int64))
     if world > 1:
         dist.barrier()

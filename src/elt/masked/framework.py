@@ -1,6 +1,6 @@
 """Masked-token training: cosine mask schedule, corruption, and the two ILSD loss terms.
 
-Training mask (spec §4.1): per example r ~ U[0,1), γ(r) = cos(πr/2), ceil(γ·T) random positions
+Training mask (MaskGIT's, which the paper keeps): per example r ~ U[0,1), γ(r) = cos(πr/2), ceil(γ·T) random positions
 become [MASK]; 10% of labels become the null class; losses are means over masked positions.
 """
 from __future__ import annotations

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layers import Block, block_flops
-from ..looped import LoopedModel, LoopedStack
+from ..core.layers import Block, block_flops
+from ..core.looped import LoopedModel, LoopedStack
 
 
 class MaskedTransformer(LoopedModel):

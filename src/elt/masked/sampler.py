@@ -1,4 +1,4 @@
-"""MaskGIT decoding (spec §4.1) with a loop schedule chosen by the caller.
+"""MaskGIT decoding (Chang et al. 2022, as the paper runs it) with a loop schedule chosen by the caller.
 
 At step k of K, ratio = (k+1)/K:
   1. sample ids at masked positions from softmax(logits / STemp_k), STemp_k = t0 + t1·(1 − ratio);
@@ -6,7 +6,8 @@ At step k of K, ratio = (k+1)/K:
      decoded tokens are final (only masked positions are candidates);
   3. keep floor(T·cos(π/2·ratio)) lowest-confidence positions masked (≥1 and ≤ #masked−1 while
      steps remain), so every position is decoded after K steps.
-CFG: logits = (1+w)·cond − w·uncond with the null class; w = 0 runs the conditional model only.
+Guidance (both frameworks' convention): logits = uncond + s·(cond − uncond) with the null class (the
+paper's (1+w)·cond − w·uncond is s = 1 + w); s = 1 runs the conditional model only.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..loops import as_policy, logits_kl_change, loops_at, per_step_counts, run_policy
+from ..core.loops import as_policy, logits_kl_change, loops_at, per_step_counts, run_policy
 
 
 def gumbel(shape, generator: torch.Generator | None) -> torch.Tensor:
@@ -34,7 +35,7 @@ def categorical(logits: torch.Tensor, generator: torch.Generator | None) -> torc
 @dataclass
 class MaskGITSampler:
     steps: int = 12
-    cfg: float = 0.0
+    guidance: float = 1.0
     temp_base: float = 0.5
     temp_anneal: float = 0.8
     choice_temperature: float = 4.5
@@ -42,12 +43,16 @@ class MaskGITSampler:
     def __post_init__(self):
         if self.steps < 1:
             raise ValueError(f"decoding steps must be >= 1, got {self.steps}")
-        if self.cfg < 0:
-            raise ValueError(f"cfg scale must be >= 0, got {self.cfg}")
+        if not self.guidance >= 0:
+            raise ValueError(f"guidance scale must be >= 0 (1 = no guidance), got {self.guidance}")
+
+    @property
+    def guided(self) -> bool:
+        return self.guidance != 1.0
 
     def settings(self) -> dict:
         """Every setting that changes the samples (for reports and output names)."""
-        return {"steps": self.steps, "cfg": self.cfg, "temp_base": self.temp_base, "temp_anneal": self.temp_anneal,
+        return {"steps": self.steps, "guidance": self.guidance, "temp_base": self.temp_base, "temp_anneal": self.temp_anneal,
                 "choice_temperature": self.choice_temperature}
 
     def masked_after(self, step: int, num_tokens: int) -> int:
@@ -61,36 +66,36 @@ class MaskGITSampler:
             return 0
         return min(max(1, self.masked_after(step, num_tokens)), masked - 1)
 
-    def flops(self, model, loops) -> float:
+    def flops(self, model, policy) -> float:
         """Transformer FLOPs of decoding one sample (x2 with CFG): every layer at every step, the head
         only at the positions still masked. Adaptive exit: the loops and heads it ran, on average."""
         t, masked, total = model.num_tokens, model.num_tokens, 0.0
-        for k, (L, heads) in enumerate(per_step_counts(loops, self.steps)):
+        for k, (L, heads) in enumerate(per_step_counts(policy, self.steps)):
             layers = model.flops(L, heads=0)
             total += layers + (model.flops(L, heads=heads) - layers) * masked / t
             masked = self.keep_masked(k, t, masked)
-        return total * (2 if self.cfg > 0 else 1)
+        return total * (2 if self.guided else 1)
 
-    def logits(self, model, tokens, labels, loops, positions: torch.Tensor | None = None, step: int = 0) -> torch.Tensor:
-        """Guided logits (B, T, V), or (B, n, V) at `positions` (B, n) only; `loops` a loop count or an
+    def logits(self, model, tokens, labels, step_policy, positions: torch.Tensor | None = None, step: int = 0) -> torch.Tensor:
+        """Guided logits (B, T, V), or (B, n, V) at `positions` (B, n) only; `step_policy` a loop count or an
         AdaptiveLoops (guidance: both halves of an example stop together)."""
-        if self.cfg == 0:
-            return run_policy(model, (tokens, labels), loops, step, logits_kl_change, positions=positions).float()
+        if not self.guided:
+            return run_policy(model, (tokens, labels), step_policy, step, logits_kl_change, positions=positions).float()
         null = torch.full_like(labels, model.null_class)
-        both = run_policy(model, (torch.cat([tokens, tokens]), torch.cat([labels, null])), loops, step,
+        both = run_policy(model, (torch.cat([tokens, tokens]), torch.cat([labels, null])), step_policy, step,
                           logits_kl_change, groups=2,
                           positions=None if positions is None else torch.cat([positions, positions])).float()
         cond, uncond = both.chunk(2)
-        return torch.lerp(uncond, cond, 1 + self.cfg)  # (1+w)·cond − w·uncond in one pass
+        return torch.lerp(uncond, cond, self.guidance)  # uncond + s·(cond − uncond) in one pass
 
     @torch.no_grad()
-    def __call__(self, model, labels: torch.Tensor, loops, generator: torch.Generator | None = None,
+    def __call__(self, model, labels: torch.Tensor, policy, generator: torch.Generator | None = None,
                  callback=None) -> torch.Tensor:
-        """Decode token ids (B, T) for class `labels` (B,); `loops`: an int, a LoopSchedule or an AdaptiveLoops.
+        """Decode token ids (B, T) for class `labels` (B,); `policy`: an int, a LoopSchedule or an AdaptiveLoops.
 
         Every row has the same number n of masked positions at every step, so the head decodes just
         those: logits (B, n, V)."""
-        policy = as_policy(loops)
+        policy = as_policy(policy)
         b, t = labels.shape[0], model.num_tokens
         tokens = torch.full((b, t), model.mask_id, dtype=torch.long, device=labels.device)
         for k in range(self.steps):

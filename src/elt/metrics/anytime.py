@@ -1,17 +1,10 @@
-"""The any-time report: quality, seconds and GFLOPs per loop count, as JSON, a plot and a table."""
+"""The any-time report — quality, seconds and GFLOPs per loop count — as text tables and a plot."""
 from __future__ import annotations
-
-import json
-from pathlib import Path
-
-import numpy as np
-
-from ..atomic import write_text
 
 
 def settings_tag(report: dict) -> str:
     s = report["sampling"]
-    return f"steps{s['steps']}_cfg{s['cfg']:g}_seed{s['seed']}_n{s['n']}_ckpt{report['checkpoint_step']}"
+    return f"steps{s['steps']}_guidance{s['guidance']:g}_seed{s['seed']}_n{s['n']}_ckpt{report['checkpoint_step']}"
 
 
 def format_table(report: dict) -> str:
@@ -35,9 +28,12 @@ def markdown_table(report: dict) -> str:
     return "\n".join(rows)
 
 
-def plot_report(report: dict, path: Path) -> None:
-    """Quality against GFLOPs per sample: constant L as a line of circles; with a schedule search,
-    per-step schedules (triangles), adaptive exit (squares) and the frontier (dashed)."""
+def plot_report(report: dict) -> bytes:
+    """The report's plot as PNG bytes: quality against GFLOPs per sample, constant L as a line of
+    circles; with a schedule search, per-step schedules (triangles), adaptive exit (squares) and the
+    frontier (dashed)."""
+    import io
+
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -77,8 +73,10 @@ def plot_report(report: dict, path: Path) -> None:
             ax.legend(fontsize=7)
     fig.suptitle(f"{report['config']} ({report['objective']}) — {settings_tag(report)}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
+    return buffer.getvalue()
 
 
 def format_schedules(report: dict) -> str:
@@ -97,69 +95,3 @@ def format_schedules(report: dict) -> str:
                      f"constant {c['constant']} fd {c.get('constant_fd_' + p) or float('nan'):.2f} vs best schedule "
                      f"{c['best_schedule']} fd {c['schedule_fd_' + p]:.2f}")
     return "\n".join(lines)
-
-
-def write_report(report: dict, run_dir: Path) -> Path:
-    """anytime.json/.png in the run folder, and a copy named after the sampling settings in eval/."""
-    run_dir = Path(run_dir)
-    tagged = run_dir / "eval" / settings_tag(report)
-    tagged.parent.mkdir(parents=True, exist_ok=True)
-    for base in (run_dir / "anytime", tagged):
-        write_text(base.with_suffix(".json"), json.dumps(report, indent=2))
-        plot_report(report, base.with_suffix(".png"))
-    return run_dir / "anytime.json"
-
-
-def grid_canvas(images: np.ndarray, rows: int, cols: int, pad: int = 2) -> np.ndarray:
-    """uint8 images (rows·cols, H, W, C), row-major → one uint8 canvas with `pad` white pixels between tiles."""
-    n, h, w, c = images.shape
-    if n != rows * cols:
-        raise ValueError(f"grid of {rows}x{cols} needs {rows * cols} images, got {n}")
-    canvas = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, dtype=np.uint8)
-    for i, img in enumerate(images):
-        r, col = divmod(i, cols)
-        canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = img
-    return canvas
-
-
-def _pil(canvas: np.ndarray, scale: int):
-    from PIL import Image
-
-    im = Image.fromarray(canvas[..., 0] if canvas.shape[-1] == 1 else canvas)
-    return im.resize((im.width * scale, im.height * scale), Image.NEAREST) if scale > 1 else im
-
-
-def save_grid(images: np.ndarray, rows: int, cols: int, path: Path, scale: int = 1, pad: int = 2) -> None:
-    """uint8 images (rows·cols, H, W, C), row-major, → one PNG with `pad` pixels between tiles."""
-    _pil(grid_canvas(images, rows, cols, pad), scale).save(path)
-
-
-def video_grid(clips: np.ndarray, rows: int, cols: int, pad: int = 2) -> np.ndarray:
-    """uint8 clips (rows·cols, T, H, W, C) → uint8 frames of the grid (T, H', W', C)."""
-    return np.stack([grid_canvas(clips[:, t], rows, cols, pad) for t in range(clips.shape[1])])
-
-
-def save_video_grid(clips: np.ndarray, rows: int, cols: int, path: Path, scale: int = 1, fps: int = 8,
-                    pad: int = 2) -> list[Path]:
-    """uint8 clips (rows·cols, T, H, W, C), row-major → an animated GIF at `path` (looping), and an
-    MP4 beside it when PyAV is installed. Returns the files written."""
-    frames = [_pil(f, scale) for f in video_grid(clips, rows, cols, pad)]
-    path = Path(path)
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=round(1000 / fps), loop=0)
-    written = [path]
-    try:
-        import av
-    except ImportError:
-        return written
-    mp4 = path.with_suffix(".mp4")
-    with av.open(str(mp4), "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width, stream.height = (frames[0].width + 1) // 2 * 2, (frames[0].height + 1) // 2 * 2  # even sides
-        stream.pix_fmt = "yuv420p"
-        for im in frames:
-            rgb = np.zeros((stream.height, stream.width, 3), np.uint8)
-            rgb[: im.height, : im.width] = np.asarray(im.convert("RGB"))
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
-        out.mux(stream.encode())
-    written.append(mp4)
-    return written

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from ..tokenizers.vqvae import to_float
+from ..utils.arrays import to_float
+from ..utils.progress import bar
 
 
 class FeatureClassifier(nn.Module):
@@ -53,7 +53,7 @@ def fit_classifier(model: nn.Module, n: int, batch_loss, epochs: float, batch_si
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
     model.train()
-    for _ in tqdm(range(steps), desc=desc, disable=not progress, dynamic_ncols=True):
+    for _ in bar(range(steps), desc=desc, progress=progress):
         loss = batch_loss(torch.randint(0, n, (batch_size,), generator=g))
         opt.zero_grad(set_to_none=True)
         loss.backward()

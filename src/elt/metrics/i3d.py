@@ -7,7 +7,7 @@ Features: clips (N, T, H, W, C) uint8 → float (N, C, T, H, W) in [0, 255], gra
 3 channels, then `detector(x, rescale=True, resize=True, return_features=True)` (the network
 rescales to [-1, 1] and resizes to 224×224 itself), giving 400-d logits-layer features; FVD is the
 Fréchet distance of their Gaussians (`elt.metrics.frechet`). StyleGAN-V's FVD-2048 uses 2048 clips
-of 16 frames; the paper's UCF-101 protocol (spec §4.3) 10,000 generated clips. `InceptionI3d` below
+of 16 frames; the paper's UCF-101 protocol uses 10,000 generated clips. `InceptionI3d` below
 is the network itself (pytorch-i3d's layout), which the tests script with random weights.
 """
 from __future__ import annotations
@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..tokenizers.vqvae import as_tensor
-from ..weights import verify_file
+from ..utils.arrays import as_tensor
+from ..utils.files import verify_file
 
 # SHA-256 of i3d_torchscript.pt as published with community evaluators' asset lists (the file could
 # not be fetched here to re-check it); pass sha256=None to skip the check for a file you trust.

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..tokenizers.vqvae import as_tensor
-from ..weights import verify_file
+from ..utils.arrays import as_tensor
+from ..utils.files import verify_file
 
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 SHA256_PREFIX = "6726825d"

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..tokenizers.vqvae import as_tensor, to_float
+from ..utils.arrays import as_tensor, to_float
 from .classifier import fit_classifier
 
 

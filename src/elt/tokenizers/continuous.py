@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .vqvae import conv_decoder, conv_encoder, to_float, train_autoencoder
+from ..utils.arrays import to_float
+from .vqvae import conv_decoder, conv_encoder, train_autoencoder
 
 
 class PixelSpace(nn.Module):

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..weights import verify_file
+from ..utils.files import verify_file
 
 WHERE = ("convert MaskGIT's ImageNet VQGAN checkpoint to PyTorch (open-muse's maskgit-vqgan-imagenet-f16-256 "
          "holds one) and set tokenizer.path to the .safetensors/.bin/.pth file")

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from ..weights import verify_file
+from ..utils.files import verify_file
 
 
 class ScriptedTokenizer(nn.Module):

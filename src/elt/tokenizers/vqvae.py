@@ -16,7 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+
+from ..utils.arrays import as_tensor, to_float
+from ..utils.progress import bar
 
 log = logging.getLogger(__name__)
 
@@ -191,18 +193,6 @@ class VQVAE(nn.Module):
         return recon + self.beta * commit, recon
 
 
-def as_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """A numpy array as a tensor without a copy (one copy if the array is read-only, e.g. a file buffer)."""
-    if isinstance(images, torch.Tensor):
-        return images
-    return torch.from_numpy(images if images.flags.writeable else np.array(images, copy=True))
-
-
-def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 images (N, H, W, C) → float (N, C, H, W) in [0, 1]; clips (N, T, H, W, C) → (N, C, T, H, W)."""
-    return as_tensor(images).movedim(-1, 1).float().div_(255.0)
-
-
 def train_autoencoder(model: nn.Module, images: np.ndarray, steps: int, batch_size: int = 128, lr: float = 2e-3,
                       seed: int = 0, progress: bool = True, bf16: bool = False, desc: str = "tokenizer",
                       device: str | torch.device | None = None):
@@ -222,8 +212,8 @@ def train_autoencoder(model: nn.Module, images: np.ndarray, steps: int, batch_si
     model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
-    bar = tqdm(range(steps), desc=desc, disable=not progress, dynamic_ncols=True)
-    for step in bar:
+    pbar = bar(range(steps), desc=desc, progress=progress)
+    for step in pbar:
         batch = to_float(data[torch.randint(0, len(data), (batch_size,), generator=g)]).to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss, recon = model.loss(batch, g)
@@ -235,7 +225,7 @@ def train_autoencoder(model: nn.Module, images: np.ndarray, steps: int, batch_si
         opt.step()
         sched.step()
         if step % 50 == 0:
-            bar.set_postfix(recon_mse=f"{recon.item():.4f}")
+            pbar.set_postfix(recon_mse=f"{recon.item():.4f}")
     model.eval().to("cpu")
     if hasattr(model, "finish"):
         model.finish(data)
@@ -247,9 +237,3 @@ def train_vqvae(model: VQVAE, images: np.ndarray, steps: int, batch_size: int = 
                 device: str | torch.device | None = None) -> VQVAE:
     """Train on uint8 images (N, H, W, C); the quantiser always runs in fp32."""
     return train_autoencoder(model, images, steps, batch_size, lr, seed, progress, bf16, "tokenizer (VQ-VAE)", device)
-
-
-@torch.no_grad()
-def batched(fn, x: torch.Tensor, batch_size: int = 1024, progress: bool = False, desc: str = "") -> torch.Tensor:
-    starts = tqdm(range(0, len(x), batch_size), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
-    return torch.cat([fn(x[i: i + batch_size]) for i in starts])

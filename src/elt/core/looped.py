@@ -1,7 +1,7 @@
 """The looped core of ELT, framework-agnostic.
 
 `LoopedStack` holds N unique layers g = f_N ∘ … ∘ f_1 and applies the whole block L times:
-F_(N,L)(x) = g^L(x), order f1..fN f1..fN … (spec §1). It can hand back the hidden state after
+F_(N,L)(x) = g^L(x), order f1..fN f1..fN … (the paper's looped model). It can hand back the hidden state after
 chosen intermediate loops ("exits") from the same forward pass — what ILSD needs.
 
 `LoopedModel` is the shape every framework's network takes: embed → looped stack → one head

@@ -21,14 +21,15 @@ from pathlib import Path
 
 import numpy as np
 import torch.distributed as dist
-from tqdm.auto import tqdm
 
 from ..metrics.frechet import frechet_distance
 from ..metrics.inception import InceptionFeatures
 from ..metrics.scores import StreamingStats, inception_score, precision_recall
-from ..weights import sha256_of
-from .assets import cache_dir, save_arrays
+from ..utils.files import sha256_of
+from .cache import cache_dir
+from .store import save_arrays
 from .distributed import rank_world
+from ..utils.progress import bar
 
 log = logging.getLogger("elt")
 
@@ -65,7 +66,7 @@ def streamed(fn, items, chunk: int, keep: int = 0, progress: bool = True, desc: 
         raise ValueError(f"{n} items for {world} ranks: run with at most {n} processes")
     start, stop = rank * n // world, (rank + 1) * n // world
     stats, extras, kept = None, [], []
-    for i in tqdm(range(start, stop, chunk), desc=desc, disable=not progress or rank > 0, dynamic_ncols=True):
+    for i in bar(range(start, stop, chunk), desc=desc, progress=progress and rank == 0):
         batch = np.ascontiguousarray(items[i: min(i + chunk, stop)])  # a lazy source may skip unreadable items
         if not len(batch):
             continue

@@ -24,12 +24,13 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import Config
-from .engine.assets import build_framework, build_model, build_sampler, nominal_shape, nominal_tokenizer
-from .engine import precision
-from .engine.train import _ExitsForward, ema_update, forward_loss, make_optimizer
-from .ilsd import ILSD
-from .presets import get_preset
+from ..config import Config
+from ..core.ilsd import ILSD
+from ..engine import precision
+from ..engine.build import build_framework, build_model, build_sampler, nominal_shape, nominal_tokenizer
+from ..engine.distributed import DistInfo
+from ..engine.step import TrainState, make_optimizer, train_step, wrap_model
+from ..presets import get_preset
 
 DEFAULT_PRESETS = ("fmnist-maskgit-2Nx4L", "fmnist-maskgit-w256-2Nx4L")
 
@@ -127,13 +128,11 @@ class _Bench:
         self.model = self.build(cfg.model.unique_layers)
         self.num_tokens = self.model.num_tokens
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
-        if cfg.train.compile:  # as `elt train` does: the block compiled once (the EMA copy samples eagerly)
-            self.model.stack.compile_layers()
+        self.info = DistInfo(device=device)
+        self.fwd = wrap_model(self.model, cfg, self.info)  # as `elt train`: the block compiled once when asked
         self.framework = build_framework(cfg, self.num_classes, self.tok)
         self.optimizer = make_optimizer(self.model, cfg)
-        self.fwd = _ExitsForward(self.model)
         self.precision = precision.resolve(cfg.train.precision, device)
-        self.autocast = precision.autocast(self.precision, device)
 
     def build(self, unique_layers: int):
         cfg = copy.deepcopy(self.cfg)
@@ -141,27 +140,15 @@ class _Bench:
         return build_model(cfg, self.tok, self.num_classes).to(self.device)
 
     def train_step(self, objective: str):
-        """A closure running one full training step; batches and Lint come from a fixed seed."""
+        """A closure running `elt train`'s step (engine.step.train_step) on a pool of random training
+        data; batches and Lint come from a fixed seed, the step count sits mid-run (λ = ½)."""
         m, t = self.cfg.model, self.cfg.train
-        ilsd = ILSD(m.min_loops, m.max_loops, t.steps, objective)
         gen = torch.Generator().manual_seed(0)
-        b = t.batch_size
-
-        def step():
-            data = self.random_data(b, gen)
-            labels = torch.randint(0, self.num_classes, (b,), generator=gen)
-            inputs, target, aux = self.framework.corrupt(data, labels, gen)
-            lint = ilsd.draw_student_loops(gen)
-            x = tuple(v.to(self.device) for v in inputs)
-            self.optimizer.zero_grad(set_to_none=True)
-            with self.autocast:
-                loss, _ = forward_loss(self.fwd, self.framework, ilsd, x, target.to(self.device),
-                                       aux.to(self.device), lint, t.steps // 2)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-            self.optimizer.step()
-            ema_update(self.ema, self.model, t.ema_decay)
-        return step
+        pool = 4 * t.batch_size
+        state = TrainState(self.cfg, self.model, self.fwd, self.ema, self.optimizer, self.framework,
+                           ILSD(m.min_loops, m.max_loops, t.steps, objective), self.random_data(pool, gen),
+                           torch.randint(0, self.num_classes, (pool,), generator=gen), gen, self.info, t.steps // 2)
+        return lambda: train_step(state)
 
     def random_data(self, b: int, gen: torch.Generator) -> torch.Tensor:
         """A batch of random training data: token ids (masked) or unit-variance latents (diffusion)."""
@@ -241,7 +228,7 @@ def bench_preset(name: str, s: Settings, peaks: dict, log=print) -> dict:
         "settings": {"batch_size": t.batch_size, "precision": bench.precision, "compile": t.compile, "width": m.width,
                      "unique_layers": m.unique_layers, "max_loops": m.max_loops, "min_loops": m.min_loops,
                      "num_tokens": bench.num_tokens, "framework": cfg.framework,
-                     "sample_batch": sample_batch, "sample_steps": cfg.sample.steps, "cfg": cfg.sample.cfg,
+                     "sample_batch": sample_batch, "sample_steps": cfg.sample.steps, "guidance": cfg.sample.guidance,
                      "sample_precision": precision.resolve(cfg.sample.precision, device),
                      "sample_repeats": sample_repeats,
                      "parameters": sum(p.numel() for p in bench.model.parameters())},

@@ -19,12 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import BEYOND_LMAX
+from ..choices import BEYOND_LMAX, SCHEDULE_SYNTAX
 from .looped import check_loops
-
-SPEC_HELP = ("an integer L (every step), a comma-separated list with one loop count per step, "
-             "ramp:A:B (linear from A to B loops across the steps) or split:A:B[:F] (A loops for the "
-             "first fraction F of the steps, default 0.5, then B)")
 
 
 class LoopSchedule:
@@ -66,7 +62,7 @@ class LoopSchedule:
 
     @classmethod
     def parse(cls, text: str) -> "LoopSchedule":
-        """'4', '1,2,3,4', 'ramp:1:4', 'split:4:2:0.25' (see SPEC_HELP); one clear error otherwise."""
+        """'4', '1,2,3,4', 'ramp:1:4', 'split:4:2:0.25' (see SCHEDULE_SYNTAX); one clear error otherwise."""
         text = str(text).strip()
         try:
             if text.startswith(("ramp:", "split:")):
@@ -81,7 +77,7 @@ class LoopSchedule:
                 return cls.constant(parts[0])
             return cls(per_step=parts)
         except ValueError as e:
-            raise ValueError(f"bad loop schedule {text!r} ({e}); give {SPEC_HELP}") from None
+            raise ValueError(f"bad loop schedule {text!r} ({e}); give {SCHEDULE_SYNTAX}") from None
 
     def per_step(self, total_steps: int) -> list[int]:
         """The loop count of every step of a K-step sampler."""
@@ -236,18 +232,18 @@ class AdaptiveLoops:
         return f"adaptive{self.threshold:g}_L{self.min_loops}to{self.max_loops}"
 
 
-def per_step_counts(loops, steps: int) -> list[tuple[float, float]]:
+def per_step_counts(policy, steps: int) -> list[tuple[float, float]]:
     """(loops, head evaluations) of every sampling step: a schedule's, or what adaptive exit ran on
     average. Network FLOPs are linear in both, so `model.flops(loops, heads)` takes the means."""
-    if isinstance(loops, AdaptiveLoops):
-        return [loops.mean_at(k) for k in range(steps)]
-    return [(float(L), 1.0) for L in LoopSchedule.coerce(loops).per_step(steps)]
+    if isinstance(policy, AdaptiveLoops):
+        return [policy.mean_at(k) for k in range(steps)]
+    return [(float(L), 1.0) for L in LoopSchedule.coerce(policy).per_step(steps)]
 
 
-def check_sampling_loops(loops, steps: int, lmax: int) -> None:
-    """One clear error for `loops` (anything `as_policy` takes) that loop far beyond what the model was
+def check_sampling_loops(policy, steps: int, lmax: int) -> None:
+    """One clear error for a `policy` (anything `as_policy` takes) that loops far beyond what the model was
     trained for (a typo such as 40 for 4 would otherwise run ten times longer and give noise)."""
-    policy = as_policy(loops)
+    policy = as_policy(policy)
     most = policy.max_loops if isinstance(policy, AdaptiveLoops) else max(policy.per_step(steps))
     limit = BEYOND_LMAX * lmax
     if most > limit:
@@ -255,9 +251,10 @@ def check_sampling_loops(loops, steps: int, lmax: int) -> None:
                          f"L <= {lmax}, and quality degrades far above it); use loop counts 1..{limit}")
 
 
-def as_policy(loops) -> "LoopSchedule | AdaptiveLoops":
-    """What samplers accept as `loops`: an int, a per-step list, a LoopSchedule or an AdaptiveLoops."""
-    return loops if isinstance(loops, AdaptiveLoops) else LoopSchedule.coerce(loops)
+def as_policy(policy) -> "LoopSchedule | AdaptiveLoops":
+    """What samplers accept as a `policy` — an int (constant L), a per-step list, a LoopSchedule or an
+    AdaptiveLoops — as a LoopSchedule or an AdaptiveLoops."""
+    return policy if isinstance(policy, AdaptiveLoops) else LoopSchedule.coerce(policy)
 
 
 def loops_at(policy, step: int, steps: int) -> "int | AdaptiveLoops":
@@ -265,17 +262,19 @@ def loops_at(policy, step: int, steps: int) -> "int | AdaptiveLoops":
     return policy if isinstance(policy, AdaptiveLoops) else policy.loops_at(step, steps)
 
 
-def run_policy(model, inputs: tuple, loops, step: int = 0,
+def run_policy(model, inputs: tuple, step_policy, step: int = 0,
                change: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                groups: int = 1, **head_kw) -> torch.Tensor:
-    """The samplers' one call into the network at sampling step `step`: `loops` from `loops_at` — a loop count, or adaptive
-    exit (`loops` an AdaptiveLoops; `change(prev, cur)` gives one value per example). `groups` copies of each example
-    lie in the batch back to back (guidance: conditional half, unconditional half); they stop together."""
-    if not isinstance(loops, AdaptiveLoops):
-        return model(*inputs, loops=loops, **head_kw)
-    out, used, heads = model.forward_adaptive(*inputs, min_loops=loops.min_loops, max_loops=loops.max_loops,
-                                              threshold=loops.threshold, change=change, groups=groups, **head_kw)
-    loops.record(step, used, heads)
+    """The samplers' one call into the network at sampling step `step`: `step_policy` is what `loops_at`
+    gives — a loop count, or adaptive exit (an AdaptiveLoops; `change(prev, cur)` gives one value per
+    example). `groups` copies of each example lie in the batch back to back (guidance: conditional half,
+    unconditional half); they stop together."""
+    if not isinstance(step_policy, AdaptiveLoops):
+        return model(*inputs, loops=step_policy, **head_kw)
+    a = step_policy
+    out, used, heads = model.forward_adaptive(*inputs, min_loops=a.min_loops, max_loops=a.max_loops,
+                                              threshold=a.threshold, change=change, groups=groups, **head_kw)
+    step_policy.record(step, used, heads)
     return out
 
 
@@ -293,4 +292,4 @@ def logits_kl_change(prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = ["LoopSchedule", "AdaptiveLoops", "schedule_family", "quantize", "as_policy", "loops_at", "run_policy",
-           "per_step_counts", "SPEC_HELP", "relative_rms_change", "logits_kl_change"]
+           "per_step_counts", "relative_rms_change", "logits_kl_change"]

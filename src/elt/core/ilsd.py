@@ -1,4 +1,4 @@
-"""Intra-Loop Self Distillation (spec §2), framework-agnostic.
+"""Intra-Loop Self Distillation (the paper's training objective), framework-agnostic.
 
     loss = L_GT(F_Lmax) + λ·L_GT(F_Lint) + (1-λ)·L_dist(F_Lint, stopgrad(F_Lmax))
 
@@ -10,6 +10,8 @@ never sees what the predictions are (logits, noise, velocities...). A framework 
 student terms together (e.g. one softmax instead of two); the result must equal the separate terms.
 
 `objective="vanilla"` is the paper's ablation: the teacher's ground-truth loss alone.
+The loss parts come back as detached tensors, so a training loop reads them (a device sync) only when
+it logs.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-OBJECTIVES = ("ilsd", "vanilla")
+from ..choices import OBJECTIVES
 
 
 @dataclass
@@ -42,30 +44,32 @@ class ILSD:
         """λ: 1 at step 0, linearly to 0 at the last step."""
         return max(0.0, 1.0 - step / max(1, self.total_steps - 1))
 
-    def draw_student_loops(self, generator: torch.Generator | None = None) -> int | None:
+    def draw_lint(self, generator: torch.Generator | None = None) -> int | None:
         """Lint ~ U{Lmin, …, Lmax-1}; None when nothing is distilled."""
         if not self.distills:
             return None
         return int(torch.randint(self.min_loops, self.max_loops, (1,), generator=generator))
 
-    def exits(self, student_loops: int | None) -> tuple[int, ...]:
-        return () if student_loops is None else (student_loops,)
+    def exits(self, lint: int | None) -> tuple[int, ...]:
+        return () if lint is None else (lint,)
 
     def __call__(
         self,
         outputs: dict[int, torch.Tensor],
-        student_loops: int | None,
+        lint: int | None,
         step: int,
         gt_loss: Callable[[torch.Tensor], torch.Tensor],
         dist_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         student_loss: Callable | None = None,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(total loss, its parts as detached tensors: loss, loss_teacher and, when distilling,
+        loss_student and loss_dist)."""
         teacher = outputs[self.max_loops]
         loss_teacher = gt_loss(teacher)
-        if student_loops is None:
-            return loss_teacher, {"loss": loss_teacher.item(), "loss_teacher": loss_teacher.item()}
+        if lint is None:
+            return loss_teacher, {"loss": loss_teacher.detach(), "loss_teacher": loss_teacher.detach()}
         lam = self.lam(step)
-        student = outputs[student_loops]
+        student = outputs[lint]
         if student_loss is None:
             loss_student = gt_loss(student)
             loss_dist = dist_loss(student, teacher.detach())  # stop-gradient on the teacher only here
@@ -73,11 +77,5 @@ class ILSD:
         else:
             combined, loss_student, loss_dist = student_loss(student, teacher.detach(), lam)
             total = loss_teacher + combined
-        return total, {
-            "loss": total.item(),
-            "loss_teacher": loss_teacher.item(),
-            "loss_student": loss_student.item(),
-            "loss_dist": loss_dist.item(),
-            "lam": lam,
-            "lint": student_loops,
-        }
+        return total, {"loss": total.detach(), "loss_teacher": loss_teacher.detach(),
+                       "loss_student": loss_student.detach(), "loss_dist": loss_dist.detach()}

@@ -23,3 +23,14 @@ def atomic_path(path: str | Path):
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_json(path: str | Path, obj, indent: int | None = 2) -> None:
+    import json
+
+    write_text(path, json.dumps(obj, indent=indent) + "\n")

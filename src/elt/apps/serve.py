@@ -27,15 +27,15 @@ class Generator:
     SLIDER = "the loop-count slider"
 
     def __init__(self, run_dir, n: int = 4, device: str = "cpu", sample_overrides: list[str] | None = None):
-        from .engine.frontier import measured_policies
-        from .engine.generate import load_run
+        from ..engine.frontier import measured_policies
+        from ..engine.run import load_run
 
         self.run = load_run(run_dir, device=device, sample_overrides=sample_overrides)
         self.n = n
         self.max_loops = self.run.cfg.model.max_loops
         s = self.run.cfg.sample
         try:  # schedules measured by `elt evaluate` / `elt schedules`, offered as compute budgets
-            measured = measured_policies(self.run, s.steps, s.cfg)
+            measured = measured_policies(self.run, s.steps, s.guidance)
         except (FileNotFoundError, ValueError, KeyError):
             measured = []
         self.budgets = {f"{p['name']} — {p['gflops_per_sample']:.3f} GFLOPs": p["spec"]
@@ -46,8 +46,8 @@ class Generator:
         the measured schedule `budget` names (one of `self.budgets`)."""
         import torch
 
-        from .engine.generate import generate, gflops_per_sample
-        from .loops import LoopSchedule
+        from ..engine.sampling import generate, gflops_per_sample
+        from ..core.loops import LoopSchedule
 
         names = self.run.class_names
         if class_name not in names:
@@ -66,7 +66,7 @@ class Generator:
         tic = time.perf_counter()
         images = generate(self.run, policy, labels, int(seed))
         seconds = time.perf_counter() - tic
-        gflops = gflops_per_sample(self.run, policy, s.steps, s.cfg)
+        gflops = gflops_per_sample(self.run, policy, s.steps, s.guidance)
         scale = max(1, 128 // images.shape[1])
         status = (f"{class_name}: {self.n} samples at {what} in {seconds:.2f} s "
                   f"({gflops:.3f} GFLOPs per sample, {s.steps} steps, seed {int(seed)})")

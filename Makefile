@@ -43,7 +43,7 @@ demo: setup
 demo-dit: setup
 	$(BIN)/elt demo --config fmnist-dit --out runs/fmnist-dit --resume
 
-# the video track's demo (moving Fashion-MNIST, 3D VQ, masked looped transformer; not yet timed)
+# the video track's demo (moving Fashion-MNIST, first-frame + motion tokens, masked looped transformer; ~25 min)
 demo-video: setup
 	$(BIN)/elt demo --config mfmnist-video --out runs/mfmnist-video --resume
 

@@ -60,6 +60,52 @@ def test_vq3d_shapes_and_grid():
         VQVAE(64, 1, 64, 8, 16, downsample_stages=3, frames=6, temporal_stages=2)
 
 
+def test_demo_geometry_moves_the_garment_whole_by_eight_pixels():
+    """The CPU demo's clips: 9 frames of 40×40, the native 28×28 garment whole in every frame, 8 px of
+    travel per moving axis (1 px per frame), in each of the 8 directions."""
+    d, pos = motions(400, "train", 9, 40, speed=(1.0, 1.0))
+    assert pos.min() >= 0 and pos.max() <= 40 - GARMENT
+    travel = np.abs(pos[:, -1] - pos[:, 0])
+    assert set(travel.max(1).tolist()) == {8} and set(np.bincount(d, minlength=8).nonzero()[0]) == set(range(8))
+    assert np.abs(np.diff(pos, axis=1)).max() == 1  # one pixel per frame per moving axis
+    clips = render(_garments(400), pos, 40)
+    crops = object_crops(torch.from_numpy(clips).flatten(0, 1).movedim(-1, 1))  # the garment, exactly, per frame
+    assert torch.equal(crops.view(400, 9, 28, 28), torch.from_numpy(_garments(400))[:, None].expand(-1, 9, -1, -1))
+
+
+def test_motion_vq_codes_the_first_frame_alone_and_moves_it():
+    from elt.tokenizers.motion import MotionVQ
+
+    torch.manual_seed(0)
+    vq = MotionVQ(40, 1, frames=9, codebook_size=32, latent_dim=8, hidden=16, motion_tokens=1, max_shift=8,
+                  motion_codes=4).eval()
+    assert vq.num_tokens == 10 * 10 + 1 and vq.codebook_size == 32 + 4
+    x = torch.rand(2, 1, 9, 40, 40)
+    ids = vq.encode(x)
+    assert ids.shape == (2, 101) and ids[:, :100].max() < 32 and (ids[:, 100] >= 32).all() and ids.max() < 36
+    assert vq.decode(ids).shape == x.shape
+    changed = x.clone()
+    changed[:, :, 1:] = torch.rand_like(changed[:, :, 1:])
+    assert torch.equal(vq.encode(changed)[:, :100], ids[:, :100])  # appearance: the first frame only
+    # A decoder whose shift kernels are one-hot moves the first frame exactly: frame t by (t, 2t) pixels.
+    taps = 2 * vq.max_shift + 1
+    with torch.no_grad():
+        last = vq.shifts[-1]
+        last.weight.zero_()
+        bias = torch.full((8, 2, taps), -1e4)
+        for t in range(8):
+            bias[t, 0, vq.max_shift + t + 1] = 0  # x: output column i reads input column i + (t + 1)
+            bias[t, 1, vq.max_shift - 2 * (t + 1) if 2 * (t + 1) <= 8 else 0] = 0
+        last.bias.copy_(bias.flatten())
+    clip = vq.decode(ids)
+    first = clip[:, :, 0]
+    for t in range(1, 9):
+        dy = 2 * t if 2 * t <= 8 else vq.max_shift
+        expected = torch.zeros_like(first)
+        expected[..., dy:, : 40 - t] = first[..., : 40 - dy, t:]  # black comes in where the frame had nothing
+        assert torch.allclose(clip[:, :, t], expected, atol=1e-5), t
+
+
 def test_video_model_positions_and_loop_invariants():
     torch.manual_seed(0)
     m = MaskedTransformer(11, 2 * 3 * 3, 3, 32, 4, 2, grid=(2, 3, 3)).eval()

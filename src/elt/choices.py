@@ -9,7 +9,7 @@ DEVICES = ("auto", "cpu", "cuda")                 # auto: a CUDA GPU when one is
 PRECISIONS = ("fp32", "bf16", "auto")             # auto: bf16 where the hardware computes it natively
 PARALLEL = ("ddp", "fsdp")
 LR_SCHEDULES = ("cosine", "constant")
-TOKENIZERS = {"masked": ("vqvae", "pixel", "torchscript", "maskgit_vqgan"),
+TOKENIZERS = {"masked": ("vqvae", "motionvq", "pixel", "torchscript", "maskgit_vqgan"),
               "diffusion": ("pixel", "klvae", "diffusers_vae")}
 DATASETS = ("fmnist", "digits", "folder", "mfmnist", "ucf101", "extracted")  # extracted: `elt extract` shards
 VIDEO_DATASETS = ("mfmnist", "ucf101")

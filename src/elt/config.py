@@ -20,6 +20,17 @@ from .choices import (BEYOND_LMAX, DATASETS, DEVICES, DIFFUSION_SAMPLERS, FRAMEW
 from .utils.atomic import write_text
 
 
+SEED_LIMIT = 2 ** 63  # torch and numpy generators take seeds below this
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _pos(x) -> bool:
+    return _finite(x) and x > 0
+
+
 class ConfigError(ValueError):
     """A bad configuration value; the message names the key and the fix."""
 
@@ -58,6 +69,9 @@ class DataConfig:
     label: str = "class"             # mfmnist: what the label is, the garment's class or its motion
     clips: typing.Optional[int] = None    # video: use at most this many training clips (None: all)
     fold: int = 1                    # ucf101: official train/test split 1, 2 or 3
+    speed_min: float = 1.0           # mfmnist: pixels per frame per moving axis, drawn from [speed_min, speed_max]
+    speed_max: float = 2.0
+    start_grid: int = 1              # mfmnist: the first frame's corner on multiples of this many pixels
 
 
 @dataclass
@@ -68,6 +82,9 @@ class TokenizerConfig:
     hidden: int = 64
     downsample_stages: int = 2
     temporal_stages: int = 0         # video VQ: how many stride-2 stages halve time (the first ones)
+    motion_tokens: int = 1           # motionvq: tokens for the motion of a clip (beside the first frame's)
+    max_shift: int = 8               # motionvq: the largest shift per axis between frame 0 and any frame, pixels
+    motion_codes: int = 32           # motionvq: codes of the motion tokens' own codebook
     steps: int = 1200
     batch_size: int = 128
     lr: float = 2e-3
@@ -149,63 +166,96 @@ class Config:
         write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     def validate(self) -> "Config":
-        m, t = self.model, self.train
+        """Every value range-checked before any work; the error names the key and the fix."""
+        m, d, tk, t, sp, ev, df = self.model, self.data, self.tokenizer, self.train, self.sample, self.eval, self.diffusion
+        video_tok = ("vqvae", "motionvq", "torchscript")
         checks = [
             (self.framework in FRAMEWORKS, "framework", f"unknown framework {self.framework!r}; choose "
              f"{one_of(FRAMEWORKS)}"),
             (m.width > 0 and m.heads > 0 and m.width % m.heads == 0, "model.width",
              f"width {m.width} must be positive and divisible by heads {m.heads}"),
+            (_pos(m.mlp_ratio), "model.mlp_ratio", "must be a number > 0 (4 is usual)"),
             (m.unique_layers >= 1, "model.unique_layers", "must be >= 1"),
             (m.max_loops >= 1, "model.max_loops", "must be >= 1"),
             (1 <= m.min_loops <= m.max_loops, "model.min_loops", f"must be in 1..max_loops ({m.max_loops})"),
             (0 <= m.dropout < 1, "model.dropout", "must be in [0, 1)"),
-            (self.data.dataset in DATASETS, "data.dataset", f"choose {one_of(DATASETS)}"),
-            (self.data.dataset not in VIDEO_DATASETS or (self.framework == "masked" and self.tokenizer.kind in
-             ("vqvae", "torchscript")), "tokenizer.kind",
-             "video data needs the masked framework with a vqvae (3D) or torchscript tokenizer"),
-            (self.data.frames >= 2, "data.frames", "must be >= 2"),
-            (self.data.label in MOVING_LABELS, "data.label", f"choose {one_of(MOVING_LABELS)}"),
-            (self.data.clips is None or self.data.clips >= 2, "data.clips", "must be >= 2 (or null for all)"),
-            (self.data.fold in UCF101_FOLDS, "data.fold", f"UCF-101's official splits are {one_of(UCF101_FOLDS)}"),
-            (self.tokenizer.temporal_stages >= 0 and self.data.frames % 2 ** self.tokenizer.temporal_stages == 0,
-             "tokenizer.temporal_stages", "must be >= 0 with data.frames divisible by 2^temporal_stages"),
-            (self.tokenizer.kind in TOKENIZERS.get(self.framework, ()), "tokenizer.kind",
+            (m.patch_size >= 1, "model.patch_size", "must be >= 1"),
+            (d.dataset in DATASETS, "data.dataset", f"choose {one_of(DATASETS)}"),
+            (d.dataset not in VIDEO_DATASETS or (self.framework == "masked" and tk.kind in video_tok), "tokenizer.kind",
+             "video data needs the masked framework with a vqvae (3D), motionvq or torchscript tokenizer"),
+            (tk.kind != "motionvq" or d.dataset in VIDEO_DATASETS, "tokenizer.kind",
+             "motionvq codes clips; use vqvae for images"),
+            (d.image_size is None or d.image_size >= 8, "data.image_size", "must be >= 8 pixels (or null: the data's own)"),
+            (d.dataset != "mfmnist" or d.image_size is None or d.image_size >= 28, "data.image_size",
+             "a moving Fashion-MNIST canvas must hold a 28×28 garment: use 28 or more"),
+            (d.frames >= 2, "data.frames", "must be >= 2"),
+            (d.label in MOVING_LABELS, "data.label", f"choose {one_of(MOVING_LABELS)}"),
+            (d.clips is None or d.clips >= 2, "data.clips", "must be >= 2 (or null for all)"),
+            (d.fold in UCF101_FOLDS, "data.fold", f"UCF-101's official splits are {one_of(UCF101_FOLDS)}"),
+            (_pos(d.speed_min) and _finite(d.speed_max) and d.speed_min <= d.speed_max, "data.speed_min",
+             "need 0 < data.speed_min <= data.speed_max"),
+            (d.start_grid >= 1, "data.start_grid", "must be >= 1 (1: any pixel)"),
+            (tk.kind in TOKENIZERS.get(self.framework, ()), "tokenizer.kind",
              f"choose {one_of(TOKENIZERS.get(self.framework, ('?',)))} for the {self.framework} framework"),
-            (self.tokenizer.codebook_size >= 2, "tokenizer.codebook_size", "must be >= 2"),
-            (self.tokenizer.steps >= 1, "tokenizer.steps", "must be >= 1"),
+            (tk.codebook_size >= 2, "tokenizer.codebook_size", "must be >= 2"),
+            (tk.latent_dim >= 1, "tokenizer.latent_dim", "must be >= 1"),
+            (tk.hidden >= 4, "tokenizer.hidden", "must be >= 4 channels"),
+            (tk.downsample_stages >= 0, "tokenizer.downsample_stages", "must be >= 0"),
+            (tk.temporal_stages >= 0 and d.frames % 2 ** tk.temporal_stages == 0,
+             "tokenizer.temporal_stages", "must be >= 0 with data.frames divisible by 2^temporal_stages"),
+            (tk.motion_tokens >= 1 and tk.max_shift >= 1, "tokenizer.motion_tokens",
+             "motion_tokens and max_shift must be >= 1"),
+            (tk.motion_codes >= 2, "tokenizer.motion_codes", "must be >= 2"),
+            (tk.steps >= 1, "tokenizer.steps", "must be >= 1"),
+            (tk.batch_size >= 1, "tokenizer.batch_size", "must be >= 1"),
+            (_pos(tk.lr), "tokenizer.lr", "must be a finite number > 0"),
+            (_finite(tk.kl_weight) and tk.kl_weight >= 0, "tokenizer.kl_weight", "must be a finite number >= 0"),
+            (tk.pad_to is None or tk.pad_to >= 1, "tokenizer.pad_to", "must be >= 1"),
+            (tk.precision in PRECISIONS, "tokenizer.precision", f"choose {one_of(PRECISIONS)}"),
             (t.objective in OBJECTIVES, "train.objective", f"choose {one_of(OBJECTIVES)}"),
             (t.steps >= 1, "train.steps", "must be >= 1"),
             (t.batch_size >= 1, "train.batch_size", "must be >= 1"),
-            (t.lr > 0, "train.lr", "must be > 0"),
+            (_pos(t.lr), "train.lr", "must be a finite number > 0"),
             (t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0"),
+            (_finite(t.min_lr_ratio) and 0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio",
+             "must be in [0, 1] (the cosine schedule's floor as a fraction of train.lr)"),
+            (_finite(t.weight_decay) and t.weight_decay >= 0, "train.weight_decay", "must be a finite number >= 0"),
+            (_finite(t.beta1) and 0 <= t.beta1 < 1, "train.beta1", "must be in [0, 1) (AdamW's first-moment decay, 0.9)"),
+            (_finite(t.beta2) and 0 <= t.beta2 < 1, "train.beta2",
+             "must be in [0, 1) (AdamW's second-moment decay, 0.96-0.999)"),
+            (_finite(t.grad_clip) and t.grad_clip >= 0, "train.grad_clip", "must be a finite number >= 0 (0: no clipping)"),
             (t.grad_accum >= 1, "train.grad_accum", "must be >= 1"),
             (t.device in DEVICES, "train.device", f"choose {one_of(DEVICES)}"),
             (t.precision in PRECISIONS, "train.precision", f"choose {one_of(PRECISIONS)}"),
-            (self.tokenizer.precision in PRECISIONS, "tokenizer.precision", f"choose {one_of(PRECISIONS)}"),
-            (self.sample.precision in PRECISIONS, "sample.precision", f"choose {one_of(PRECISIONS)}"),
             (t.parallel in PARALLEL, "train.parallel", f"choose {one_of(PARALLEL)}"),
             (t.lr_schedule in LR_SCHEDULES, "train.lr_schedule", f"choose {one_of(LR_SCHEDULES)}"),
             (0 <= t.label_dropout < 1, "train.label_dropout", "must be in [0, 1)"),
             (0 <= t.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)"),
             (0 <= t.ema_decay < 1, "train.ema_decay", "must be in [0, 1) (0 disables EMA)"),
-            (t.log_every >= 1 and t.ckpt_every >= 1, "train.log_every", "log_every and ckpt_every must be >= 1"),
-            (t.keep_every >= 0 and t.max_nonfinite >= 0, "train.keep_every", "keep_every and max_nonfinite must be >= 0"),
-            (self.sample.steps >= 1, "sample.steps", "must be >= 1"),
-            (self.sample.guidance >= 0 and math.isfinite(self.sample.guidance), "sample.guidance",
-             "must be a finite number >= 0 (1: no guidance)"),
-            (self.sample.batch_size >= 1, "sample.batch_size", "must be >= 1"),
-            (self.sample.temp_base > 0, "sample.temp_base", "must be > 0 (the last step samples at it)"),
-            (self.sample.temp_anneal >= 0, "sample.temp_anneal", "must be >= 0"),
-            (self.sample.choice_temperature >= 0, "sample.choice_temperature", "must be >= 0 (0: no Gumbel noise)"),
-            (self.eval.n >= 2, "eval.n", "must be >= 2 (Fréchet distance needs a covariance)"),
-            (self.sample.sampler in DIFFUSION_SAMPLERS, "sample.sampler", f"choose {one_of(DIFFUSION_SAMPLERS)}"),
-            (m.patch_size >= 1, "model.patch_size", "must be >= 1"),
-            (self.diffusion.prediction in PREDICTIONS, "diffusion.prediction", f"choose {one_of(PREDICTIONS)}"),
-            (self.diffusion.schedule in NOISE_SCHEDULES, "diffusion.schedule", f"choose {one_of(NOISE_SCHEDULES)}"),
-            (self.diffusion.logsnr_min < self.diffusion.logsnr_max, "diffusion.logsnr_min",
-             "must be below diffusion.logsnr_max"),
-            (self.diffusion.shift_reference >= 1, "diffusion.shift_reference", "must be >= 1"),
-            (self.tokenizer.pad_to is None or self.tokenizer.pad_to >= 1, "tokenizer.pad_to", "must be >= 1"),
+            (0 <= t.seed < SEED_LIMIT, "train.seed", f"must be in 0..{SEED_LIMIT - 1}"),
+            (t.log_every >= 1, "train.log_every", "must be >= 1"),
+            (t.ckpt_every >= 1, "train.ckpt_every", "must be >= 1"),
+            (t.keep_every >= 0, "train.keep_every", "must be >= 0 (0: keep none)"),
+            (t.max_nonfinite >= 0, "train.max_nonfinite", "must be >= 0"),
+            (sp.steps >= 1, "sample.steps", "must be >= 1"),
+            (_finite(sp.guidance) and sp.guidance >= 0, "sample.guidance", "must be a finite number >= 0 (1: no guidance)"),
+            (sp.batch_size >= 1, "sample.batch_size", "must be >= 1"),
+            (_pos(sp.temp_base), "sample.temp_base", "must be > 0 (the last step samples at it)"),
+            (_finite(sp.temp_anneal) and sp.temp_anneal >= 0, "sample.temp_anneal", "must be >= 0"),
+            (_finite(sp.choice_temperature) and sp.choice_temperature >= 0, "sample.choice_temperature",
+             "must be >= 0 (0: no Gumbel noise)"),
+            (sp.sampler in DIFFUSION_SAMPLERS, "sample.sampler", f"choose {one_of(DIFFUSION_SAMPLERS)}"),
+            (sp.precision in PRECISIONS, "sample.precision", f"choose {one_of(PRECISIONS)}"),
+            (ev.n >= 2, "eval.n", "must be >= 2 (Fréchet distance needs a covariance)"),
+            (_pos(ev.classifier_epochs), "eval.classifier_epochs", "must be a finite number > 0"),
+            (0 <= ev.seed < SEED_LIMIT, "eval.seed", f"must be in 0..{SEED_LIMIT - 1}"),
+            (df.prediction in PREDICTIONS, "diffusion.prediction", f"choose {one_of(PREDICTIONS)}"),
+            (df.schedule in NOISE_SCHEDULES, "diffusion.schedule", f"choose {one_of(NOISE_SCHEDULES)}"),
+            (df.shift is None or _finite(df.shift), "diffusion.shift", "must be a finite number (or null)"),
+            (_finite(df.logsnr_min) and _finite(df.logsnr_max) and df.logsnr_min < df.logsnr_max,
+             "diffusion.logsnr_min", "must be below diffusion.logsnr_max, both finite"),
+            (df.shift_reference >= 1, "diffusion.shift_reference", "must be >= 1"),
+            (_finite(df.weight_bias), "diffusion.weight_bias", "must be a finite number"),
         ]
         for ok, key, fix in checks:
             if not ok:
@@ -325,7 +375,10 @@ def read_config(path: str | Path) -> Config:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    return from_dict(_upgrade(data or {})).validate()
+    if data is None:
+        raise ConfigError(f"config file {path} is empty; give a preset name, or a YAML file with the sections to set "
+                          f"(e.g. a run's config.yaml)")
+    return from_dict(_upgrade(data)).validate()
 
 
 def _upgrade(data):

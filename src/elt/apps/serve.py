@@ -1,23 +1,30 @@
 """`elt serve --run DIR`: a local web demo of one elastic checkpoint (gradio, optional extra `elt[serve]`).
 
 Pick a class and a loop count (or a measured schedule within a GFLOPs budget when the run has a
-schedule search), press Generate: the app samples with the run's EMA weights and shows the images,
-the time it took and the GFLOPs per sample. The same model answers at every loop count.
+schedule search), press Generate: the app samples with the run's EMA weights and shows the images —
+for a video run, an animated clip per sample — the time it took and the GFLOPs per sample. The same
+model answers at every loop count.
 """
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
+
+from ..choices import VIDEO_DATASETS
+from ..engine.media import write_gif
 
 log = logging.getLogger("elt")
 
 
 def _grid(images: np.ndarray, scale: int) -> np.ndarray:
-    """uint8 (N, H, W, C) → one row, upscaled (nearest) so 28-pixel images are visible."""
-    row = np.concatenate(list(images), axis=1)
-    row = row.repeat(scale, axis=0).repeat(scale, axis=1)
+    """uint8 (N, H, W, C) → one row, upscaled (nearest) so 28-pixel images are visible; clips
+    (N, T, H, W, C) → one row per frame, (T, H', W')."""
+    row = np.concatenate(list(images), axis=-2)
+    row = row.repeat(scale, axis=-3).repeat(scale, axis=-2)
     return row[..., 0] if row.shape[-1] == 1 else row
 
 
@@ -40,10 +47,13 @@ class Generator:
             measured = []
         self.budgets = {f"{p['name']} — {p['gflops_per_sample']:.3f} GFLOPs": p["spec"]
                         for p in sorted(measured, key=lambda p: p["gflops_per_sample"])}
+        self.video = self.run.cfg.data.dataset in VIDEO_DATASETS
+        self._clips = tempfile.TemporaryDirectory(prefix="elt-serve-") if self.video else None
 
     def __call__(self, class_name: str, loops: int, seed: int = 0, budget: str | None = None):
         """(image grid uint8, status text) for `n` samples of `class_name` at `loops` loops, or with
-        the measured schedule `budget` names (one of `self.budgets`)."""
+        the measured schedule `budget` names (one of `self.budgets`). A video run gives the path of an
+        animated GIF (the clips side by side, looping) instead of the grid."""
         import torch
 
         from ..engine.sampling import generate, gflops_per_sample
@@ -67,10 +77,13 @@ class Generator:
         images = generate(self.run, policy, labels, int(seed))
         seconds = time.perf_counter() - tic
         gflops = gflops_per_sample(self.run, policy, s.steps, s.guidance)
-        scale = max(1, 128 // images.shape[1])
-        status = (f"{class_name}: {self.n} samples at {what} in {seconds:.2f} s "
+        scale = max(1, 128 // images.shape[-2])
+        status = (f"{class_name}: {self.n} {'clips' if self.video else 'samples'} at {what} in {seconds:.2f} s "
                   f"({gflops:.3f} GFLOPs per sample, {s.steps} steps, seed {int(seed)})")
-        return _grid(images, scale), status
+        if not self.video:
+            return _grid(images, scale), status
+        name = f"{names.index(class_name)}_{what.replace('=', '').replace(' ', '')}_seed{int(seed)}_{time.time_ns()}.gif"
+        return str(write_gif(_grid(images, scale), Path(self._clips.name) / name)), status
 
 
 def build_app(run_dir, n: int = 4, device: str = "cpu", sample_overrides: list[str] | None = None):
@@ -94,7 +107,9 @@ def build_app(run_dir, n: int = 4, device: str = "cpu", sample_overrides: list[s
                                      visible=bool(gen.budgets))
                 seed = gr.Number(0, precision=0, label="seed", elem_id="seed")
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
-        image = gr.Image(label="samples", type="numpy", format="png", elem_id="output", interactive=False)
+        image = (gr.Image(label="clips", type="filepath", format="gif", elem_id="output", interactive=False)
+                 if gen.video else
+                 gr.Image(label="samples", type="numpy", format="png", elem_id="output", interactive=False))
         status = gr.Textbox(label="time and compute", elem_id="status", interactive=False)
         button.click(gen, inputs=[cls, loops, seed, budget], outputs=[image, status])
     return app

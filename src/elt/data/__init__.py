@@ -45,7 +45,7 @@ class ImageData:
 
 def load_data(dataset: str, split: str, data_dir: str | None = None, image_size: int | None = None,
               strict_images: bool = False, frames: int = 16, label: str = "class", clips: int | None = None,
-              fold: int = 1) -> ImageData:
+              fold: int = 1, speed: tuple[float, float] = (1.0, 2.0), start_grid: int = 1) -> ImageData:
     if split not in SPLITS:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if dataset == "fmnist":
@@ -61,7 +61,8 @@ def load_data(dataset: str, split: str, data_dir: str | None = None, image_size:
         return ImageData(images, labels, names)
     if dataset == "mfmnist":
         video, labels, aux, names, fingerprint = load_moving_fmnist(split, data_dir, frames, image_size or 64,
-                                                                     clips if split == "train" else None, label)
+                                                                     clips if split == "train" else None, label, speed,
+                                                                     start_grid)
         return ImageData(video, labels, names, aux, fingerprint)
     if dataset == "ucf101":
         video, labels, names = load_ucf101(data_dir, split, frames, image_size, fold,

@@ -1,10 +1,11 @@
-"""Moving Fashion-MNIST: deterministic 16-frame clips in which one 28×28 garment glides across a
-64×64 black canvas.
+"""Moving Fashion-MNIST: deterministic clips in which one 28×28 garment (never resized) glides across a
+black canvas: 9 frames of 40×40 for the CPU demo, 16 frames of 64×64 for the full-size preset.
 
 Clip i of a split uses garment i of that split (Fashion-MNIST train for train, test for test) and a
-motion drawn from a generator seeded by (split, i): one of 8 compass directions at a speed of 1 to
-2 pixels per frame per moving axis, from a start point chosen so the garment stays whole on the
-canvas for every frame. Positions are rounded to whole pixels, so every frame holds the garment's
+motion drawn from a generator seeded by (split, i): one of 8 compass directions at a speed drawn from
+[speed_min, speed_max] pixels per frame per moving axis (1 to 2 by default), from a start point chosen
+so the garment stays whole on the canvas for every frame — optionally on a grid of `start_grid` pixels
+(the demo: 4, its tokenizer's patch, so a first frame's tokens see a garment in one of few placements). Positions are rounded to whole pixels, so every frame holds the garment's
 pixels exactly. The label is the garment's class (`label="class"`) or its direction of motion
 (`label="motion"`); the other one is kept as `aux_labels`.
 """
@@ -23,19 +24,26 @@ GARMENT = 28
 VERSION = 1  # bump when the generator changes: it is part of the data's fingerprint (caches)
 
 
-def motions(n: int, split: str, frames: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def motions(n: int, split: str, frames: int, size: int, seed: int = 0,
+            speed: tuple[float, float] = (1.0, 2.0), start_grid: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Direction ids (n,) and top-left positions (n, frames, 2) as (x, y) pixel offsets."""
     room = size - GARMENT
     if room < 0:
         raise ValueError(f"moving-fmnist canvas {size} is smaller than a garment ({GARMENT}); use image_size >= 28")
     rng = np.random.default_rng([seed, 0 if split == "train" else 1])
     direction = rng.integers(0, len(DIRECTIONS), n)
-    speed = rng.uniform(1.0, 2.0, n)
+    speed = rng.uniform(speed[0], speed[1], n)
     step = np.asarray(_STEPS, dtype=np.float64)[direction] * speed[:, None]           # (n, 2) px per frame
     travel = step * (frames - 1)
     lo, hi = np.maximum(0, -travel), np.minimum(room, room - travel)                 # start range per axis
     hi = np.maximum(hi, lo)  # a canvas too small for the full travel: the garment stops at the edge
-    start = lo + rng.uniform(size=(n, 2)) * (hi - lo)
+    u = rng.uniform(size=(n, 2))
+    start = lo + u * (hi - lo)
+    if start_grid > 1:  # the multiples of start_grid in [lo, hi], drawn alike (none: the unaligned start)
+        first, last = np.ceil(lo / start_grid - 1e-9) * start_grid, np.floor(hi / start_grid + 1e-9) * start_grid
+        count = (last - first) / start_grid + 1
+        aligned = first + np.minimum(np.floor(u * np.maximum(count, 1)), np.maximum(count - 1, 0)) * start_grid
+        start = np.where(last >= first, aligned, start)
     t = np.arange(frames, dtype=np.float64)[None, :, None]
     pos = np.clip(np.rint(start[:, None] + t * step[:, None]), 0, room).astype(np.int64)
     return direction, pos
@@ -55,7 +63,8 @@ def render(garments: np.ndarray, positions: np.ndarray, size: int) -> np.ndarray
 
 
 def load_moving_fmnist(split: str, data_dir: str | None = None, frames: int = 16, size: int = 64,
-                       clips: int | None = None, label: str = "class"):
+                       clips: int | None = None, label: str = "class", speed: tuple[float, float] = (1.0, 2.0),
+                       start_grid: int = 1):
     """(clips uint8 (N, frames, size, size, 1), labels, aux_labels, class names, fingerprint)."""
     if label not in MOVING_LABELS:
         raise ValueError(f"moving-fmnist label must be 'class' or 'motion', got {label!r}")
@@ -63,9 +72,13 @@ def load_moving_fmnist(split: str, data_dir: str | None = None, frames: int = 16
         raise ValueError(f"a clip needs at least 2 frames, got data.frames={frames}")
     images, classes = load_fmnist(split, data_dir)
     n = len(images) if clips is None else min(clips, len(images))
-    direction, pos = motions(n, split, frames, size)
+    if not 0 < speed[0] <= speed[1]:
+        raise ValueError(f"moving-fmnist speeds must satisfy 0 < data.speed_min <= data.speed_max, got {speed}")
+    direction, pos = motions(n, split, frames, size, speed=speed, start_grid=start_grid)
     video = render(images[:n, :, :, 0], pos, size)
-    h = hashlib.sha1(f"moving-fmnist v{VERSION} {split} {frames} {size} {n}".encode())
+    moves = "" if tuple(speed) == (1.0, 2.0) else f" speed {speed[0]:g}-{speed[1]:g}"  # the defaults keep old keys
+    moves += "" if start_grid == 1 else f" grid {start_grid}"
+    h = hashlib.sha1(f"moving-fmnist v{VERSION} {split} {frames} {size} {n}{moves}".encode())
     h.update(np.ascontiguousarray(images[:n]).tobytes())
     if label == "class":
         return video, classes[:n], direction, list(FMNIST_CLASSES), h.hexdigest()[:16]

@@ -18,6 +18,7 @@ from ..presets import get_preset
 from ..tokenizers import KLVAE, VQVAE, DiffusersVAE, PixelSpace, PixelTokenizer, ScriptedTokenizer
 from ..tokenizers.maskgit_vqgan import MaskGITVQGAN
 from .store import hash_weights, load_weights
+from ..tokenizers.motion import MotionVQ
 
 
 def load_split(cfg: Config, split: str) -> ImageData:
@@ -25,7 +26,8 @@ def load_split(cfg: Config, split: str) -> ImageData:
     d = cfg.data
     if d.dataset == "extracted":
         return Extracted(d.data_dir).as_data()
-    return load_data(d.dataset, split, d.data_dir, d.image_size, d.strict_images, d.frames, d.label, d.clips, d.fold)
+    return load_data(d.dataset, split, d.data_dir, d.image_size, d.strict_images, d.frames, d.label, d.clips, d.fold,
+                     (d.speed_min, d.speed_max), d.start_grid)
 
 
 def make_tokenizer(cfg: Config, data: ImageData):
@@ -37,6 +39,9 @@ def make_tokenizer(cfg: Config, data: ImageData):
     if t.kind == "maskgit_vqgan":
         return MaskGITVQGAN.from_file(t.path, t.sha256, size)
     if data.is_video:
+    if t.kind == "motionvq":
+        return MotionVQ(size, channels, data.images.shape[1], t.codebook_size, t.latent_dim, t.hidden,
+                        t.downsample_stages, t.motion_tokens, t.max_shift, t.motion_codes)
         return VQVAE(size, channels, t.codebook_size, t.latent_dim, t.hidden, t.downsample_stages,
                      frames=data.images.shape[1], temporal_stages=t.temporal_stages)
     if cfg.framework == "diffusion":
@@ -52,7 +57,7 @@ def make_tokenizer(cfg: Config, data: ImageData):
 
 def is_learned(tokenizer) -> bool:
     """Whether the tokenizer has weights elt trains (and a run folder keeps)."""
-    return isinstance(tokenizer, (VQVAE, KLVAE))
+    return isinstance(tokenizer, (VQVAE, MotionVQ, KLVAE))
 
 
 def build_model(cfg: Config, tokenizer, num_classes: int) -> torch.nn.Module:
@@ -85,6 +90,9 @@ def nominal_tokenizer(cfg: Config) -> SimpleNamespace:
         channels = 4 if t.kind == "diffusers_vae" else t.latent_dim
         return SimpleNamespace(latent_shape=(channels, size // 2 ** stages, size // 2 ** stages))
     if cfg.data.dataset in VIDEO_DATASETS:
+    if t.kind == "motionvq":
+        side = size // 2 ** t.downsample_stages
+        return SimpleNamespace(codebook_size=t.codebook_size + t.motion_codes, num_tokens=side * side + t.motion_tokens)
         side = size // 2 ** t.downsample_stages
         grid = (cfg.data.frames // 2 ** t.temporal_stages, side, side)
         return SimpleNamespace(codebook_size=t.codebook_size, num_tokens=grid[0] * side * side, grid=grid)

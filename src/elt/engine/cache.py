@@ -19,6 +19,7 @@ from ..metrics.classifier import FeatureClassifier, train_classifier
 from ..metrics.video import C3DClassifier, train_video_classifier
 from ..tokenizers import KLVAE, VQVAE, DiffusersVAE, ScriptedTokenizer, train_klvae, train_vqvae
 from ..tokenizers.maskgit_vqgan import MaskGITVQGAN
+from ..tokenizers.motion import MotionVQ
 from ..utils.arrays import as_tensor, batched, to_float
 from . import precision
 from .build import is_learned, make_tokenizer
@@ -90,14 +91,17 @@ def get_tokenizer(cfg: Config, data: ImageData, seed: int = 0, progress: bool = 
     device = resolve_device(cfg.train.device) if device is None else device
     bf16 = precision.resolve(t.precision, device) == "bf16"
     keys = ["codebook_size", "latent_dim", "hidden", "downsample_stages", "steps", "batch_size", "lr"]
-    keys += ["temporal_stages"] if data.is_video else []
+    keys += ["temporal_stages"] if data.is_video and t.kind == "vqvae" else []
+    keys += ["motion_tokens", "max_shift", "motion_codes"] if t.kind == "motionvq" else []
     kind, train_fn = "vqvae", train_vqvae
     if isinstance(tok, KLVAE):
         keys.remove("codebook_size")
         keys.append("kl_weight")
         kind, train_fn = "klvae", train_klvae
     settings = {k: getattr(t, k) for k in keys} | {"seed": seed, "bf16": bf16}
-    if data.is_video:
+    if isinstance(tok, MotionVQ):
+        kind, settings["arch"] = "motionvq", "first-frame+separable-shifts+motion-codebook+gn"
+    elif data.is_video:
         settings["arch"] = "gn-errrestart-timefirst"  # the 3D VQ's layers and restarts (older caches are stale)
     if device.type != "cpu":
         log.info("training the tokenizer on %s", device)
@@ -137,7 +141,7 @@ def encode_dataset(tokenizer, data: ImageData, bf16: bool = False, progress: boo
     chunk = 64 if data.is_video else 256
     if isinstance(tokenizer, (KLVAE, DiffusersVAE)):
         shape, what = tuple(tokenizer.latent_shape), "latents"
-    elif isinstance(tokenizer, (VQVAE, ScriptedTokenizer, MaskGITVQGAN)):
+    elif isinstance(tokenizer, (VQVAE, MotionVQ, ScriptedTokenizer, MaskGITVQGAN)):
         shape, what = (tokenizer.num_tokens,), "tokens"
     else:  # a fixed tokenizer: cheap, never cached
         return batched(lambda x: tokenizer.encode(to_float(x)), images, 1024)

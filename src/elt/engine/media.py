@@ -121,9 +121,7 @@ def save_video_grid(clips: np.ndarray, rows: int, cols: int, path: Path, scale: 
     """uint8 clips (rows·cols, T, H, W, C), row-major → an animated GIF at `path` (looping), and an
     MP4 beside it when PyAV is installed, both written atomically. Returns the files written."""
     frames = [_frame(f, clips.shape[2:4], scale, pad, labels) for f in video_grid(clips, rows, cols, pad)]
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=round(1000 / fps), loop=0)
+    path = write_gif(frames, path, fps)
     written = [path]
     try:
         import av
@@ -141,6 +139,17 @@ def save_video_grid(clips: np.ndarray, rows: int, cols: int, path: Path, scale: 
         out.mux(stream.encode())
     written.append(mp4)
     return written
+
+
+def write_gif(frames, path: Path, fps: int = 8) -> Path:
+    """PIL images or uint8 arrays (H, W[, C]) → a looping animated GIF at `path`, written atomically."""
+    from PIL import Image
+
+    frames = [f if isinstance(f, Image.Image) else Image.fromarray(f) for f in frames]
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=round(1000 / fps), loop=0)
+    return path
 
 
 def export_stylegan_v(clips: np.ndarray, folder: str | Path) -> Path:

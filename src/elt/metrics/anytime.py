@@ -7,24 +7,37 @@ def settings_tag(report: dict) -> str:
     return f"steps{s['steps']}_guidance{s['guidance']:g}_seed{s['seed']}_n{s['n']}_ckpt{report['checkpoint_step']}"
 
 
-def format_table(report: dict) -> str:
+def quality_keys(report: dict) -> list[str]:
+    """The quality columns: the metric extractor's accuracy and Fréchet distance first, then any others the
+    report holds (video: the image classifier's, on every frame)."""
     p = report["metric_extractor"]
-    head = f"{'L':>3} {'acc_' + p:>16} {'fd_' + p:>14} {'s/sample':>10} {'GFLOPs':>8}"
+    first = next(iter(report["loops"].values()), {})
+    extra = sorted(k for k in first if k.startswith(("acc_", "fd_")) and k not in (f"acc_{p}", f"fd_{p}"))
+    return [k for k in (f"acc_{p}", f"fd_{p}") if k in first or not first] + extra
+
+
+def _cell(key: str, value) -> str:
+    return f"{value:.3f}" if key.startswith("acc_") else f"{value:.2f}"
+
+
+def format_table(report: dict) -> str:
+    keys = quality_keys(report)
+    head = f"{'L':>3} " + " ".join(f"{k:>{max(10, len(k))}}" for k in keys) + f" {'s/sample':>10} {'GFLOPs':>8}"
     lines = [f"{report['config']} ({report['objective']}), {settings_tag(report)}", head]
     for L, r in report["loops"].items():
         mark = " <- Lmax" if int(L) == report["lmax"] else ""
-        lines.append(f"{L:>3} {r['acc_' + p]:>16.3f} {r['fd_' + p]:>14.2f} {r['seconds_per_sample']:>10.4f} "
-                     f"{r['gflops_per_sample']:>8.3f}{mark}")
+        cells = " ".join(f"{_cell(k, r[k]):>{max(10, len(k))}}" for k in keys)
+        lines.append(f"{L:>3} {cells} {r['seconds_per_sample']:>10.4f} {r['gflops_per_sample']:>8.3f}{mark}")
     lines.append("reference: " + ", ".join(f"{k} {v:.4g}" for k, v in report.get("reference", {}).items()))
     return "\n".join(lines)
 
 
 def markdown_table(report: dict) -> str:
-    p = report["metric_extractor"]
-    rows = [f"| L | acc_{p} | fd_{p} | s/sample | GFLOPs/sample |", "|---|---|---|---|---|"]
+    keys = quality_keys(report)
+    rows = ["| L | " + " | ".join(keys) + " | s/sample | GFLOPs/sample |", "|---" * (len(keys) + 3) + "|"]
     for L, r in report["loops"].items():
-        rows.append(f"| {L} | {r['acc_' + p]:.3f} | {r['fd_' + p]:.2f} | {r['seconds_per_sample']:.4f} | "
-                    f"{r['gflops_per_sample']:.3f} |")
+        rows.append(f"| {L} | " + " | ".join(_cell(k, r[k]) for k in keys)
+                    + f" | {r['seconds_per_sample']:.4f} | {r['gflops_per_sample']:.3f} |")
     return "\n".join(rows)
 
 

@@ -84,6 +84,9 @@ def object_crops(frames: torch.Tensor, size: int = 28) -> torch.Tensor:
     m, c, h, w = frames.shape
     if h < size or w < size:
         raise ValueError(f"frames of {h}x{w} are smaller than the crop {size}")
+    # Black margins of `size` on every side: the plateau of an object at the frame's edge is not cut
+    # short by the edge (which would shift its centre), so its window is its own box there too.
+    frames = F.pad(frames, (size, size, size, size))
     ii = F.pad(frames.float().mean(1).cumsum(1).cumsum(2), (1, 0, 1, 0))                # integral image
     box = ii[:, size:, size:] - ii[:, :-size, size:] - ii[:, size:, :-size] + ii[:, :-size, :-size]  # window sums
     top = box.flatten(1).amax(1)[:, None, None]

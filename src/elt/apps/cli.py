@@ -62,6 +62,18 @@ def _guidance(text: str) -> float:
     return v
 
 
+def _seed(text: str) -> int:
+    from ..config import SEED_LIMIT
+
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= v < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be in 0..{SEED_LIMIT - 1}, got {v}")
+    return v
+
+
 def _schedule(text: str):
     from ..core.loops import LoopSchedule
 
@@ -111,7 +123,7 @@ def _add_sampling(p: argparse.ArgumentParser, n_help: str, n_default: int | None
                   seed_default: int | None = None) -> None:
     p.add_argument("--n", "--num-samples", dest="n", type=_positive, default=n_default,
                    help=f"{n_help} (under torchrun spell it --num-samples)")
-    p.add_argument("--seed", type=int, default=seed_default,
+    p.add_argument("--seed", type=_seed, default=seed_default,
                    help="sampling seed; same seed, same samples (default: "
                         + ("the run's eval.seed)" if seed_default is None else f"{seed_default})"))
     p.add_argument("--steps", type=_positive, help="sampling steps: masked decoding steps K or diffusion "
@@ -170,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=_int_list,
                    help="comma-separated class ids to cycle through (default: all, balanced)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
+    _add_overwrite(p, "OUT.npz and its grids, or a non-empty --export-frames folder")
     _add_sampling(p, "number of samples (default 100)", n_default=100, seed_default=0)
 
     p = verb("evaluate", cmd_evaluate, help="any-time report: quality, time and GFLOPs per loop count",
@@ -214,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--preset", action="append", help="preset to measure (repeatable; default: "
                                                      "fmnist-maskgit-2Nx4L and fmnist-maskgit-w256-2Nx4L)")
+    _add_overwrite(p, "an existing --json file")
     _add_device(p, "the measurement")
 
     p = verb("extract", cmd_extract, help="pre-tokenise / pre-encode a data set once into sharded memory-mapped "
@@ -256,6 +270,12 @@ def _add_score_args(p: argparse.ArgumentParser, samples: str, ref: str) -> None:
     p.add_argument("--ref", required=True, help=ref)
     _add_device(p, "the feature network")
     p.add_argument("--json", help="also write the results to this JSON file")
+    _add_overwrite(p, "an existing --json file")
+
+
+def _add_overwrite(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--overwrite", action="store_true", help=f"replace {what} (by default an existing output "
+                                                            "is never replaced)")
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -278,13 +298,20 @@ def _config_from_args(args):
     return apply_overrides(cfg, overrides).validate()
 
 
-def _check_out_file(out: str) -> Path:
+def _check_out_file(out: str, suffixes=(), overwrite: bool = False) -> Path:
+    """The output path without its suffix, once its folder is known writable and none of BASE+suffixes
+    exists (unless --overwrite)."""
+    from ..utils.files import check_writable, refuse_existing
+
+    if not str(out).strip():
+        raise ValueError("--out is empty; give an output path, e.g. --out samples/first")
     path = Path(out)
+    if len(path.name) > 200:
+        raise ValueError(f"the output name {path.name[:40]}… is {len(path.name)} characters long; use at most 200")
     if path.suffix in (".npz", ".png", ".gif", ".mp4", ".json"):
         path = path.with_suffix("")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise ValueError(f"output folder {parent} does not exist; create it or choose another --out")
+    check_writable(path.parent, "output folder")
+    refuse_existing([path.with_suffix(s) for s in suffixes], overwrite)
     return path
 
 
@@ -295,6 +322,13 @@ def _run_ranks(device: str) -> tuple[str, bool]:
 
     info = setup(device)  # a missing GPU is one clear error there
     return str(info.device), info.is_main
+
+
+def _check_json(path: str, overwrite: bool) -> None:
+    from ..utils.files import check_writable, refuse_existing
+
+    refuse_existing([path], overwrite)
+    check_writable(Path(path).parent, "--json folder")
 
 
 def _write_json(out: dict, path: str | None) -> None:
@@ -328,7 +362,13 @@ def cmd_sample(args) -> None:
     from ..engine.run import load_run
     from ..engine.sampling import balanced_labels, generate, sampling_settings
 
-    base = _check_out_file(args.out) if args.out else None
+    base = _check_out_file(args.out, (".npz", ".png", ".gif", ".mp4"), args.overwrite) if args.out is not None else None
+    if args.export_frames:
+        from ..utils.files import check_writable, refuse_existing
+        refuse_existing([args.export_frames], args.overwrite)
+        check_writable(Path(args.export_frames).parent, "--export-frames folder's parent")
+    if args.folder and Path(args.folder).exists() and not Path(args.folder).is_dir():
+        raise ValueError(f"--folder {args.folder} is a file; give a folder (it is created when missing)")
     device, main_rank = _run_ranks(args.device)
     run = load_run(args.run, use_ema=False if args.no_ema else None, device=device,  # else the config's
                    sample_overrides=args.set)
@@ -394,8 +434,18 @@ def cmd_schedules(args) -> None:
 
 
 def cmd_serve(args) -> None:
+    import socket
+
     from .serve import serve
 
+    if not 1 <= args.port <= 65535:
+        raise ValueError(f"--port must be in 1..65535, got {args.port}")
+    with socket.socket() as s:  # before loading anything: is the port free?
+        try:
+            s.bind((args.host, args.port))
+        except OSError as e:
+            raise ValueError(f"cannot listen on {args.host}:{args.port} ({e.strerror}); choose another --port "
+                             f"(or --host)") from None
     device, _ = _run_ranks(args.device)
     serve(args.run, host=args.host, port=args.port, n=args.n, device=device, sample_overrides=args.set)
 
@@ -424,7 +474,7 @@ def cmd_bench(args) -> None:
     if unknown:
         raise ValueError(f"unknown preset {unknown[0]!r}; `elt presets` lists them")
     if args.json:
-        _check_out_file(args.json)
+        _check_json(args.json, args.overwrite)
     device = resolve_device(args.device).type
     results = run_bench(presets, args.quick, device, log=(lambda *a: None) if args.quiet else print)
     print(format_results(results))
@@ -444,6 +494,8 @@ def cmd_extract(args) -> None:
 def cmd_fid(args) -> None:
     from ..engine.scoring import image_metrics
 
+    if args.json:
+        _check_json(args.json, args.overwrite)
     device, main_rank = _run_ranks(args.device)
     out = image_metrics(args.samples, args.ref, args.inception, args.sha256, device, args.batch_size,
                         args.pr_n, progress=not args.quiet)
@@ -457,6 +509,8 @@ def cmd_fvd(args) -> None:
     from ..engine.scoring import video_metrics
 
     sha = None if args.sha256.lower() == "none" else args.sha256
+    if args.json:
+        _check_json(args.json, args.overwrite)
     device, main_rank = _run_ranks(args.device)
     out = video_metrics(args.samples, args.ref, args.i3d, sha, device, ref_clips=args.ref_clips,
                         progress=not args.quiet)
@@ -484,6 +538,13 @@ def main(argv: list[str] | None = None) -> int:
             msg = msg[1:-1]
         print(f"elt: error: {msg or type(e).__name__}", file=sys.stderr)
         return 2
+    except OSError as e:  # the machine, not the input: a full disk, a name too long, ...
+        if args.debug:
+            raise
+        hint = {28: "free disk space and run it again", 36: "use a shorter output name"}.get(e.errno, "")
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"elt: error: {e.strerror or e}{where}{'; ' + hint if hint else ''}", file=sys.stderr)
+        return 1
     except FloatingPointError as e:  # training diverged: a runtime failure, not bad input
         if args.debug:
             raise

@@ -1,6 +1,8 @@
-"""Class-per-folder image data (ImageNet layout): ROOT/[train|test]/CLASS/*.png|jpg|...
+"""Class-per-folder image data (ImageNet layout): ROOT/train/CLASS/*.png|jpg|... and a held-out split.
 
-If ROOT has no train/test sub-folders, ROOT itself holds the class folders and serves both splits.
+The test split is ROOT/test, else ROOT/val (ImageNet's own layout), else one image in ten of every
+class of ROOT/train (said in a warning; the training split then leaves those out). If ROOT has no
+train/ folder, ROOT itself holds the class folders and serves both splits.
 Images are center-cropped to a square and resized to `image_size`; grayscale stays 1 channel only if
 every image is grayscale. Unreadable images are skipped and counted in a warning, or are an
 error with `strict=True` (config `data.strict_images`).
@@ -16,20 +18,40 @@ EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 log = logging.getLogger(__name__)
 
 
+HELD_OUT = 10  # without test/ or val/: every 10th image of each class of train/ is the test split
+
+
 def list_image_folder(root: str | None, split: str) -> tuple[list[tuple[Path, int]], list[str]]:
     """[(image file, class id)] in class then file-name order, and the class names (sorted)."""
     if root is None:
         raise ValueError("the folder dataset needs --data-dir pointing at a folder of class folders")
-    base = Path(root)
-    if not base.is_dir():
-        raise FileNotFoundError(f"data folder {base} does not exist; pass --data-dir with class folders")
-    if (base / split).is_dir():
-        base = base / split
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder {root} does not exist; pass --data-dir with class folders")
+    base, hold_out = root, None
+    if (root / "train").is_dir():
+        held = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
+        base = held if split == "test" and held is not None else root / "train"
+        hold_out = split if held is None else None  # no held-out folder: train/ gives both, split by HELD_OUT
+    elif (root / split).is_dir():
+        base = root / split
     classes = sorted(p.name for p in base.iterdir() if p.is_dir())
     if not classes:
         raise ValueError(f"no class folders in {base}; expected {base}/CLASS_NAME/image files")
-    items = [(f, idx) for idx, name in enumerate(classes) for f in sorted((base / name).iterdir())
-             if f.suffix.lower() in EXTENSIONS]
+    items = []
+    for idx, name in enumerate(classes):
+        files = [f for f in sorted((base / name).iterdir()) if f.suffix.lower() in EXTENSIONS]
+        if not files:
+            raise ValueError(f"class folder {base / name} holds no images ({', '.join(sorted(EXTENSIONS))}); add "
+                             f"images or move the folder out of {base}")
+        if hold_out == "test":
+            files = files[HELD_OUT - 1::HELD_OUT] or files[:1]
+        elif hold_out == "train" and len(files) > 1:
+            files = [f for i, f in enumerate(files) if i % HELD_OUT != HELD_OUT - 1]
+        items += [(f, idx) for f in files]
+    if hold_out == "test":
+        log.warning("%s has no test/ or val/ folder: one image in %d of every class of train/ is held out as the "
+                    "test split (and left out of training)", root, HELD_OUT)
     return items, classes
 
 
@@ -48,7 +70,7 @@ def read_image(path: Path, image_size: int) -> np.ndarray:
 def unreadable(path, error: Exception, strict: bool, what: str = "image", flag: str = "data.strict_images") -> None:
     """A file that cannot be read: an error with `strict`, else the caller skips it (and counts it)."""
     if strict:
-        raise ValueError(f"corrupt or unreadable {what} {path} ({error}); remove it, or drop {flag} to skip "
+        raise ValueError(f"corrupt or unreadable {what} {path} ({error}); move it out of the folder, or drop {flag} to skip "
                          f"such files") from None
 
 

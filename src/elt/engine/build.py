@@ -12,13 +12,14 @@ from ..choices import VIDEO_DATASETS
 from ..config import Config
 from ..data import ImageData, load_data
 from ..data.extracted import Extracted
+from ..data.folder import list_image_folder
 from ..diffusion import DiffusionFramework, DiffusionSampler, DiT, LogSNRSchedule
 from ..masked import MaskedFramework, MaskedTransformer, MaskGITSampler
 from ..presets import get_preset
 from ..tokenizers import KLVAE, VQVAE, DiffusersVAE, PixelSpace, PixelTokenizer, ScriptedTokenizer
 from ..tokenizers.maskgit_vqgan import MaskGITVQGAN
-from .store import hash_weights, load_weights
 from ..tokenizers.motion import MotionVQ
+from .store import hash_weights, load_weights
 
 
 def load_split(cfg: Config, split: str) -> ImageData:
@@ -38,10 +39,10 @@ def make_tokenizer(cfg: Config, data: ImageData):
         return ScriptedTokenizer(t.path, t.sha256)
     if t.kind == "maskgit_vqgan":
         return MaskGITVQGAN.from_file(t.path, t.sha256, size)
-    if data.is_video:
     if t.kind == "motionvq":
         return MotionVQ(size, channels, data.images.shape[1], t.codebook_size, t.latent_dim, t.hidden,
                         t.downsample_stages, t.motion_tokens, t.max_shift, t.motion_codes)
+    if data.is_video:
         return VQVAE(size, channels, t.codebook_size, t.latent_dim, t.hidden, t.downsample_stages,
                      frames=data.images.shape[1], temporal_stages=t.temporal_stages)
     if cfg.framework == "diffusion":
@@ -89,10 +90,10 @@ def nominal_tokenizer(cfg: Config) -> SimpleNamespace:
         stages = 3 if t.kind == "diffusers_vae" else t.downsample_stages  # the SD VAE downsamples 8x
         channels = 4 if t.kind == "diffusers_vae" else t.latent_dim
         return SimpleNamespace(latent_shape=(channels, size // 2 ** stages, size // 2 ** stages))
-    if cfg.data.dataset in VIDEO_DATASETS:
     if t.kind == "motionvq":
         side = size // 2 ** t.downsample_stages
         return SimpleNamespace(codebook_size=t.codebook_size + t.motion_codes, num_tokens=side * side + t.motion_tokens)
+    if cfg.data.dataset in VIDEO_DATASETS:
         side = size // 2 ** t.downsample_stages
         grid = (cfg.data.frames // 2 ** t.temporal_stages, side, side)
         return SimpleNamespace(codebook_size=t.codebook_size, num_tokens=grid[0] * side * side, grid=grid)
@@ -159,3 +160,40 @@ def preset_summary(name: str) -> dict:
     m = cfg.model
     return {"unique_layers": m.unique_layers, "max_loops": m.max_loops, "width": m.width, "tokens": model.num_tokens,
             "params": sum(p.numel() for p in model.parameters()), "gflops_at_lmax": model.flops(m.max_loops) / 1e9}
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free on `device` (the GPU's memory, or the machine's MemAvailable); None when unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_fits(cfg: Config, device: torch.device) -> None:
+    """Before any work: one clear error when the network is too large to train here. Counted on the meta
+    device (nothing allocated); training holds about 20 bytes a parameter (fp32 weights, gradients, EMA and
+    AdamW's two moments)."""
+    _, classes = nominal_shape(cfg)
+    with torch.device("meta"):
+        params = sum(p.numel() for p in build_model(cfg, nominal_tokenizer(cfg), classes).parameters())
+    need, free = 20 * params, available_memory(device)
+    if free is not None and need > free:
+        m = cfg.model
+        raise ValueError(f"model.width={m.width} with {m.unique_layers} unique layers is {params / 1e6:,.0f}M "
+                         f"parameters, about {need / 2**30:,.1f} GiB to train; {device.type} has "
+                         f"{free / 2**30:,.1f} GiB free: lower model.width or model.unique_layers")
+
+
+def check_splits(cfg: Config) -> None:
+    """Before any work: the data a run will read later is there too (a class-folder tree's held-out split
+    is listed now, not found missing after training)."""
+    d = cfg.data
+    if d.dataset == "folder":
+        for split in ("train", "test"):
+            list_image_folder(d.data_dir, split)

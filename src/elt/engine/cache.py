@@ -33,6 +33,20 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ELT_CACHE_DIR", Path.home() / ".cache" / "elt"))
 
 
+def writable_cache() -> Path:
+    """The cache folder, created and checked writable — before anything is trained to be kept there."""
+    folder = cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"cannot write to the cache folder {folder} ({e.strerror}); set ELT_CACHE_DIR to a "
+                         f"writable folder") from None
+    return folder
+
+
 def data_fingerprint(data: ImageData) -> str:
     if data.fingerprint is not None:
         return data.fingerprint
@@ -64,8 +78,8 @@ def _cached(kind: str, settings: dict, data: ImageData, module: torch.nn.Module,
         log.info("using cached %s %s", kind, path)
         load_weights(module, path, kind)
         return module.eval(), True
+    writable_cache()
     fit()
-    path.parent.mkdir(parents=True, exist_ok=True)
     save_weights(module, path)
     log.info("cached %s at %s", kind, path)
     return module.eval(), False
@@ -156,6 +170,7 @@ def encode_dataset(tokenizer, data: ImageData, bf16: bool = False, progress: boo
                 return codes
         except Exception:  # a damaged cache entry is recomputed
             pass
+    writable_cache()
     device = torch.device(device)
     log.info("encoding %d %s to %s %s on %s", len(images), "clips" if data.is_video else "images", what, shape,
              device)
@@ -167,6 +182,5 @@ def encode_dataset(tokenizer, data: ImageData, bf16: bool = False, progress: boo
     finally:
         tokenizer.to("cpu")
     codes = codes.float() if what == "latents" else codes.long()
-    path.parent.mkdir(parents=True, exist_ok=True)
     save_tensors({what: codes}, path)
     return codes

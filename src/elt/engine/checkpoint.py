@@ -15,8 +15,11 @@ from .store import load_weights
 from .distributed import like, optimizer_state_like
 
 
-DAMAGED = ("the checkpoint is damaged: copy a kept checkpoints/step_N over checkpoints/last, or remove "
-           "checkpoints/last to train from scratch")
+DAMAGED = ("the checkpoint is damaged: move checkpoints/last aside and copy a kept checkpoints/step_N in its "
+           "place (nothing is deleted)")
+# A checkpoint that reads but does not fit the network its config.yaml builds: the config was edited.
+EDITED = ("the run's config.yaml builds another network than the one trained (was config.yaml edited?); restore "
+          "its model and tokenizer values — the checkpoint itself is fine")
 
 
 def ckpt_dir(run: Path) -> Path:
@@ -37,21 +40,30 @@ def _tensors(state: dict) -> dict:
 
 def save_checkpoint(run: Path, model_state: dict, ema_state: dict | None, optim_state: dict, step: int,
                     generator: torch.Generator) -> Path:
-    """Write full (unsharded) states; see `distributed.full_state` for FSDP runs."""
+    """Write full (unsharded) states; see `distributed.full_state` for FSDP runs. A failed write (a full
+    disk) leaves the previous checkpoint as it was and no temporary folder behind."""
     final = ckpt_dir(run)
     tmp = final.with_name(f"last.tmp{os.getpid()}")
     for stale in final.parent.glob("last.tmp*"):  # ours, or left by a process that was killed
         shutil.rmtree(stale, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(_tensors(model_state), str(tmp / "model.safetensors"))
-    if ema_state is not None:
-        save_file(_tensors(ema_state), str(tmp / "ema.safetensors"))
-    torch.save(optim_state, tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({
-        "step": step,
-        "generator": generator.get_state().tolist(),
-        "torch_rng": torch.get_rng_state().tolist(),
-    }))
+    try:
+        tmp.mkdir(parents=True)
+        save_file(_tensors(model_state), str(tmp / "model.safetensors"))
+        if ema_state is not None:
+            save_file(_tensors(ema_state), str(tmp / "ema.safetensors"))
+        torch.save(optim_state, tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps({
+            "step": step,
+            "generator": generator.get_state().tolist(),
+            "torch_rng": torch.get_rng_state().tolist(),
+        }))
+    except Exception as e:  # safetensors and torch.save report a full disk with their own error types
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = find_checkpoint(run)
+        kept = f"the checkpoint of step {read_state(previous)['step']} is intact" if previous else "no checkpoint yet"
+        reason = getattr(e, "strerror", None) or str(e).splitlines()[0][:120]
+        raise OSError(f"could not write the checkpoint of step {step} to {final.parent} ({reason}); {kept}; free "
+                      f"space and continue with --resume") from None
     old = final.with_name("last.old")
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
@@ -85,15 +97,17 @@ def load_checkpoint(path: Path, model, ema=None, optimizer=None, generator: torc
     """Restore into the given objects; return the step. Errors name the file and the fix."""
     state = read_state(path)
     step = int(state["step"])
-    load_weights(model, path / "model.safetensors", "checkpoint", DAMAGED, lambda s: like(s, model.state_dict()))
+    load_weights(model, path / "model.safetensors", "checkpoint", DAMAGED, lambda s: like(s, model.state_dict()),
+                 EDITED)
     if ema is not None:
-        load_weights(ema, path / "ema.safetensors", "checkpoint EMA", DAMAGED)
+        load_weights(ema, path / "ema.safetensors", "checkpoint EMA", DAMAGED, mismatch=EDITED)
     if optimizer is not None:
         try:
             full = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
             optimizer.load_state_dict(optimizer_state_like(full, optimizer))
-        except Exception as e:
-            raise ValueError(f"checkpoint file {path / 'optimizer.pt'} is unreadable ({e}); {DAMAGED}") from None
+        except Exception as e:  # torch's own message is lines of advice about torch.load; its type says enough
+            raise ValueError(f"checkpoint file {path / 'optimizer.pt'} is unreadable ({type(e).__name__}); "
+                             f"{DAMAGED}") from None
     if generator is not None:
         generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
         torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))

@@ -19,6 +19,7 @@ from ..utils.arrays import to_float, to_uint8
 from ..utils.progress import bar
 from .build import load_split
 from .cache import get_classifier, get_video_classifier
+from .lock import run_writer
 from .reports import write_report
 from .run import Run
 from .sampling import balanced_labels, generate, gflops_per_sample, sampling_settings
@@ -155,14 +156,15 @@ def evaluate(run: Run, loops: list[int] | None = None, n: int | None = None, see
     n, seed, steps, guidance = eval_settings(run, n, seed, steps, guidance)
     for L in loops:  # every loop count checked before any work
         check_sampling_loops(L, steps, c.model.max_loops)
-    judge = make_judge(run, progress)
-    labels = balanced_labels(n, run.num_classes)
-    per_loop = {}
-    for L in bar(loops, desc="evaluate loops", progress=progress):
-        per_loop[str(L)] = measure(run, judge, L, labels, seed, steps, guidance, progress)
-        log.info("L=%d %s", L, per_loop[str(L)])
-    report = new_report(run, judge, n, seed, steps, guidance, per_loop)
-    write_report(report, run.path)
+    with run_writer(run.path, "elt evaluate"):
+        judge = make_judge(run, progress)
+        labels = balanced_labels(n, run.num_classes)
+        per_loop = {}
+        for L in bar(loops, desc="evaluate loops", progress=progress):
+            per_loop[str(L)] = measure(run, judge, L, labels, seed, steps, guidance, progress)
+            log.info("L=%d %s", L, per_loop[str(L)])
+        report = new_report(run, judge, n, seed, steps, guidance, per_loop)
+        write_report(report, run.path)
     return report
 
 
@@ -170,7 +172,7 @@ def new_report(run: Run, judge: Judge, n: int, seed: int, steps: int, guidance: 
     """The any-time report: what was sampled how (run, checkpoint, sampling settings), the metric's
     reference numbers, and the constant-L table `per_loop`."""
     c = run.cfg
-    return {"run": str(run.path), "config": c.name, "objective": c.train.objective,
+    return {"run": str(run.path), "config": c.name, "framework": c.framework, "objective": c.train.objective,
             "checkpoint_step": run.step, "lmin": c.model.min_loops, "lmax": c.model.max_loops,
             "metric_extractor": judge.prefix, "reference": judge.reference,
             "sampling": {**sampling_settings(run, steps, guidance), "seed": seed, "n": n},
@@ -180,5 +182,7 @@ def new_report(run: Run, judge: Judge, n: int, seed: int, steps: int, guidance: 
 def eval_settings(run: Run, n: int | None, seed: int | None, steps: int | None, guidance: float | None):
     """The evaluation's n, seed, sampling steps and guidance: the arguments, else the run's config."""
     c = run.cfg
+    if n is not None and n < 2:
+        raise ValueError(f"--n must be >= 2 (a Fréchet distance needs a covariance), got {n}")
     return (n or c.eval.n, c.eval.seed if seed is None else seed, steps or c.sample.steps,
             c.sample.guidance if guidance is None else guidance)

@@ -118,7 +118,7 @@ def extract(cfg: Config, out: str | Path, split: str = "train", shard_size: int 
             old = json.loads(manifest_path.read_text())
             if old != json.loads(json.dumps(meta)):
                 raise ValueError(f"{out} holds an extraction with other settings or another tokenizer; choose "
-                                 f"another --out or delete it")
+                                 f"another --out (or move that folder aside)")
         else:
             write_text(manifest_path, json.dumps(meta, indent=2) + "\n")
     if world > 1:

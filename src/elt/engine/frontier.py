@@ -22,6 +22,7 @@ from ..core.loops import AdaptiveLoops, LoopSchedule, check_sampling_loops, sche
 from ..utils.atomic import write_json
 from ..utils.progress import bar
 from .evaluation import eval_settings, make_judge, measure, new_report
+from .lock import run_writer
 from .reports import read_report, write_report
 from .run import Run
 from .sampling import balanced_labels, generate, sampler_for
@@ -62,41 +63,42 @@ def search_schedules(run: Run, budgets: list[float], thresholds: list[float] = (
     for thr in thresholds:
         policies.append(({"kind": "adaptive", "name": f"adaptive@{thr:g}", "threshold": thr,
                           "min_loops": lmin, "max_loops": lmax}, AdaptiveLoops(thr, lmin, lmax)))
-    judge = make_judge(run, progress)
-    report = _base_report(run, judge, n, seed, steps, guidance)
-    labels = balanced_labels(n, run.num_classes)
-    points = []
-    for meta, policy in bar(policies, desc="schedules", progress=progress):
-        if meta["kind"] == "constant" and meta["name"][1:] in report["loops"]:
-            r = dict(report["loops"][meta["name"][1:]])  # measured by `elt evaluate` with these same settings
-        else:
-            r = measure(run, judge, policy, labels, seed, steps, guidance, progress)
-        if isinstance(policy, LoopSchedule):
-            r["per_step"] = policy.per_step(steps)
-            r["spec"] = policy.spec()
-            r["mean_loops"] = sum(r["per_step"]) / steps
-        points.append({**meta, **r})
-        log.info("%s %s", meta["name"], {k: v for k, v in r.items() if k != "per_step"})
-    fd, acc = f"fd_{judge.prefix}", f"acc_{judge.prefix}"
-    comparison = []
-    for b in budgets:
-        same = [p for p in points if p.get("budget_loops") == b]
-        scheds = [p for p in same if p["kind"] == "schedule"]
-        const = next((p for p in same if p["kind"] == "constant"), None)
-        if not scheds:
-            continue
-        best = min(scheds, key=lambda p: p[fd])
-        comparison.append({"budget_loops": b, "constant": const and const["name"], "best_schedule": best["name"],
-                           "best_schedule_spec": best["spec"],
-                           f"constant_{fd}": const and const[fd], f"schedule_{fd}": best[fd],
-                           f"constant_{acc}": const and const[acc], f"schedule_{acc}": best[acc],
-                           "gflops_per_sample": best["gflops_per_sample"]})
-    names = {p["name"] for p in points}  # the frontier also weighs the constant L of the report's table
-    table = [{"name": f"L{L}", **r} for L, r in report["loops"].items() if f"L{L}" not in names]
-    section = {"budgets": list(budgets), "thresholds": list(thresholds), "cap_loops": cap, "points": points,
-               "frontier": pareto(points + table, "gflops_per_sample", fd), "comparison": comparison}
-    report["schedules"] = section
-    write_report(report, run.path)
+    with run_writer(run.path, "elt schedules"):
+        judge = make_judge(run, progress)
+        report = _base_report(run, judge, n, seed, steps, guidance)
+        labels = balanced_labels(n, run.num_classes)
+        points = []
+        for meta, policy in bar(policies, desc="schedules", progress=progress):
+            if meta["kind"] == "constant" and meta["name"][1:] in report["loops"]:
+                r = dict(report["loops"][meta["name"][1:]])  # measured by `elt evaluate` with these same settings
+            else:
+                r = measure(run, judge, policy, labels, seed, steps, guidance, progress)
+            if isinstance(policy, LoopSchedule):
+                r["per_step"] = policy.per_step(steps)
+                r["spec"] = policy.spec()
+                r["mean_loops"] = sum(r["per_step"]) / steps
+            points.append({**meta, **r})
+            log.info("%s %s", meta["name"], {k: v for k, v in r.items() if k != "per_step"})
+        fd, acc = f"fd_{judge.prefix}", f"acc_{judge.prefix}"
+        comparison = []
+        for b in budgets:
+            same = [p for p in points if p.get("budget_loops") == b]
+            scheds = [p for p in same if p["kind"] == "schedule"]
+            const = next((p for p in same if p["kind"] == "constant"), None)
+            if not scheds:
+                continue
+            best = min(scheds, key=lambda p: p[fd])
+            comparison.append({"budget_loops": b, "constant": const and const["name"], "best_schedule": best["name"],
+                               "best_schedule_spec": best["spec"],
+                               f"constant_{fd}": const and const[fd], f"schedule_{fd}": best[fd],
+                               f"constant_{acc}": const and const[acc], f"schedule_{acc}": best[acc],
+                               "gflops_per_sample": best["gflops_per_sample"]})
+        names = {p["name"] for p in points}  # the frontier also weighs the constant L of the report's table
+        table = [{"name": f"L{L}", **r} for L, r in report["loops"].items() if f"L{L}" not in names]
+        section = {"budgets": list(budgets), "thresholds": list(thresholds), "cap_loops": cap, "points": points,
+                   "frontier": pareto(points + table, "gflops_per_sample", fd), "comparison": comparison}
+        report["schedules"] = section
+        write_report(report, run.path)
     return report
 
 

@@ -13,7 +13,7 @@ from ..config import Config, apply_overrides, read_config
 from ..data import ImageData
 from ..utils.atomic import write_text
 from .build import build_model, is_learned, load_split, make_tokenizer
-from .checkpoint import DAMAGED, find_checkpoint, read_state
+from .checkpoint import DAMAGED, EDITED, find_checkpoint, read_state
 from .store import load_weights
 
 
@@ -62,7 +62,7 @@ def load_run(path: str | Path, use_ema: bool | None = None, device: torch.device
     use_ema = cfg.sample.use_ema if use_ema is None else use_ema
     weights = "ema.safetensors" if use_ema and (ckpt / "ema.safetensors").is_file() else "model.safetensors"
     cfg.sample.use_ema = weights == "ema.safetensors"  # what the reports say is what was loaded
-    load_weights(model, ckpt / weights, "checkpoint", DAMAGED)
+    load_weights(model, ckpt / weights, "checkpoint", DAMAGED, mismatch=EDITED)
     step = int(read_state(ckpt)["step"])
     return Run(path, cfg, model.eval().to(device), tokenizer.to(device), step, data.class_names)
 
@@ -79,6 +79,6 @@ def load_data_spec(path: Path) -> ImageData:
         spec = json.loads(Path(path).read_text())
         shape, names = [int(v) for v in spec["example_shape"]], [str(c) for c in spec["class_names"]]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path} is damaged ({e}); delete it and elt reads the shapes and class names from the "
+        raise ValueError(f"{path} is damaged ({e}); move it aside and elt reads the shapes and class names from the "
                          f"run's data again") from None
     return ImageData(np.zeros((0, *shape), np.uint8), np.zeros(0, np.int64), names)

@@ -69,7 +69,7 @@ def sample_folder(run: Run, policy, how: dict, out_root: str | Path, n: int, see
         if manifest.is_file():
             old = json.loads(manifest.read_text())
             if old.get("settings") != json.loads(json.dumps(settings)):
-                raise ValueError(f"{folder} holds samples made with other settings; choose another --folder or delete it")
+                raise ValueError(f"{folder} holds samples made with other settings; choose another --folder (or move that one aside)")
         else:
             write_text(manifest, json.dumps(meta, indent=2) + "\n")
     if world > 1:

@@ -4,6 +4,9 @@ that name every output; the network GFLOPs of one sample."""
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
+import time
 
 import numpy as np
 import torch
@@ -16,6 +19,8 @@ from . import precision
 from .build import build_sampler
 from .distributed import rank_world
 from .run import Run
+
+log = logging.getLogger("elt")
 
 
 def balanced_labels(n: int, num_classes: int, classes: list[int] | None = None) -> torch.Tensor:
@@ -75,11 +80,27 @@ def sample_local(run: Run, policy, labels: torch.Tensor, gen: torch.Generator, s
     out = []
     bs = run.cfg.sample.batch_size
     device = run.device
+    tic = time.perf_counter()
     for i in bar(range(0, len(labels), bs), desc=f"sample {policy}", progress=progress, leave=False):
         with precision.autocast(run.cfg.sample.precision, device):  # the network only; the sampler's maths stays fp32
             ids = sampler(run.model, labels[i: i + bs].to(device), policy, gen)
         out.append(to_uint8(run.tokenizer.decode(ids)))
+        if i == 0 and len(labels) > 4 * bs:  # a long job says how long, measured on its first batch
+            say_duration(len(labels), bs, time.perf_counter() - tic)
     return np.concatenate(out) if out else np.zeros((0,), np.uint8)  # no labels: an empty array
+
+
+def say_duration(n: int, batch: int, first_batch_s: float) -> float:
+    """Log the time `n` samples will take from the first batch's when it is over two minutes; a warning
+    beyond an hour. Returns the seconds."""
+    total = first_batch_s * math.ceil(n / batch)
+    text = (f"{total / 86400:.1f} days" if total > 2 * 86400 else f"{total / 3600:.1f} hours" if total > 3600
+            else f"{total / 60:.0f} min")
+    if total > 120:  # only a job long enough to plan around
+        (log.warning if total > 3600 else log.info)(
+            "%d samples: about %s on this machine (the first batch of %d took %.1f s); Ctrl-C stops it", n, text,
+            batch, first_batch_s)
+    return total
 
 
 def gflops_per_sample(run: Run, policy, steps: int, guidance: float) -> float:

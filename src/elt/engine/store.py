@@ -13,8 +13,9 @@ from ..utils.atomic import atomic_path
 
 
 def load_weights(module: torch.nn.Module, path: Path, what: str,
-                 fix: str = "delete it so it is rebuilt", layout=None) -> None:
-    """Load a safetensors file into `module`; `layout(state)` may first re-shard it (FSDP2)."""
+                 fix: str = "it is a cache entry: delete it and elt builds it again", layout=None, mismatch: str | None = None) -> None:
+    """Load a safetensors file into `module`; `layout(state)` may first re-shard it (FSDP2). An unreadable
+    file gets `fix`; a readable one whose tensors do not fit the module gets `mismatch` (default `fix`)."""
     try:
         state = load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for corrupt files
@@ -22,7 +23,8 @@ def load_weights(module: torch.nn.Module, path: Path, what: str,
     try:
         module.load_state_dict(layout(state) if layout is not None else state)
     except RuntimeError as e:
-        raise ValueError(f"{what} file {path} does not match its config ({str(e).splitlines()[0]}); {fix}") from None
+        raise ValueError(f"{what} file {path} does not match its config ({str(e).splitlines()[0]}); "
+                         f"{mismatch or fix}") from None
 
 
 def save_tensors(tensors: dict, path: Path) -> None:

@@ -20,12 +20,13 @@ from ..data.extracted import Extracted
 from ..utils.atomic import write_text
 from ..utils.progress import bar
 from . import precision
-from .build import build_framework, build_model, extracted_tokenizer, is_learned, load_split
+from .build import build_framework, build_model, check_fits, check_splits, extracted_tokenizer, is_learned, load_split
 from .cache import encode_dataset, get_tokenizer
-from .checkpoint import find_checkpoint, keep_copy, load_checkpoint, save_checkpoint
+from .checkpoint import find_checkpoint, keep_copy, load_checkpoint, read_state, save_checkpoint
 from .distributed import DistInfo, barrier, full_state
 from .distributed import setup as dist_setup
 from .distributed import teardown as dist_teardown
+from .lock import LOCK_NAME, RunLock
 from .run import save_data_spec
 from .step import TrainState, lr_at, make_optimizer, train_step, wrap_model
 from .store import save_weights
@@ -33,13 +34,23 @@ from .store import save_weights
 log = logging.getLogger("elt")
 
 
+RUN_MARKERS = ("checkpoints", "data.json", LOCK_NAME)  # what a folder elt trains into holds from its start
+
+
 def prepare_run_dir(out: Path, resume: bool) -> None:
+    """Checks before any work: `out` is a folder elt may write a run into (new, empty, or an elt run —
+    with a checkpoint only under --resume), and writable. Creates it."""
     out = Path(out)
+    if not str(out).strip():
+        raise ValueError("--out is empty; give the run folder's path, e.g. --out runs/first")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; choose a folder path")
     if not resume and find_checkpoint(out) is not None:
         raise ValueError(f"run folder {out} already holds a checkpoint; pass --resume to continue it "
                          f"or choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not any((out / m).exists() for m in RUN_MARKERS):
+        held = ", ".join(sorted(p.name for p in out.iterdir())[:4])
+        raise ValueError(f"--out {out} holds files that are not an elt run ({held}, ...); choose a new or empty folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write_test{os.getpid()}"
@@ -141,11 +152,18 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
     cfg.validate()
     info = dist_setup(cfg.train.device)
     finished = False
+    lock = RunLock(out, "elt train")
     try:
+        check_fits(cfg, info.device)
+        check_splits(cfg)
+        prepare_run_dir(out, resume)
+        if info.is_main:  # one writer per run folder (rank 0 writes for every rank)
+            lock.acquire()
         result = _train(cfg, out, resume, progress and info.is_main, info)
         finished = True
         return result
     finally:
+        lock.release()
         dist_teardown(finished)
 
 
@@ -155,10 +173,17 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, info: DistInfo)
     if rest or per_rank < 1:
         raise ConfigError(f"bad config value train.batch_size: {t.batch_size} is not divisible by "
                           f"processes ({info.world_size}) x train.grad_accum ({t.grad_accum})")
-    prepare_run_dir(out, resume)
-    if resume and find_checkpoint(out) is not None:
+    found = find_checkpoint(out) if resume else None
+    if found is not None:
         check_resume_config(cfg, out)
-    if info.is_main:
+        done = int(read_state(found)["step"])
+        if t.steps <= done:
+            raise ValueError(f"{out} is already trained to step {done}; --steps {t.steps} adds nothing (give more "
+                             f"steps to continue it, or sample and evaluate it as it is)")
+    if info.is_main and found is None:  # a resumed run's config.yaml changes with its next checkpoint
+        if (out / "metrics.jsonl").is_file():  # a run killed before its first checkpoint
+            log.info("%s has no checkpoint: training it from the start again", out)
+            write_text(out / "metrics.jsonl", "")
         cfg.save(out / "config.yaml")
     torch.manual_seed(t.seed)  # same initial weights on every rank (FSDP2 does not broadcast them)
     gen = torch.Generator().manual_seed(t.seed)  # identical on every rank: the global batch
@@ -199,7 +224,6 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, info: DistInfo)
     objective = ILSD(cfg.model.min_loops, cfg.model.max_loops, t.steps, t.objective)
     state = TrainState(cfg, model, fwd, ema, make_optimizer(model, cfg),  # after wrapping: FSDP2 swaps parameters
                        build_framework(cfg, data.num_classes, tokenizer), objective, examples, labels, gen, info)
-    found = find_checkpoint(out) if resume else None
     if found is not None:  # every rank loads the same file, in place, so replicas stay identical
         state.step = load_checkpoint(found, model, ema, state.optimizer, gen)
         log.info("resumed from %s at step %d", found, state.step)
@@ -222,6 +246,8 @@ def _checkpoint(state: TrainState, out: Path) -> None:
                          state.optimizer.state_dict()))
     if state.info.is_main:
         save_checkpoint(out, *states, state.step, state.gen)
+        if read_config(out / "config.yaml") != state.cfg:  # a resume that grew train.steps: now it is so
+            state.cfg.save(out / "config.yaml")
     barrier(state.info)
 
 
@@ -231,7 +257,7 @@ def _loop(state: TrainState, out: Path, metrics_file: "MetricsLog | None", stop:
     t = state.cfg.train
     pbar = bar(total=t.steps, initial=state.step, desc=f"train {state.cfg.name}", progress=progress)
     state.model.train()
-    tic, window, nonfinite = time.perf_counter(), 0, 0
+    tic, window, nonfinite, finite = time.perf_counter(), 0, 0, 0
     while state.step < t.steps:
         if stop["signal"]:
             _checkpoint(state, out)
@@ -241,18 +267,30 @@ def _loop(state: TrainState, out: Path, metrics_file: "MetricsLog | None", stop:
         r = train_step(state)
         step = state.step
         pbar.update(1)
-        if not r.finite:
+        if not r.finite:  # the update was skipped: the weights are the last good ones
             nonfinite += 1
             pbar.set_postfix(loss=f"{r.loss}", skipped=nonfinite, refresh=False)  # never the last finite value
             log.warning("non-finite loss %s at step %d skipped (%d so far)", r.loss, step - 1, nonfinite)
             if metrics_file is not None:
                 metrics_file.write({"step": step - 1, "nonfinite_loss": r.loss, "nonfinite_count": nonfinite})
-            if nonfinite > t.max_nonfinite:
-                raise FloatingPointError(f"{nonfinite} non-finite losses (last at step {step - 1}), more than "
-                                         f"train.max_nonfinite={t.max_nonfinite}; lower train.lr or check the data")
+            if nonfinite > t.max_nonfinite or (step == t.steps and finite == 0):
+                last = find_checkpoint(out)
+                kept = f"the last good checkpoint (step {int(read_state(last)['step'])}) is kept in {last}" if last \
+                    else "no checkpoint was written"
+                raise FloatingPointError(f"training stopped at step {step}: {nonfinite} non-finite losses and "
+                                         f"{finite} finite ones (train.max_nonfinite={t.max_nonfinite}); {kept}; "
+                                         f"lower train.lr or check the data")
+            if step == t.steps:  # the weights are the last finite step's: they are the run's result
+                _checkpoint(state, out)
             continue
+        finite += 1
         window += 1
         pbar.set_postfix(loss=f"{r.loss:.3f}", lint=r.lint if r.lint is not None else "-", refresh=False)
+        keep = t.keep_every and step % t.keep_every == 0
+        if step % t.ckpt_every == 0 or step == t.steps or keep:  # before the metrics: no record past a checkpoint
+            _checkpoint(state, out)
+        if keep and state.info.is_main:
+            keep_copy(out, step)
         if (step % t.log_every == 0 or step == t.steps) and metrics_file is not None:
             rate = window / (time.perf_counter() - tic)
             tic, window = time.perf_counter(), 0
@@ -263,9 +301,4 @@ def _loop(state: TrainState, out: Path, metrics_file: "MetricsLog | None", stop:
             metrics_file.write(record)
             pbar.set_postfix(loss=f"{r.loss:.3f}", lam=f"{r.lam:.2f}", lint=r.lint if r.lint is not None else "-",
                              gn=f"{record['grad_norm']:.2f}", it_s=f"{rate:.1f}")
-        keep = t.keep_every and step % t.keep_every == 0
-        if step % t.ckpt_every == 0 or step == t.steps or keep:
-            _checkpoint(state, out)
-        if keep and state.info.is_main:
-            keep_copy(out, step)
     pbar.close()

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..utils.atomic import atomic_path
+
 
 class StreamingStats:
     """Running sum, sum of outer products and count of features, in float64, so statistics of 50k
@@ -44,8 +46,10 @@ class StreamingStats:
         return mu, (self.outer - self.n * np.outer(mu, mu)) / (self.n - 1)
 
     def save(self, path) -> None:
+        """μ, Σ and n as an .npz, written to a temporary name and renamed."""
         mu, sigma = self.mean_cov()
-        np.savez(path, mu=mu, sigma=sigma, n=self.n)
+        with atomic_path(path) as tmp:
+            np.savez(tmp, mu=mu, sigma=sigma, n=self.n)
 
 
 def inception_score(logits, splits: int = 10) -> tuple[float, float]:

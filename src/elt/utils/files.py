@@ -38,3 +38,27 @@ def verify_file(path: str | Path | None, sha256: str | None, what: str, where: s
             raise ValueError(f"{what} file {p} has SHA-256 {got}, expected {want}{'' if sha256 else '…'}: it is "
                              f"not the right file or is damaged; {where}")
     return p
+
+
+def check_writable(folder: str | Path, what: str = "output folder") -> Path:
+    """`folder` exists and a file can be created in it (checked by creating and removing one), before any work."""
+    folder = Path(folder) if str(folder) else Path(".")
+    if not folder.is_dir():
+        raise ValueError(f"{what} {folder} does not exist; create it or choose another")
+    probe = folder / f".elt-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"cannot write to {what} {folder} ({e.strerror}); choose a writable one") from None
+    return folder
+
+
+def refuse_existing(paths, overwrite: bool) -> None:
+    """One clear error when an output would replace an existing file (or fill a non-empty folder), unless
+    `overwrite` (the command's --overwrite) says so."""
+    if overwrite:
+        return
+    for p in map(Path, paths):
+        if p.is_file() or (p.is_dir() and any(p.iterdir())):
+            raise ValueError(f"{p} exists; choose another output name, or pass --overwrite to replace it")

@@ -1,0 +1,382 @@
+"""Bad input and faults: every case ends with one line on stderr naming the problem and a safe fix (no
+traceback) and the right exit code, and leaves every file that existed before as it was — or gives a
+correct result. `python tests/test_faults.py --table` prints docs/engine.md's bad-input table from these
+same cases, so the table cannot drift from the code.
+
+Disk-full and read-only cases use a small tmpfs and a read-only bind mount where this process may mount
+(root, as in CI here); elsewhere they use a patched writer and chmod."""
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_engine import TINY  # noqa: E402
+
+from elt.apps.cli import main  # noqa: E402
+
+
+# ----------------------------------------------------------------------------------- machinery
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".elt.lock"}
+
+
+def run_cli(argv: list[str]) -> tuple[int, str]:
+    """(exit code, stderr) of `elt ARGV` in this process."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            code = main(["--quiet", *argv])
+        except SystemExit as e:  # argparse's own checks exit while parsing
+            code = e.code
+    return code, err.getvalue()
+
+
+@dataclass
+class Case:
+    name: str                   # what goes wrong
+    argv: list[str]             # the command, with {run} and {tmp} filled in
+    code: int                   # the exit code
+    needle: str                 # a phrase the one line must hold
+    setup: object = None        # setup(tmp, run) before the command: writes files, patches, returns a cleanup
+    changes: tuple = ()         # files the command may change (relative to tmp)
+    after: object = None        # after(tmp, run): extra checks of a correct result
+    tags: tuple = field(default_factory=tuple)
+
+
+def _fill(argv, tmp, run):
+    return [a.replace("{run}", str(run)).replace("{tmp}", str(tmp)) for a in argv]
+
+
+def play(case: Case, tmp: Path, run: Path) -> tuple[int, list[str]]:
+    cleanup = case.setup(tmp, run) if case.setup else None
+    try:
+        before = tree_hashes(tmp)
+        code, err = run_cli(_fill(case.argv, tmp, run))
+        after = tree_hashes(tmp)
+    finally:
+        if callable(cleanup):
+            cleanup()
+    changed = [k for k, v in before.items() if after.get(k) != v and k not in case.changes]
+    assert not changed, f"files that existed before changed: {changed}"
+    return code, [line for line in err.strip().splitlines() if line.strip()]
+
+
+# ----------------------------------------------------------------------------------- set-ups
+
+
+def _write(rel: str, text: str):
+    def setup(tmp, run):
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / rel).write_text(text)
+    return setup
+
+
+def _sampled(tmp, run):
+    assert main(["--quiet", "sample", "--run", str(run), "--loops", "1", "--n", "10", "--out", str(tmp / "s")]) == 0
+
+
+def _held_lock(tmp, run):
+    from elt.engine.lock import RunLock
+    lock = RunLock(run, "elt train (another)").acquire()
+    return lock.release
+
+
+def _killed_before_checkpoint(tmp, run):
+    out = tmp / "killed"
+    out.mkdir()
+    shutil.copy(run / "config.yaml", out / "config.yaml")
+    (out / ".elt.lock").write_text("pid 1: elt train\n")  # what the killed process left
+    (out / "metrics.jsonl").write_text('{"step": 2, "loss": 9.0}\n{"step": 4, "loss": 8.0}\n')
+
+
+def _user_folder(tmp, run):
+    (tmp / "mine").mkdir()
+    (tmp / "mine" / "config.yaml").write_text("my own notes\n")
+    (tmp / "mine" / "metrics.jsonl").write_text("mine\n")
+
+
+def _full_disk(tmp, run):
+    """A 3 MB tmpfs holding a copy of the run (root may mount), else a writer that fails with ENOSPC."""
+    small = tmp / "small"
+    small.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(small)], check=True,
+                       capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        import elt.engine.checkpoint as ck
+        real = ck.save_file
+
+        def full(*a, **k):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        ck.save_file = full
+        shutil.copytree(run, small / "run")
+        return lambda: setattr(ck, "save_file", real)
+    shutil.copytree(run, small / "run")
+    free = shutil.disk_usage(small).free
+    (small / "filler").write_bytes(b"\0" * max(0, free - 200_000))  # leave less than a checkpoint needs
+
+    def unmount():
+        subprocess.run(["umount", str(small)], capture_output=True)
+    return unmount
+
+
+def _read_only_run(tmp, run):
+    """The run behind a read-only bind mount (root), else chmod'ed read-only."""
+    ro = tmp / "ro"
+    ro.mkdir()
+    try:
+        subprocess.run(["mount", "--bind", str(run), str(ro)], check=True, capture_output=True)
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(ro)], check=True, capture_output=True)
+        return lambda: subprocess.run(["umount", str(ro)], capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        ro.rmdir()
+        shutil.copytree(run, ro)
+        for p in [ro, *ro.rglob("*")]:
+            p.chmod(0o555 if p.is_dir() else 0o444)
+        return lambda: [p.chmod(0o755) for p in [ro, *ro.rglob("*")] if p.is_dir()]
+
+
+def _edited_config(tmp, run):
+    text = (run / "config.yaml").read_text().replace("width: 32", "width: 64")
+    (run / "config.yaml").write_text(text)
+
+
+def _corrupt_optimizer(tmp, run):
+    (run / "checkpoints" / "last" / "optimizer.pt").write_bytes(b"not a torch file")
+
+
+def _empty_class(tmp, run):
+    from PIL import Image
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            d = tmp / "imgs" / split / c
+            d.mkdir(parents=True)
+            if not (split == "train" and c == "b"):
+                Image.new("RGB", (8, 8)).save(d / "x.png")
+
+
+def _port_in_use(tmp, run):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    (tmp / "port").write_text(str(s.getsockname()[1]))
+    return s.close
+
+
+# ----------------------------------------------------------------------------------- the cases
+
+SAMPLE = ["sample", "--run", "{run}", "--loops", "1", "--n", "4"]
+TRAIN = ["train", "--config", "digits-maskgit", *sum((["--set", s] for s in TINY), [])]
+
+CASES = [
+    # lost or overwritten data
+    Case("sample over an existing output", SAMPLE + ["--out", "{tmp}/s"], 2, "exists; choose another output name",
+         _sampled),
+    Case("sample onto the run's own plot", SAMPLE + ["--out", "{run}/anytime"], 2, "pass --overwrite",
+         _write("run/anytime.png", "the evaluation's plot")),
+    Case("a second writer on a run folder", TRAIN + ["--out", "{run}", "--resume", "--steps", "8"], 2,
+         "in use by another elt process (pid", _held_lock),
+    Case("every step non-finite (lr inf)", TRAIN + ["--out", "{tmp}/r", "--set", "train.lr=inf"], 2, "train.lr"),
+    Case("--resume with no more steps", TRAIN + ["--out", "{run}", "--resume", "--steps", "2"], 2,
+         "adds nothing"),
+    Case("--out at a folder that is not a run", TRAIN + ["--out", "{tmp}/mine"], 2, "not an elt run", _user_folder),
+    Case("disk full while checkpointing", TRAIN + ["--out", "{tmp}/small/run", "--resume", "--steps", "8"], 1,
+         "could not write the checkpoint", _full_disk, changes=("small/run/metrics.jsonl",)),
+    # exit 0 with garbage before
+    Case("guidance nan", SAMPLE + ["--out", "{tmp}/g", "--guidance", "nan"], 2, "--guidance"),
+    Case("guidance inf", SAMPLE + ["--out", "{tmp}/g", "--guidance", "inf"], 2, "--guidance"),
+    Case("negative min_lr_ratio", TRAIN + ["--out", "{tmp}/r", "--set", "train.min_lr_ratio=-1"], 2,
+         "train.min_lr_ratio"),
+    Case("negative weight decay", TRAIN + ["--out", "{tmp}/r", "--set", "train.weight_decay=-1"], 2,
+         "train.weight_decay"),
+    Case("an empty YAML file", ["train", "--config", "{tmp}/empty.yaml", "--out", "{tmp}/r"], 2, "is empty",
+         _write("empty.yaml", "")),
+    Case("an empty class folder", ["train", "--config", "digits-maskgit", "--set", "data.dataset=folder", "--set",
+                                   "data.image_size=8", "--data-dir", "{tmp}/imgs", "--out", "{tmp}/r"], 2,
+         "holds no images", _empty_class),
+    Case("extract with a training flag", ["extract", "--config", "digits-maskgit", "--out", "{tmp}/x", "--steps",
+                                          "3"], 2, "unrecognized arguments: --steps"),
+    # tracebacks before
+    Case("negative MLP ratio", TRAIN + ["--out", "{tmp}/r", "--set", "model.mlp_ratio=-1"], 2, "model.mlp_ratio"),
+    Case("a width that cannot be allocated", TRAIN + ["--out", "{tmp}/r", "--set", "model.width=200000", "--set",
+                                                      "model.heads=8"], 2, "lower model.width"),
+    Case("an empty --out", SAMPLE + ["--out", ""], 2, "--out is empty"),
+    Case("a name over 255 characters", SAMPLE + ["--out", "{tmp}/" + "x" * 300], 2, "characters long"),
+    Case("--folder at a file", SAMPLE + ["--folder", "{tmp}/afile"], 2, "is a file", _write("afile", "x")),
+    Case("extract --device bogus", ["extract", "--config", "digits-maskgit", "--out", "{tmp}/x", "--device",
+                                    "bogus"], 2, "invalid choice: 'bogus'"),
+    Case("an unwritable cache folder", ["train", "--config", "digits-dit", "--set", "tokenizer.kind=klvae", "--out",
+                                        "{tmp}/r", *sum((["--set", s] for s in TINY), [])], 2,
+         "set ELT_CACHE_DIR to a writable folder", tags=("cache",)),
+    Case("serve on port 99999", ["serve", "--run", "{run}", "--port", "99999"], 2, "--port must be in 1..65535"),
+    Case("serve on a port in use", ["serve", "--run", "{run}", "--port", "{port}"], 2, "cannot listen on",
+         _port_in_use, tags=("port",)),
+    # misleading before
+    Case("an edited config.yaml", SAMPLE + ["--out", "{tmp}/s"], 2, "was config.yaml edited", _edited_config,
+         changes=("run/config.yaml",)),
+    Case("a corrupt optimizer.pt", TRAIN + ["--out", "{run}", "--resume", "--steps", "8"], 2,
+         "optimizer.pt is unreadable (", _corrupt_optimizer, changes=("run/checkpoints/last/optimizer.pt",)),
+    Case("train.beta1=2", TRAIN + ["--out", "{tmp}/r", "--set", "train.beta1=2"], 2, "train.beta1"),
+    Case("a huge --seed", SAMPLE + ["--out", "{tmp}/s", "--seed", str(2 ** 70)], 2, "--seed"),
+    Case("data.image_size=-8", TRAIN + ["--out", "{tmp}/r", "--set", "data.image_size=-8"], 2, "data.image_size"),
+    Case("evaluate --n 1", ["evaluate", "--run", "{run}", "--n", "1"], 2, "--n must be >= 2"),
+    Case("evaluating a read-only run", ["evaluate", "--run", "{tmp}/ro", "--loops", "1"], 2, "cannot write to run "
+         "folder", _read_only_run),
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run = tmp_path_factory.mktemp("faults") / "run"
+    assert main(["--quiet", *TRAIN, "--out", str(run), "--steps", "4"]) == 0
+    return run
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_fault(case, trained, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    if "cache" in case.tags:
+        monkeypatch.setenv("ELT_CACHE_DIR", "/proc/elt-cache")
+    if "port" in case.tags:
+        def with_port(tmp, r, inner=case.setup):
+            close = inner(tmp, r)
+            case_argv[:] = [a.replace("{port}", (tmp / "port").read_text()) for a in case_argv]
+            return close
+        case_argv = list(case.argv)
+        case = Case(case.name, case_argv, case.code, case.needle, with_port, case.changes, case.after, case.tags)
+    code, lines = play(case, tmp_path, run)
+    assert code == case.code, (code, lines)
+    assert len(lines) == 1 and "Traceback" not in lines[0], lines
+    assert case.needle in lines[0], lines[0]
+
+
+def test_disk_full_leaves_no_temporary_folder_and_the_checkpoint_intact(trained, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    cleanup = _full_disk(tmp_path, run)
+    try:
+        small = tmp_path / "small" / "run"
+        before = tree_hashes(small / "checkpoints")
+        code, _ = run_cli(TRAIN + ["--out", str(small), "--resume", "--steps", "8"])
+        assert code == 1
+        assert not list((small / "checkpoints").glob("last.tmp*"))
+        assert tree_hashes(small / "checkpoints") == before
+        steps = [json.loads(x)["step"] for x in (small / "metrics.jsonl").read_text().splitlines()]
+        assert max(steps) < 8  # no record of the step whose checkpoint could not be written
+    finally:
+        cleanup()
+
+
+def test_evaluate_keeps_the_schedule_search(trained, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    common = ["--run", str(run), "--n", "10", "--steps", "3"]
+    assert main(["--quiet", "schedules", *common, "--budgets", "2"]) == 0
+    assert "schedules" in json.loads((run / "anytime.json").read_text())
+    assert main(["--quiet", "evaluate", *common, "--loops", "1,2"]) == 0
+    for path in (run / "anytime.json", *(run / "eval").glob("*.json")):
+        report = json.loads(path.read_text())
+        assert "schedules" in report and {"1", "2"} <= set(report["loops"]), path
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_clean(trained, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    _killed_before_checkpoint(tmp_path, run)
+    out = tmp_path / "killed"
+    assert main(["--quiet", *TRAIN, "--out", str(out), "--steps", "4"]) == 0
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 4  # one run's records, not two
+
+
+def test_a_late_non_finite_step_keeps_the_last_good_weights(tmp_path, monkeypatch):
+    """Skipped steps leave the weights as they were; a run whose every step is non-finite stops (exit 1) and
+    writes no checkpoint."""
+    import elt.engine.step as step_mod
+    real = step_mod.forward_loss
+
+    def nan_loss(*a, **k):
+        loss, parts = real(*a, **k)
+        return loss * float("nan"), {key: v * float("nan") for key, v in parts.items()}
+    monkeypatch.setattr(step_mod, "forward_loss", nan_loss)
+    code, err = run_cli(TRAIN + ["--out", str(tmp_path / "r"), "--steps", "3"])
+    assert code == 1 and "no checkpoint was written" in err and len(err.strip().splitlines()) == 1
+
+
+def test_folder_without_a_held_out_split_holds_one_image_in_ten_out(tmp_path):
+    from PIL import Image
+
+    from elt.data.folder import HELD_OUT, list_image_folder
+    for c in ("a", "b"):
+        d = tmp_path / "train" / c
+        d.mkdir(parents=True)
+        for i in range(20):
+            Image.new("RGB", (8, 8)).save(d / f"{i:02d}.png")
+    train, _ = list_image_folder(tmp_path, "train")
+    test, _ = list_image_folder(tmp_path, "test")
+    assert len(test) == 2 * 20 // HELD_OUT and len(train) == 40 - len(test)
+    assert not {p for p, _ in train} & {p for p, _ in test}
+    (tmp_path / "val" / "a").mkdir(parents=True)  # ImageNet's own layout: val/ is the held-out split
+    Image.new("RGB", (8, 8)).save(tmp_path / "val" / "a" / "v.png")
+    (tmp_path / "val" / "b").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "val" / "b" / "v.png")
+    test, _ = list_image_folder(tmp_path, "test")
+    assert [p.name for p, _ in test] == ["v.png", "v.png"] and len(list_image_folder(tmp_path, "train")[0]) == 40
+
+
+def test_a_long_sampling_job_says_how_long(caplog):
+    from elt.engine.sampling import say_duration
+
+    with caplog.at_level("INFO", logger="elt"):
+        assert say_duration(10_000_000, 100, 2.0) == pytest.approx(200_000.0)
+    assert "about 2.3 days" in caplog.text and caplog.records[-1].levelname == "WARNING"
+
+
+# ----------------------------------------------------------------------------------- the docs table
+
+
+def table(tmp_root: Path) -> str:
+    """Run every case; the markdown table docs/engine.md shows."""
+    run = tmp_root / "trained"
+    assert main(["--quiet", *TRAIN, "--out", str(run), "--steps", "4"]) == 0
+    rows = ["| what goes wrong | command | exit | stderr (one line) |", "|---|---|---|---|"]
+    for case in CASES:
+        if case.tags:
+            continue
+        tmp = tmp_root / case.name.replace(" ", "_").replace("/", "_")
+        tmp.mkdir()
+        shutil.copytree(run, tmp / "run")
+        with contextlib.redirect_stdout(io.StringIO()):
+            code, lines = play(case, tmp, tmp / "run")
+        argv = [a for i, a in enumerate(case.argv) if a not in TINY and not (a == "--set" and i + 1 < len(case.argv)
+                                                                            and case.argv[i + 1] in TINY)]
+        shown = " ".join(_fill(argv, Path("."), Path("run"))).replace("./", "")
+        shown = shown if len(shown) < 90 else shown[:87] + "…"
+        line = lines[0].replace(str(tmp) + "/", "").replace(str(tmp), ".") if lines else ""
+        rows.append(f"| {case.name} | `elt {shown}` | {code} | {line.replace('|', '/')} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__" and "--table" in sys.argv:
+    import tempfile
+
+    os.environ.setdefault("ELT_CACHE_DIR", tempfile.mkdtemp(prefix="elt-cache-"))
+    with tempfile.TemporaryDirectory() as d:
+        print(table(Path(d)))

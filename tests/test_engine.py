@@ -86,10 +86,10 @@ def test_cli_train_sample_evaluate_on_digits(tmp_path, capsys):
     assert main(["--quiet", "sample", "--run", str(run), "--loops", "1", "--n", "6", "--out", str(tmp_path / "c"),
                  "--classes", "3,5"]) == 0
     assert set(np.load(tmp_path / "c.npz")["labels"].tolist()) == {3, 5}
-    for how in (["--no-ema"], ["--set", "sample.use_ema=false"]):  # the flag and the override: raw weights
-        assert main(["--quiet", "sample", "--run", str(run), "--loops", "1", "--n", "2", "--out", str(tmp_path / "r"),
-                     *how]) == 0
-        assert "'ema': False" in str(np.load(tmp_path / "r.npz")["settings"])
+    for k, how in enumerate((["--no-ema"], ["--set", "sample.use_ema=false"])):  # the flag and the override
+        out = tmp_path / f"raw{k}"
+        assert main(["--quiet", "sample", "--run", str(run), "--loops", "1", "--n", "2", "--out", str(out), *how]) == 0
+        assert "'ema': False" in str(np.load(out.with_suffix(".npz"))["settings"])
 
     assert main(["--quiet", "evaluate", "--run", str(run), "--loops", "1,2,5", "--n", "20"]) == 0
     report = json.loads((run / "anytime.json").read_text())

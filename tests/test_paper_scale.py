@@ -161,17 +161,20 @@ def test_fid_cli_end_to_end(inception_file, tmp_path, monkeypatch, capsys):
 
 
 def _imagenet_folder(root, per_class=20):
-    """An ImageNet-layout folder (train/CLASS/*.png) of 10 × per_class RGB images made from the embedded digits."""
+    """An ImageNet-layout folder (train/CLASS/*.png, val/CLASS/*.png) of 10 × per_class training RGB images and
+    10 × 2 held-out ones, made from the embedded digits."""
     from PIL import Image
     from sklearn.datasets import load_digits
 
     d = load_digits()
     for c in range(10):
-        (root / "train" / f"n{c:08d}").mkdir(parents=True)
-        for k, img in enumerate(d.images[d.target == c][:per_class]):
-            g = (img * 255 / 16).astype(np.uint8)
-            rgb = np.stack([g, 255 - g, g // 2], -1)
-            Image.fromarray(rgb).resize((12, 12), Image.NEAREST).save(root / "train" / f"n{c:08d}" / f"{k}.png")
+        for split, imgs in (("train", d.images[d.target == c][:per_class]),
+                            ("val", d.images[d.target == c][per_class:per_class + 2])):
+            (root / split / f"n{c:08d}").mkdir(parents=True)
+            for k, img in enumerate(imgs):
+                g = (img * 255 / 16).astype(np.uint8)
+                rgb = np.stack([g, 255 - g, g // 2], -1)
+                Image.fromarray(rgb).resize((12, 12), Image.NEAREST).save(root / split / f"n{c:08d}" / f"{k}.png")
     return root
 
 

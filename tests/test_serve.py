@@ -72,8 +72,8 @@ def test_generator_serves_a_video_run_as_animated_clips(video_run):
     for loops in (1, 4):
         path, status = gen("Trouser", loops, seed=1)
         assert f"2 clips at L={loops}" in status and "GFLOPs" in status
-        with Image.open(path) as im:  # two 40×40 clips side by side, upscaled ×3, every frame
-            assert im.format == "GIF" and im.n_frames == 9 and im.size == (2 * 40 * 3, 40 * 3)
+        with Image.open(path) as im:  # two 36×36 clips side by side, upscaled ×3, every frame
+            assert im.format == "GIF" and im.n_frames == 9 and im.size == (2 * 36 * 3, 36 * 3)
 
 
 def _browser():
@@ -127,7 +127,7 @@ def test_video_web_demo_in_headless_chromium(video_run):
         assert status.startswith("Bag: 2 clips at L=2") and "GFLOPs" in status
         assert src.startswith(f"http://127.0.0.1:{port}/")
         with Image.open(io.BytesIO(urllib.request.urlopen(src, timeout=30).read())) as im:
-            assert im.format == "GIF" and im.n_frames == 9 and im.size == (2 * 40 * 3, 40 * 3)
+            assert im.format == "GIF" and im.n_frames == 9 and im.size == (2 * 36 * 3, 36 * 3)
     finally:
         browser.quit()
         app.close()

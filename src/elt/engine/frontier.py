@@ -151,10 +151,11 @@ def machine_key(run: Run, batch: int, steps: int, guidance: float) -> str:
             f"{where}|batch {batch}|steps {steps}|guidance {guidance:g}|ckpt {run.step}")
 
 
-def latencies(run: Run, policies: list[dict], steps: int, guidance: float, progress: bool = True) -> dict:
-    """Milliseconds per sample of each policy at the run's sampling batch, measured once on this
-    machine and cached in DIR/latency.json (keyed by machine, threads, batch, steps, cfg, checkpoint)."""
-    batch = run.cfg.sample.batch_size
+def latencies(run: Run, policies: list[dict], steps: int, guidance: float, progress: bool = True,
+              batch: int | None = None) -> dict:
+    """Milliseconds per sample of each policy at the run's sampling batch (or `batch`), measured once on
+    this machine and cached in DIR/latency.json (keyed by machine, threads, batch, steps, cfg, checkpoint)."""
+    batch = batch or run.cfg.sample.batch_size
     key = machine_key(run, batch, steps, guidance)
     path = run.path / "latency.json"
     cache = {}

@@ -1,0 +1,240 @@
+"""`elt api`: the scheduler against a fake clock (batching, loop choice, admission), the HTTP answers
+(200, 422 naming the field, 503 with Retry-After, /health, /metrics), a burst where every request is
+answered or refused, and SIGTERM answering what was queued."""
+import asyncio
+import base64
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from elt.apps.api import Job, LatencyModel, Scheduler
+from elt.apps.cli import main
+
+fastapi = pytest.importorskip("fastapi", reason="the HTTP service needs the api extra (make setup installs it)")
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("prometheus_client")
+
+TINY = ["model.width=32", "model.heads=2", "train.batch_size=16", "train.warmup_steps=2", "sample.steps=4"]
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def _latency(loops, batch):  # 100 ms per loop, 10 ms per sample
+    return 0.1 * loops + 0.01 * batch
+
+
+def _job(t, n=1, loops=None, seed=0):
+    return Job(list(range(n)), loops, seed, t)
+
+
+def test_scheduler_batches_the_oldest_jobs_and_picks_the_largest_loop_count_in_time():
+    clock = Clock()
+    s = Scheduler(_latency, list(range(1, 9)), max_batch=4, max_queue=100, slo=1.0, clock=clock)
+    for _ in range(5):
+        assert s.submit(_job(0.0)) is None
+    jobs, loops = s.next_batch()
+    # 4 samples, 1.0 s left: L with 0.1 L + 0.04 ≤ 1.0 → L = 9 would be 0.94 but only 1..8 exist → 8
+    assert len(jobs) == 4 and loops == 8
+    clock.t = 0.5  # the fifth job has 0.5 s left: 0.1 L + 0.01 ≤ 0.5 → L = 4
+    jobs, loops = s.next_batch()
+    assert len(jobs) == 1 and loops == 4
+    assert s.next_batch() is None
+    s.submit(_job(0.5))
+    clock.t = 1.48  # late already: the cheapest loop count, never a dropped request
+    assert s.next_batch()[1] == 1
+
+
+def test_scheduler_serves_pinned_loops_exactly_and_batches_them_apart():
+    s = Scheduler(_latency, list(range(1, 9)), max_batch=8, max_queue=100, slo=5.0, clock=Clock())
+    for pin in (3, None, 3, None, 2):
+        assert s.submit(_job(0.0, loops=pin)) is None
+    batches = [s.next_batch() for _ in range(3)]
+    assert [(len(j), L) for j, L in batches] == [(2, 3), (2, 8), (1, 2)]
+    assert all(j.loops == 3 for j in batches[0][0])
+
+
+def test_scheduler_refuses_at_once_when_even_lmin_is_too_late_or_the_queue_is_full():
+    clock = Clock()
+    s = Scheduler(_latency, [1, 2, 4], max_batch=2, max_queue=6, slo=0.5, clock=clock)
+    # each queued pair costs 0.12 s at L = 1: the 4th pair would finish at 0.48 s, the 5th at 0.60 s
+    results = [s.submit(_job(0.0, n=2)) for _ in range(3)]
+    assert results == [None] * 3 and s.depth() == 6
+    full = s.submit(_job(0.0))
+    assert full.kind == "queue_full" and full.retry_after >= 1
+    s = Scheduler(_latency, [1, 2, 4], max_batch=2, max_queue=100, slo=0.5, clock=clock)
+    assert [s.submit(_job(0.0, n=2)) is None for _ in range(5)] == [True] * 4 + [False]
+    late = s.submit(_job(0.0, n=2))
+    assert late.kind == "objective" and "L=1" in late.reason and late.retry_after == 1
+    s.busy_until = 10.0  # a long batch in flight: refused, told to come back after it
+    assert s.submit(_job(0.0)).retry_after >= 10
+
+
+def test_fixed_service_always_uses_its_loop_count():
+    s = Scheduler(_latency, [5], max_batch=4, max_queue=100, slo=None, clock=Clock())
+    for _ in range(3):
+        s.submit(_job(0.0))
+    assert s.next_batch()[1] == 5
+
+
+def test_latency_model_interpolates_between_measured_sizes_and_learns_a_slowdown():
+    m = LatencyModel({(1, 1): 0.1, (4, 1): 0.4, (1, 2): 0.2, (4, 2): 0.8})
+    assert m(1, 2) == pytest.approx(0.2) and m(2, 3) == pytest.approx(0.6) and m(1, 8) == pytest.approx(0.8)
+    for _ in range(40):
+        m.observe(1, 4, 0.8)  # every batch takes twice the table
+    assert m.correction == pytest.approx(2.0, rel=1e-3) and m(1, 4) == pytest.approx(0.8, rel=1e-3)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    run = tmp_path_factory.mktemp("api") / "run"
+    sets = sum((["--set", s] for s in TINY), [])
+    assert main(["--quiet", "train", "--config", "digits-maskgit", "--out", str(run), "--steps", "3", *sets]) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def client(run_dir):
+    from fastapi.testclient import TestClient
+
+    from elt.apps.api import Service, build_app
+
+    service = Service(run_dir, slo_ms=60_000, max_batch=8, max_queue=64, progress=False)
+    with TestClient(build_app(service)) as c:
+        yield c, service
+
+
+def test_generate_answers_with_images_loops_time_and_gflops(client):
+    from PIL import Image
+
+    c, service = client
+    r = c.post("/generate", json={"classes": [3, 5], "loops": 2, "seed": 1})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["labels"] == [3, 5] and body["loops"] == 2 and body["format"] == "png"
+    assert body["gflops_per_sample"] == pytest.approx(service.gflops[2], abs=1e-4)
+    assert body["total_ms"] >= body["compute_ms"] > 0
+    with Image.open(io.BytesIO(base64.b64decode(body["images"][0]))) as im:
+        assert im.format == "PNG" and im.size == (8, 8)
+    again = c.post("/generate", json={"classes": [3, 5], "loops": 2, "seed": 1}).json()
+    assert again["images"] == body["images"]  # served alone, same seed: same images
+    r = c.post("/generate", json={"n": 3, "budget_gflops": service.gflops[2] * 1.01}).json()
+    assert r["labels"] == [0, 1, 2] and r["loops"] == 2  # the largest L within the GFLOPs budget
+    assert c.post("/generate", json={"n": 2}).json()["loops"] == service.max_loops  # time to spare: Lmax
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"n": 2, "loops": 99}, "loops"),
+    ({"n": 2, "loops": 0}, "loops"),
+    ({"classes": [12]}, "classes"),
+    ({"classes": [1], "n": 2}, "classes, n"),
+    ({}, "classes, n"),
+    ({"n": 100}, "n"),
+    ({"n": "two"}, "n"),
+    ({"n": 2, "colour": "red"}, "colour"),
+    ({"n": 2, "budget_gflops": 1e-9}, "budget_gflops"),
+    ({"n": 2, "loops": 2, "budget_gflops": 1.0}, "loops, budget_gflops"),
+])
+def test_a_bad_request_is_a_422_naming_the_field(client, body, field):
+    c, _ = client
+    r = c.post("/generate", json=body)
+    assert r.status_code == 422 and r.json()["detail"].startswith(field + ":")
+
+
+def test_health_and_prometheus_metrics(client):
+    c, service = client
+    h = c.get("/health").json()
+    assert h["status"] == "ok" and h["loops"]["max"] == service.max_loops and h["slo_ms"] == 60_000
+    text = c.get("/metrics").text
+    for name in ("elt_requests_total", "elt_request_seconds_bucket", "elt_loops_used_bucket", "elt_queue_depth",
+                 "elt_refusals_total"):
+        assert name in text, name
+    assert 'elt_requests_total{status="200"}' in text and 'elt_requests_total{status="422"}' in text
+
+
+def test_an_objective_no_loop_count_meets_is_a_503_with_retry_after(run_dir):
+    from fastapi.testclient import TestClient
+
+    from elt.apps.api import Service, build_app
+
+    service = Service(run_dir, slo_ms=1e-3, max_batch=8, max_queue=64, progress=False)
+    with TestClient(build_app(service)) as c:
+        r = c.post("/generate", json={"n": 1})
+        assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1 and "objective" in r.json()["detail"]
+        assert 'elt_refusals_total{reason="objective"} 1.0' in c.get("/metrics").text
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(run_dir, *flags):
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "elt", "--quiet", "api", "--run", str(run_dir), "--port", str(port),
+                             *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"elt api exited: {proc.stderr.read()}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc, f"http://127.0.0.1:{port}"
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("elt api did not start within 120 s")
+
+
+async def _burst(url, count, body, then=None):
+    async with httpx.AsyncClient(timeout=120) as c:
+        tasks = [asyncio.create_task(c.post(f"{url}/generate", json=body)) for _ in range(count)]
+        seen = None
+        if then is not None:
+            await asyncio.sleep(0.2)
+            seen = await then(c)
+        return [r.status_code for r in await asyncio.gather(*tasks)], seen
+
+
+def test_a_burst_is_answered_or_refused_at_once(run_dir):
+    proc, url = _start(run_dir, "--slo-ms", "400", "--max-batch", "4", "--max-queue", "16")
+    try:
+        codes, _ = asyncio.run(_burst(url, 60, {"n": 1}))
+        assert len(codes) == 60 and set(codes) <= {200, 503}
+        assert codes.count(200) >= 4 and codes.count(503) >= 1  # some served, the rest refused at once
+        metrics = httpx.get(f"{url}/metrics").text
+        answered = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                       if line.startswith("elt_requests_total{"))
+        assert answered == 60  # the service counted every one too
+    finally:
+        proc.kill()
+
+
+def test_sigterm_answers_every_queued_request_then_exits(run_dir):
+    proc, url = _start(run_dir, "--loops", "4", "--max-batch", "4", "--max-queue", "400")
+    try:
+        async def terminate(client):
+            depth = (await client.get(f"{url}/health")).json()["queue"]
+            proc.send_signal(signal.SIGTERM)
+            return depth
+
+        codes, depth = asyncio.run(_burst(url, 80, {"n": 4}, then=terminate))
+        assert depth > 0  # SIGTERM came with requests still queued
+        assert codes == [200] * 80  # and every one of them was answered
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -241,7 +241,14 @@ def test_cli_presets_lists_every_preset_with_size_and_flops(capsys):
     for name in PRESETS:
         if name not in ALIASES:
             line = next(l for l in out.splitlines() if l.startswith(name + " "))
-            assert line.split()[-2].endswith("M") and float(line.split()[-1]) > 0
+            cells = line.split()  # name N Lmax width tokens params GFLOPs [the paper's count]
+            assert cells[5].endswith("M") and float(cells[6]) > 0
+    from elt.presets import PAPER_PARAMS
+    assert set(PAPER_PARAMS) <= set(PRESETS)
+    assert "maskgit-L-8Nx3L" in out and " 101M" in next(l for l in out.splitlines() if l.startswith("maskgit-L-8Nx3L"))
+    for scale in ("maskgit-B-6Nx2L", "maskgit-H-8Nx4L"):  # the throughput table's other scales
+        assert scale in out
+    assert get_preset("maskgit-H-8Nx4L").train.weight_decay == pytest.approx(5 * 0.045)
 
 
 def test_sample_folder_is_balanced_resumable_and_named_by_its_settings(tmp_path, capsys):

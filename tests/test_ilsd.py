@@ -123,3 +123,102 @@ def test_teacher_gets_no_gradient_through_the_fused_student_loss():
     total.backward()
     assert teacher.grad is not None and torch.count_nonzero(teacher.grad) == 0
     assert torch.count_nonzero(student.grad) > 0 and parts["loss_dist"] > 0
+
+
+# ---- the ablation switches (ILSDOptions; config section `ilsd`) ----
+
+from elt.core.ilsd import ILSDOptions  # noqa: E402
+
+
+def test_lambda_schedules_and_horizon():
+    cos = ILSD(1, 4, 101, options=ILSDOptions(lambda_schedule="cosine"))
+    assert cos.lam(0) == 1.0 and cos.lam(50) == pytest.approx(0.5) and cos.lam(100) == pytest.approx(0.0)
+    assert cos.lam(25) == pytest.approx(0.5 * (1 + 0.7071067811865476))
+    half = ILSD(1, 4, 101, options=ILSDOptions(lambda_horizon=0.5))
+    assert half.lam(25) == pytest.approx(0.5) and half.lam(50) == 0.0 and half.lam(90) == 0.0
+    const = ILSD(1, 4, 101, options=ILSDOptions(lambda_schedule="constant", lambda_value=0.3))
+    assert {const.lam(s) for s in (0, 50, 100)} == {0.3}
+    with pytest.raises(ValueError, match="lambda_schedule"):
+        ILSDOptions(lambda_schedule="exp")
+    with pytest.raises(ValueError, match="at least one"):
+        ILSDOptions(teacher_gt=False, student_gt=False, distill=False)
+
+
+@pytest.mark.parametrize("terms, expect", [
+    (dict(distill=False), "t + s"),                 # GT on both exits (the paper's Fig. 13 ablation)
+    (dict(student_gt=False), "t + d"),              # distillation only
+    (dict(teacher_gt=False), "lam s + (1-lam) d"),  # the student's terms alone
+])
+def test_each_term_switches_off_and_the_other_student_term_takes_weight_one(terms, expect):
+    fw, target, inputs, lab, mask = _losses()
+    outs = tiny_masked().forward_exits(inputs, lab, loops=3, exits=[2])
+    gt = lambda p: fw.gt_loss(p, target, mask)  # noqa: E731
+    dist = lambda s, t: fw.dist_loss(s, t, mask)  # noqa: E731
+    obj = ILSD(1, 3, total_steps=11, options=ILSDOptions(**terms))
+    total, parts = obj(outs, 2, step=3, gt_loss=gt, dist_loss=dist,
+                       student_loss=lambda s, t, lam: fw.student_loss(s, t, target, mask, lam))
+    t, s, d, lam = gt(outs[3]), gt(outs[2]), dist(outs[2], outs[3]), obj.lam(3)
+    value = {"t + s": t + s, "t + d": t + d, "lam s + (1-lam) d": lam * s + (1 - lam) * d}[expect]
+    assert torch.allclose(total, value, atol=1e-6)
+    assert set(parts) == {"loss", "loss_teacher", "loss_student", "loss_dist"}  # every term still logged
+
+
+def test_teacher_gt_off_and_distillation_only_never_train_the_teacher_exit_directly():
+    fw, target, inputs, lab, mask = _losses()
+    teacher = torch.randn(4, 9, 11, requires_grad=True)
+    student = torch.randn(4, 9, 11, requires_grad=True)
+    obj = ILSD(1, 3, 5, options=ILSDOptions(teacher_gt=False))
+    total, _ = obj({3: teacher, 1: student}, 1, 2, lambda p: fw.gt_loss(p, target, mask),
+                   lambda s, t: fw.dist_loss(s, t, mask))
+    total.backward()
+    assert teacher.grad is None or torch.count_nonzero(teacher.grad) == 0
+
+
+def test_lint_per_example_picks_each_examples_own_exit():
+    fw, target, inputs, lab, mask = _losses()
+    model = tiny_masked()
+    obj = ILSD(1, 4, 10, options=ILSDOptions(lint="example"))
+    g = torch.Generator().manual_seed(0)
+    draws = torch.cat([obj.draw_lint(g, 4) for _ in range(750)])
+    assert set(draws.tolist()) == {1, 2, 3} and all(abs((draws == v).float().mean() - 1 / 3) < 0.04 for v in (1, 2, 3))
+    lint = torch.tensor([3, 1, 2, 1])
+    assert obj.exits(lint) == (1, 2, 3)
+    outs = model.forward_exits(inputs, lab, loops=4, exits=obj.exits(lint), positions=mask)  # rows: masked tokens
+    rows = fw.rows(mask)
+    student = obj.student(outs, lint, rows)
+    for i in range(len(rows)):
+        assert torch.equal(student[i], outs[int(lint[rows[i]])][i])
+    # the per-example student equals running each example alone at its Lint
+    for b in range(4):
+        alone = model.forward_exits(inputs[b:b + 1], lab[b:b + 1], loops=int(lint[b]), exits=[],
+                                    positions=mask[b:b + 1])[int(lint[b])]
+        torch.testing.assert_close(student[rows == b], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_distillation_temperature_scales_soft_targets_and_keeps_the_fused_path_exact():
+    fw, target, inputs, lab, mask = _losses()
+    teacher, student = torch.randn(4, 9, 11), torch.randn(4, 9, 11)
+    hot = MaskedFramework(11, 3, 0.0, 0.0, temperature=2.0)
+    pt = (teacher[mask] / 2).softmax(-1)
+    expected = -(pt * (student[mask] / 2).log_softmax(-1)).sum(-1).mean() * 4
+    assert torch.allclose(hot.dist_loss(student, teacher, mask), expected)
+    combined, _, _ = hot.student_loss(student, teacher, target, mask, 0.3)
+    assert torch.allclose(combined, 0.3 * hot.gt_loss(student, target, mask) + 0.7 * expected, atol=1e-6)
+
+
+def test_config_section_reaches_the_objective_and_the_report_label(tmp_path):
+    from elt.config import ConfigError, apply_overrides
+    from elt.engine.build import build_objective
+    from elt.presets import get_preset
+
+    cfg = apply_overrides(get_preset("digits-maskgit"), ["ilsd.lambda_schedule=cosine", "ilsd.distill=false"])
+    obj = build_objective(cfg.validate())
+    assert obj.options.lambda_schedule == "cosine" and not obj.options.distill
+    assert cfg.objective_label() == "ilsd[lambda_schedule=cosine, distill=False]"
+    assert get_preset("digits-maskgit").objective_label() == "ilsd"
+    with pytest.raises(ConfigError, match="ilsd.lambda_horizon"):
+        apply_overrides(get_preset("digits-maskgit"), ["ilsd.lambda_horizon=0"]).validate()
+    with pytest.raises(ConfigError, match="ilsd.temperature"):
+        apply_overrides(get_preset("fmnist-dit"), ["ilsd.temperature=2"]).validate()
+    renamed = apply_overrides(get_preset("fmnist-maskgit"), ["model.unique_layers=8", "model.max_loops=1"])
+    assert renamed.name == "fmnist-maskgit-8Nx1L"

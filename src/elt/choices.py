@@ -4,11 +4,14 @@ so `elt --help` answers at once."""
 from __future__ import annotations
 
 FRAMEWORKS = ("masked", "diffusion")
+MASKED_ARCHS = ("prenorm", "bert")                # the masked network's layout (bert: MaskGIT's, the paper's)
 OBJECTIVES = ("ilsd", "vanilla")                  # vanilla: the teacher's ground-truth loss alone
 DEVICES = ("auto", "cpu", "cuda")                 # auto: a CUDA GPU when one is visible, else the CPU
 PRECISIONS = ("fp32", "bf16", "auto")             # auto: bf16 where the hardware computes it natively
 PARALLEL = ("ddp", "fsdp")
 LR_SCHEDULES = ("cosine", "constant")
+LAMBDA_SCHEDULES = ("linear", "cosine", "constant")  # ILSD's λ(step); linear is the paper's
+LINT_DRAWS = ("step", "example")                  # ILSD's Lint: one per step (the paper's) or per example
 TOKENIZERS = {"masked": ("vqvae", "motionvq", "pixel", "torchscript", "maskgit_vqgan"),
               "diffusion": ("pixel", "klvae", "diffusers_vae")}
 DATASETS = ("fmnist", "digits", "folder", "mfmnist", "ucf101", "extracted")  # extracted: `elt extract` shards

@@ -8,13 +8,16 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import yaml
 
-from .choices import (BEYOND_LMAX, DATASETS, DEVICES, DIFFUSION_SAMPLERS, FRAMEWORKS, LR_SCHEDULES, MOVING_LABELS,
+from .choices import (BEYOND_LMAX, DATASETS, DEVICES, DIFFUSION_SAMPLERS, FRAMEWORKS, LAMBDA_SCHEDULES, LINT_DRAWS,
+                      MASKED_ARCHS,
+                      LR_SCHEDULES, MOVING_LABELS,
                       NOISE_SCHEDULES, OBJECTIVES, PARALLEL, PRECISIONS, PREDICTIONS, TOKENIZERS, UCF101_FOLDS,
                       VIDEO_DATASETS, one_of)
 from .utils.atomic import write_text
@@ -45,6 +48,7 @@ class ModelConfig:
     min_loops: int = 1              # Lmin (smallest student loop count)
     dropout: float = 0.0            # masked framework only
     patch_size: int = 2             # diffusion framework only: p×p latent patches per token
+    arch: str = "prenorm"           # masked framework: prenorm | bert (MaskGIT's post-norm BERT, tied MLM head)
 
 
 @dataclass
@@ -124,6 +128,20 @@ class TrainConfig:
 
 
 @dataclass
+class ILSDConfig:
+    """ILSD's ablation switches (core.ilsd.ILSDOptions); the defaults are the paper's. Ignored by
+    train.objective=vanilla."""
+    lambda_schedule: str = "linear"  # linear | cosine | constant: λ, the student's ground-truth share
+    lambda_horizon: float = 1.0      # λ reaches 0 at this fraction of training (linear, cosine)
+    lambda_value: float = 0.5        # λ of the constant schedule
+    teacher_gt: bool = True          # the teacher's ground-truth loss L_GT(F_Lmax)
+    student_gt: bool = True          # the student's ground-truth loss λ·L_GT(F_Lint)
+    distill: bool = True             # the distillation (1-λ)·L_dist(F_Lint, stopgrad F_Lmax)
+    lint: str = "step"               # step: one Lint per training step (the paper's) | example: one per example
+    temperature: float = 1.0         # distillation softmax temperature (masked framework; diffusion: 1)
+
+
+@dataclass
 class SampleConfig:
     steps: int = 12                  # decoding steps K (masked) or denoising steps (diffusion)
     guidance: float = 1.0            # classifier-free guidance s: uncond + s·(cond − uncond), both frameworks;
@@ -155,11 +173,21 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    ilsd: ILSDConfig = field(default_factory=ILSDConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def objective_label(self) -> str:
+        """train.objective with the ILSD switches that differ from the paper's, for reports and captions:
+        'ilsd', 'vanilla', 'ilsd[lambda_schedule=cosine, distill=False]'."""
+        if self.train.objective != "ilsd":
+            return self.train.objective
+        changed = [f"{f.name}={getattr(self.ilsd, f.name)}" for f in fields(ILSDConfig)
+                   if getattr(self.ilsd, f.name) != f.default]
+        return f"ilsd[{', '.join(changed)}]" if changed else "ilsd"
 
     def save(self, path: str | Path) -> None:
         """Atomic: readers (other ranks, a resumed run) never see a half-written file."""
@@ -180,7 +208,21 @@ class Config:
             (1 <= m.min_loops <= m.max_loops, "model.min_loops", f"must be in 1..max_loops ({m.max_loops})"),
             (0 <= m.dropout < 1, "model.dropout", "must be in [0, 1)"),
             (m.patch_size >= 1, "model.patch_size", "must be >= 1"),
+            (m.arch in MASKED_ARCHS, "model.arch", f"choose {one_of(MASKED_ARCHS)}"),
+            (m.arch == "prenorm" or self.framework == "masked", "model.arch",
+             "bert is the masked framework's layout; the diffusion network is DiT's (leave model.arch=prenorm)"),
             (d.dataset in DATASETS, "data.dataset", f"choose {one_of(DATASETS)}"),
+            (self.ilsd.lambda_schedule in LAMBDA_SCHEDULES, "ilsd.lambda_schedule", f"choose {one_of(LAMBDA_SCHEDULES)}"),
+            (_pos(self.ilsd.lambda_horizon) and self.ilsd.lambda_horizon <= 1, "ilsd.lambda_horizon",
+             "must be in (0, 1]: the fraction of training over which λ falls to 0"),
+            (_finite(self.ilsd.lambda_value) and 0 <= self.ilsd.lambda_value <= 1, "ilsd.lambda_value",
+             "must be in [0, 1]"),
+            (self.ilsd.teacher_gt or self.ilsd.student_gt or self.ilsd.distill, "ilsd.teacher_gt",
+             "every ILSD term is off; turn on at least one of ilsd.teacher_gt, ilsd.student_gt, ilsd.distill"),
+            (self.ilsd.lint in LINT_DRAWS, "ilsd.lint", f"choose {one_of(LINT_DRAWS)}"),
+            (_pos(self.ilsd.temperature), "ilsd.temperature", "must be a number > 0 (1: the paper's)"),
+            (self.ilsd.temperature == 1 or self.framework == "masked", "ilsd.temperature",
+             "applies to the masked framework's logits; diffusion distils with an MSE: leave it at 1"),
             (d.dataset not in VIDEO_DATASETS or (self.framework == "masked" and tk.kind in video_tok), "tokenizer.kind",
              "video data needs the masked framework with a vqvae (3D), motionvq or torchscript tokenizer"),
             (tk.kind != "motionvq" or d.dataset in VIDEO_DATASETS, "tokenizer.kind",
@@ -362,6 +404,9 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         if len(parts) > 2:
             raise ConfigError(f"override key {key!r} is too deep; use section.key")
         from_dict(data, cfg)
+    # a name that carries N and L states the real ones (`--set model.unique_layers=8 --set model.max_loops=1`
+    # turns fmnist-maskgit-1Nx8L into fmnist-maskgit-8Nx1L)
+    cfg.name = re.sub(r"\d+Nx\d+L", f"{cfg.model.unique_layers}Nx{cfg.model.max_loops}L", cfg.name)
     return cfg
 
 

@@ -25,9 +25,8 @@ from dataclasses import dataclass
 import torch
 
 from ..config import Config
-from ..core.ilsd import ILSD
 from ..engine import precision
-from ..engine.build import build_framework, build_model, build_sampler, nominal_shape, nominal_tokenizer
+from ..engine.build import build_framework, build_model, build_objective, build_sampler, nominal_shape, nominal_tokenizer
 from ..engine.distributed import DistInfo
 from ..engine.step import TrainState, make_optimizer, train_step, wrap_model
 from ..presets import get_preset
@@ -146,7 +145,7 @@ class _Bench:
         gen = torch.Generator().manual_seed(0)
         pool = 4 * t.batch_size
         state = TrainState(self.cfg, self.model, self.fwd, self.ema, self.optimizer, self.framework,
-                           ILSD(m.min_loops, m.max_loops, t.steps, objective), self.random_data(pool, gen),
+                           build_objective(self.cfg, objective), self.random_data(pool, gen),
                            torch.randint(0, self.num_classes, (pool,), generator=gen), gen, self.info, t.steps // 2)
         return lambda: train_step(state)
 

@@ -1,4 +1,4 @@
-"""The `elt` command: train | sample | evaluate | schedules | demo | serve | presets | bench | extract | fid | fvd.
+"""The `elt` command: train | sample | evaluate | schedules | demo | api | serve | presets | bench | extract | fid | fvd.
 
 Each verb is a `cmd_*` function (argparse dispatches with `set_defaults(func=...)`) that checks its input
 and calls the engine; nothing here imports torch until a command runs, so every `--help` answers at once.
@@ -204,6 +204,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="adaptive-exit thresholds to measure too, e.g. 0.01,0.03,0.1 (default none)")
     p.add_argument("--max-loops", type=_positive, help="largest loop count a schedule may use (default Lmax+2)")
     _add_sampling(p, "samples per point (default: the run's eval.n)")
+
+    p = verb("api", cmd_api, help="HTTP JSON service (FastAPI): batches requests and spends fewer loops under load "
+                                  "to keep a latency objective (--slo-ms)")
+    _add_run(p)
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--slo-ms", type=float, metavar="MS",
+                     help="latency objective: each batch gets the largest L that answers its oldest request within MS; "
+                          "a request even Lmin cannot answer in time is refused at once (503, Retry-After)")
+    how.add_argument("--loops", type=_positive,
+                     help="serve every request at this L (a fixed service; default without --slo-ms: Lmax)")
+    p.add_argument("--max-batch", type=_positive, default=32, help="samples per batch at most (default 32)")
+    p.add_argument("--max-queue", type=_positive, default=256, help="samples waiting at most; beyond, 503 (default 256)")
+    p.add_argument("--threads", type=_positive, help="CPU threads for the network (default: torch's)")
+    _add_device(p, "the network and the tokenizer")
 
     p = verb("serve", cmd_serve, help="local web demo (gradio): pick a class and a loop count, generate")
     _add_run(p)
@@ -433,34 +449,55 @@ def cmd_schedules(args) -> None:
         print(f"wrote {run.path / 'anytime.json'} and {run.path / 'anytime.png'}")
 
 
-def cmd_serve(args) -> None:
+def _check_port(host: str, port: int) -> None:
+    """Before loading anything: is the port valid and free?"""
     import socket
 
+    if not 1 <= port <= 65535:
+        raise ValueError(f"--port must be in 1..65535, got {port}")
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise ValueError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port "
+                             f"(or --host)") from None
+
+
+def cmd_serve(args) -> None:
     from .serve import serve
 
-    if not 1 <= args.port <= 65535:
-        raise ValueError(f"--port must be in 1..65535, got {args.port}")
-    with socket.socket() as s:  # before loading anything: is the port free?
-        try:
-            s.bind((args.host, args.port))
-        except OSError as e:
-            raise ValueError(f"cannot listen on {args.host}:{args.port} ({e.strerror}); choose another --port "
-                             f"(or --host)") from None
+    _check_port(args.host, args.port)
     device, _ = _run_ranks(args.device)
     serve(args.run, host=args.host, port=args.port, n=args.n, device=device, sample_overrides=args.set)
 
 
+def cmd_api(args) -> None:
+    import torch
+
+    from .api import serve_api
+
+    _check_port(args.host, args.port)
+    if args.max_queue < args.max_batch:
+        raise ValueError(f"--max-queue ({args.max_queue}) must be at least --max-batch ({args.max_batch})")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device, _ = _run_ranks(args.device)
+    serve_api(args.run, args.host, args.port, args.slo_ms, args.loops, args.max_batch, args.max_queue, device,
+              progress=not args.quiet)
+
+
 def cmd_presets(args) -> None:
     from ..engine.build import preset_summary
-    from ..presets import ALIASES, PRESETS
+    from ..presets import ALIASES, PAPER_PARAMS, PRESETS
 
-    print(f"{'preset':<26} {'N':>3} {'Lmax':>4} {'width':>5} {'tokens':>6} {'params':>9} {'GFLOPs/fwd@Lmax':>16}")
+    print(f"{'preset':<26} {'N':>3} {'Lmax':>4} {'width':>5} {'tokens':>6} {'params':>9} {'GFLOPs/fwd@Lmax':>16}  "
+          f"paper's params")
     for name in PRESETS:
         if name in ALIASES:
             continue
         s = preset_summary(name)
         print(f"{name:<26} {s['unique_layers']:>3} {s['max_loops']:>4} {s['width']:>5} {s['tokens']:>6} "
-              f"{s['params'] / 1e6:>8.1f}M {s['gflops_at_lmax']:>16.2f}")
+              f"{s['params'] / 1e6:>8.1f}M {s['gflops_at_lmax']:>16.2f}  {PAPER_PARAMS.get(name, '')}")
     print("aliases: " + ", ".join(f"{a} -> {t}" for a, t in ALIASES.items()))
 
 

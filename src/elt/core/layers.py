@@ -1,4 +1,5 @@
-"""Transformer building blocks shared by every framework: SDPA attention, MLP, pre-norm block.
+"""Transformer building blocks shared by every framework: SDPA attention, MLP, pre-norm and post-norm
+(BERT) blocks, the adaLN-Zero block of DiT.
 
 Shapes: tokens are (B, T, D) throughout.
 """
@@ -75,8 +76,26 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+class PostNormBlock(nn.Module):
+    """Post-norm (BERT) transformer layer: LN(x + attn(x)), then LN(x + mlp(x)). Every layer ends in a
+    LayerNorm, so the stream a loop hands to the next keeps unit scale however often it is looped."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0):
+        super().__init__()
+        self.attn = Attention(width, heads, dropout)
+        self.norm1 = nn.LayerNorm(width, eps=1e-12)  # BERT's epsilon
+        self.mlp = MLP(width, int(width * mlp_ratio), dropout)
+        self.norm2 = nn.LayerNorm(width, eps=1e-12)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm1(x + self.drop(self.attn(x)))
+        return self.norm2(x + self.mlp(x))
+
+
 def block_flops(width: int, tokens: int, mlp_ratio: float = 4.0) -> int:
-    """Forward FLOPs (multiply-add = 2) of one `Block` on `tokens` tokens: projections, MLP, attention."""
+    """Forward FLOPs (multiply-add = 2) of one `Block` or `PostNormBlock` on `tokens` tokens: projections,
+    MLP, attention."""
     proj = 2 * tokens * width * (3 * width + width + 2 * int(width * mlp_ratio))
     attn = 2 * 2 * tokens * tokens * width  # QK^T and AV
     return proj + attn

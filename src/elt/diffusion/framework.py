@@ -68,6 +68,10 @@ class DiffusionFramework:
     def head_kwargs(self, weight: torch.Tensor) -> dict:
         return {}
 
+    def rows(self, weight: torch.Tensor) -> torch.Tensor:
+        """The example of each prediction row: one row per example."""
+        return torch.arange(weight.shape[0], device=weight.device)
+
     def weighted_mse(self, pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         per_example = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
         return (weight.to(per_example) * per_example).mean()

@@ -10,6 +10,7 @@ import torch
 
 from ..choices import VIDEO_DATASETS
 from ..config import Config
+from ..core.ilsd import ILSD, ILSDOptions
 from ..data import ImageData, load_data
 from ..data.extracted import Extracted
 from ..data.folder import list_image_folder
@@ -69,7 +70,7 @@ def build_model(cfg: Config, tokenizer, num_classes: int) -> torch.nn.Module:
         c, h, w = tokenizer.latent_shape
         return DiT(h, c, num_classes, m.patch_size, m.width, m.heads, m.unique_layers, m.mlp_ratio)
     return MaskedTransformer(tokenizer.codebook_size, tokenizer.num_tokens, num_classes, m.width, m.heads,
-                             m.unique_layers, m.mlp_ratio, m.dropout, getattr(tokenizer, "grid", None))
+                             m.unique_layers, m.mlp_ratio, m.dropout, getattr(tokenizer, "grid", None), m.arch)
 
 
 def nominal_shape(cfg: Config) -> tuple[int, int]:
@@ -114,7 +115,15 @@ def build_framework(cfg: Config, num_classes: int, tokenizer):
     if cfg.framework == "diffusion":
         return DiffusionFramework(diffusion_schedule(cfg, tokenizer.latent_shape[-1]), num_classes,
                                   cfg.diffusion.prediction, cfg.diffusion.weight_bias, cfg.train.label_dropout)
-    return MaskedFramework(tokenizer.codebook_size, num_classes, cfg.train.label_dropout, cfg.train.label_smoothing)
+    return MaskedFramework(tokenizer.codebook_size, num_classes, cfg.train.label_dropout, cfg.train.label_smoothing,
+                           cfg.ilsd.temperature)
+
+
+def build_objective(cfg: Config, objective: str | None = None) -> ILSD:
+    """The training objective of `cfg` (ILSD with its switches, or vanilla looping)."""
+    m, t = cfg.model, cfg.train
+    return ILSD(m.min_loops, m.max_loops, t.steps, objective or t.objective,
+                ILSDOptions(**dataclasses.asdict(cfg.ilsd)))
 
 
 def build_sampler(cfg: Config, tokenizer):

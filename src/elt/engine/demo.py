@@ -33,7 +33,7 @@ def anytime_grid(run: Run, loops: list[int], seed: int, path: Path) -> Path:
     captions = Labels(
         rows=[f"L={L} · {gflops_per_sample(run, L, s['steps'], s['guidance']):.3g} GFLOPs" for L in loops],
         cols=list(run.class_names),
-        caption=f"{run.cfg.name} ({run.cfg.train.objective}), checkpoint step {run.step}: rows L = loops per "
+        caption=f"{run.cfg.name} ({run.cfg.objective_label()}), checkpoint step {run.step}: rows L = loops per "
                 f"sampling step, columns classes; {s['steps']} steps, guidance {s['guidance']:g}, seed {seed} "
                 f"in every row, {'EMA' if s['ema'] else 'raw'} weights")
     if rows.ndim == 5:

@@ -2,6 +2,7 @@
 quality, seconds and GFLOPs of one loop policy, and the report over loop counts."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -172,7 +173,8 @@ def new_report(run: Run, judge: Judge, n: int, seed: int, steps: int, guidance: 
     """The any-time report: what was sampled how (run, checkpoint, sampling settings), the metric's
     reference numbers, and the constant-L table `per_loop`."""
     c = run.cfg
-    return {"run": str(run.path), "config": c.name, "framework": c.framework, "objective": c.train.objective,
+    return {"run": str(run.path), "config": c.name, "framework": c.framework, "objective": c.objective_label(),
+            "ilsd": dataclasses.asdict(c.ilsd),
             "checkpoint_step": run.step, "lmin": c.model.min_loops, "lmax": c.model.max_loops,
             "metric_extractor": judge.prefix, "reference": judge.reference,
             "sampling": {**sampling_settings(run, steps, guidance), "seed": seed, "n": n},

@@ -76,7 +76,8 @@ def forward_loss(fwd, framework, objective: ILSD, inputs: tuple, target, aux, li
     return objective({k: v.float() for k, v in outputs.items()}, lint, step,
                      gt_loss=lambda p: framework.gt_loss(p, target, aux),
                      dist_loss=lambda s, t: framework.dist_loss(s, t, aux),
-                     student_loss=None if fused is None else lambda s, t, lam: fused(s, t, target, aux, lam))
+                     student_loss=None if fused is None else lambda s, t, lam: fused(s, t, target, aux, lam),
+                     rows=framework.rows(aux) if torch.is_tensor(lint) else None)
 
 
 def wrap_model(model: torch.nn.Module, cfg: Config, info: DistInfo) -> torch.nn.Module:
@@ -122,7 +123,7 @@ class StepResult:
     loss: float                    # the global batch's loss (read back: non-finite means the step was skipped)
     parts: dict                    # loss parts as tensors (global batch), read when logged
     grad_norm: torch.Tensor | None
-    lint: int | None
+    lint: int | str | None         # the step's Lint, "example" when drawn per example, None: not distilled
     lam: float
 
     @property
@@ -138,7 +139,7 @@ def train_step(state: TrainState) -> StepResult:
     micro = t.batch_size // (info.world_size * t.grad_accum)
     idx = torch.randint(0, len(s.examples), (t.batch_size,), generator=s.gen)
     inputs, target, aux = s.framework.corrupt(s.examples[idx], s.labels[idx], s.gen)
-    lint = s.objective.draw_lint(s.gen)
+    lint = s.objective.draw_lint(s.gen, t.batch_size)
     total_weight = s.framework.loss_weight(aux)
     for group in s.optimizer.param_groups:
         group["lr"] = lr_at(s.step, s.cfg)
@@ -154,7 +155,8 @@ def train_step(state: TrainState) -> StepResult:
         weight = s.framework.loss_weight(aux[sl]) / total_weight * info.world_size
         sync = t.grad_accum == 1 or i == t.grad_accum - 1 or not hasattr(s.fwd, "no_sync")
         with (contextlib.nullcontext() if sync else s.fwd.no_sync()), autocast:
-            loss, terms = forward_loss(s.fwd, s.framework, s.objective, x, tgt, a, lint, s.step)
+            lint_here = lint[sl] if torch.is_tensor(lint) else lint
+            loss, terms = forward_loss(s.fwd, s.framework, s.objective, x, tgt, a, lint_here, s.step)
         (loss * weight).backward()
         for name, v in terms.items():
             parts[name] = parts.get(name, 0.0) + v.double() * (weight / info.world_size)
@@ -164,6 +166,7 @@ def train_step(state: TrainState) -> StepResult:
         torch.distributed.all_reduce(summed)
     parts = dict(zip(names, summed.unbind()))
     lam = s.objective.lam(s.step) if lint is not None else 1.0
+    lint = "example" if torch.is_tensor(lint) else lint
     total = float(parts["loss"])  # the step's one read-back
     s.step += 1
     if not math.isfinite(total):  # skip the update, keep the weights finite

@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 
 from ..config import Config, ConfigError, read_config
-from ..core.ilsd import ILSD
 from ..data.extracted import Extracted
 from ..utils.atomic import write_text
 from ..utils.progress import bar
 from . import precision
-from .build import build_framework, build_model, check_fits, check_splits, extracted_tokenizer, is_learned, load_split
+from .build import (build_framework, build_model, build_objective, check_fits, check_splits, extracted_tokenizer,
+                    is_learned, load_split)
 from .cache import encode_dataset, get_tokenizer
 from .checkpoint import find_checkpoint, keep_copy, load_checkpoint, read_state, save_checkpoint
 from .distributed import DistInfo, barrier, full_state
@@ -216,12 +216,18 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, info: DistInfo)
 
     model = build_model(cfg, tokenizer, data.num_classes).to(info.device)
     ema = copy.deepcopy(model).eval().requires_grad_(False) if t.ema_decay > 0 else None
+    if 0 < t.ema_decay < 1 and 1 / (1 - t.ema_decay) > max(t.steps - t.warmup_steps, 1) / 3:
+        log.warning("train.ema_decay=%g averages the weights over ~%d steps, but this run trains %d after warm-up: "
+                    "its EMA weights (what sample and evaluate use) will be mostly the early ones; lower "
+                    "train.ema_decay (e.g. %g) or sample the raw weights (--set sample.use_ema=false)", t.ema_decay,
+                    round(1 / (1 - t.ema_decay)), t.steps - t.warmup_steps,
+                    round(1 - 3 / max(t.steps - t.warmup_steps, 3), 3))
     torch.manual_seed(t.seed + info.rank)  # per-rank dropout; data order comes from `gen`
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model %s: %.2fM parameters, %dN x %dL, objective %s, %d process(es) on %s", cfg.name, n_params / 1e6,
-             cfg.model.unique_layers, cfg.model.max_loops, t.objective, info.world_size, info.device)
+             cfg.model.unique_layers, cfg.model.max_loops, cfg.objective_label(), info.world_size, info.device)
     fwd = wrap_model(model, cfg, info)
-    objective = ILSD(cfg.model.min_loops, cfg.model.max_loops, t.steps, t.objective)
+    objective = build_objective(cfg)
     state = TrainState(cfg, model, fwd, ema, make_optimizer(model, cfg),  # after wrapping: FSDP2 swaps parameters
                        build_framework(cfg, data.num_classes, tokenizer), objective, examples, labels, gen, info)
     if found is not None:  # every rank loads the same file, in place, so replicas stay identical

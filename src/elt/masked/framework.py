@@ -20,11 +20,12 @@ def cosine_mask_ratio(r: torch.Tensor | float):
 
 class MaskedFramework:
     def __init__(self, codebook_size: int, num_classes: int, label_dropout: float = 0.1,
-                 label_smoothing: float = 0.1):
+                 label_smoothing: float = 0.1, temperature: float = 1.0):
         self.mask_id = codebook_size
         self.null_class = num_classes
         self.label_dropout = label_dropout
         self.label_smoothing = label_smoothing
+        self.temperature = temperature  # of the distillation softmaxes (1: the paper's)
 
     def corrupt(self, tokens: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None):
         """Mask ceil(γ(r)·T) random positions per example and drop labels.
@@ -50,21 +51,32 @@ class MaskedFramework:
         """The losses only read masked positions: the head decodes only those (see `head`)."""
         return {"positions": mask}
 
+    def rows(self, mask: torch.Tensor) -> torch.Tensor:
+        """The example of each prediction row (the head decodes the masked positions, row-major)."""
+        return mask.nonzero()[:, 0]
+
     def gt_loss(self, logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Cross-entropy (label-smoothed) on masked positions, mean over masked tokens."""
         return F.cross_entropy(_at(logits, mask), targets[mask], label_smoothing=self.label_smoothing)
 
     def dist_loss(self, student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Soft cross-entropy against the teacher's full softmax (T=1) on masked positions."""
-        p_teacher = _at(teacher, mask).softmax(dim=-1)
-        return -(p_teacher * _at(student, mask).log_softmax(dim=-1)).sum(dim=-1).mean()
+        """Soft cross-entropy against the teacher's full softmax on masked positions; at temperature
+        T ≠ 1 both softmaxes see logits / T and the loss is scaled by T² (Hinton et al.), so its
+        gradient keeps the scale of T = 1."""
+        T = self.temperature
+        p_teacher = (_at(teacher, mask) / T).softmax(dim=-1)
+        return -(p_teacher * (_at(student, mask) / T).log_softmax(dim=-1)).sum(dim=-1).mean() * T * T
 
 
     def student_loss(self, student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
                      lam: float):
         """λ·gt_loss + (1-λ)·dist_loss as one soft cross-entropy: both terms are −Σ q·log p(student),
         so the mixed target q = λ·smoothed one-hot + (1-λ)·p_teacher needs one log-softmax, not two.
-        Returns (combined, gt_loss value, dist_loss value); the values are for logging."""
+        Returns (combined, gt_loss value, dist_loss value); the values are for logging. At a
+        distillation temperature ≠ 1 the two terms need two log-softmaxes: computed separately."""
+        if self.temperature != 1.0:
+            gt, dist = self.gt_loss(student, targets, mask), self.dist_loss(student, teacher, mask)
+            return lam * gt + (1 - lam) * dist, gt.detach(), dist.detach()
         logp = _at(student, mask).log_softmax(-1)
         p_teacher = _at(teacher, mask).softmax(-1)
         y = targets[mask][:, None]

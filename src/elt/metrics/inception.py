@@ -6,18 +6,20 @@ downloads it: give its path. The 8 hex digits in the file name are the start of 
 checked (torch.hub's convention); give `sha256` to check the whole digest.
 
 Two ways to run it:
-- torch-fidelity's `FeatureExtractorInceptionV3` when it imports (it needs torchvision, which does not
-  import beside the CPU torch wheel of our machines);
-- otherwise `FIDInceptionV3` below: torchvision's Inception-v3 layout (module names match the state
+- `FIDInceptionV3` below (the default): torchvision's Inception-v3 layout (module names match the state
   dict) with the FID graph's differences, as pytorch-fid patches them: average pools that ignore the
   padding in blocks A, C and E_1, a max pool in the last block E_2, 1008 classes, no aux head, BatchNorm
   eps 1e-3. Inputs: uint8 images resized to 299×299 with TensorFlow 1's bilinear rule (source pixel =
   destination × in/out, no half-pixel shift; what the TF graph and torch-fidelity do, while pytorch-fid's
-  `F.interpolate` differs slightly), then (x − 128) / 128.
+  `F.interpolate` differs slightly), then (x − 128) / 128;
+- torch-fidelity's `FeatureExtractorInceptionV3` (`backend="torch-fidelity"`) when torch-fidelity is
+  installed (`make setup` installs it without its dependencies: its package `__init__` imports
+  torchvision, which does not import beside the CPU torch wheel, so `fidelity_inception_class` loads
+  the module file and the three small modules it needs, never the `__init__`).
 
 Outputs: 2048-d pool features (FID, precision/recall) and the 1008 logits without the classifier's
 bias (the Inception Score's input, as torch-fidelity computes it).
-`tests/test_paper_metrics.py` checks that both paths give the same features where both run.
+`tests/test_paper_scale.py` checks that both give the same features (random weights in both).
 """
 from __future__ import annotations
 
@@ -194,7 +196,9 @@ class FIDInceptionV3(nn.Module):
 
 class InceptionFeatures:
     """The FID Inception from a local weights file: `(features, logits) = extractor(uint8 images)`.
-    `backend`: "auto" (torch-fidelity when it imports, else elt's), "elt" or "torch-fidelity"."""
+    `backend`: "auto" or "elt" (elt's port, checked against torch-fidelity's module to 1e-5 in the tests;
+    one code path whatever is installed, so numbers do not change with the environment) or
+    "torch-fidelity" (its own module, when installed)."""
 
     def __init__(self, path: str, sha256: str | None = None, device: str | torch.device = "cpu",
                  backend: str = "auto", check_prefix: bool = True):
@@ -202,12 +206,11 @@ class InceptionFeatures:
         file = verify_file(path, sha256, "FID Inception weights", WHERE, SHA256_PREFIX if standard_name else None)
         self.device = torch.device(device)
         if backend == "auto":
-            backend = "torch-fidelity" if fidelity_available() else "elt"
+            backend = "elt"
         self.backend = backend
         if backend == "torch-fidelity":
-            from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-            self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
-                                                   feature_extractor_weights_path=str(file))
+            self.net = fidelity_inception_class()("inception-v3-compat", ["2048", "logits_unbiased"],
+                                                  feature_extractor_weights_path=str(file))
         elif backend == "elt":
             self.net = FIDInceptionV3()
             try:
@@ -239,9 +242,35 @@ class InceptionFeatures:
         return torch.cat(feats).numpy(), torch.cat(logits).numpy()
 
 
+def fidelity_inception_class():
+    """torch-fidelity's `FeatureExtractorInceptionV3`, imported from its module file without running
+    the package's `__init__` (which imports torchvision). The package is stood in for while its modules
+    load, then `sys.modules` is restored, so a later `import torch_fidelity` is the real one."""
+    import importlib
+    import importlib.util
+    import sys
+    import types
+
+    if "torch_fidelity.feature_extractor_inceptionv3" in sys.modules:  # the real package is imported
+        return sys.modules["torch_fidelity.feature_extractor_inceptionv3"].FeatureExtractorInceptionV3
+    spec = importlib.util.find_spec("torch_fidelity")  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("torch-fidelity is not installed: pip install --no-deps torch-fidelity")
+    before = set(sys.modules)
+    stand_in = types.ModuleType("torch_fidelity")
+    stand_in.__path__, stand_in.__spec__ = list(spec.submodule_search_locations), spec
+    sys.modules["torch_fidelity"] = stand_in
+    try:
+        return importlib.import_module("torch_fidelity.feature_extractor_inceptionv3").FeatureExtractorInceptionV3
+    finally:
+        for name in set(sys.modules) - before:
+            if name == "torch_fidelity" or name.startswith("torch_fidelity."):
+                del sys.modules[name]
+
+
 def fidelity_available() -> bool:
     try:
-        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3  # noqa: F401
+        fidelity_inception_class()
         return True
-    except Exception:  # ImportError, or torchvision failing to load beside this torch
+    except Exception:  # not installed, or a version whose module needs more than torch
         return False

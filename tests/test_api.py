@@ -46,11 +46,11 @@ def test_scheduler_batches_the_oldest_jobs_and_picks_the_largest_loop_count_in_t
     for _ in range(5):
         assert s.submit(_job(0.0)) is None
     jobs, loops = s.next_batch()
-    # 4 samples, 1.0 s left: L with 0.1 L + 0.04 ≤ 1.0 → L = 9 would be 0.94 but only 1..8 exist → 8
+    # 4 samples, 0.9 s of the objective to plan with (headroom 0.9): 0.1 L + 0.04 ≤ 0.9 → L = 8
     assert len(jobs) == 4 and loops == 8
-    clock.t = 0.5  # the fifth job has 0.5 s left: 0.1 L + 0.01 ≤ 0.5 → L = 4
+    clock.t = 0.5  # the fifth job has 0.4 s left to plan with: 0.1 L + 0.01 ≤ 0.4 → L = 3
     jobs, loops = s.next_batch()
-    assert len(jobs) == 1 and loops == 4
+    assert len(jobs) == 1 and loops == 3
     assert s.next_batch() is None
     s.submit(_job(0.5))
     clock.t = 1.48  # late already: the cheapest loop count, never a dropped request
@@ -74,7 +74,7 @@ def test_scheduler_refuses_at_once_when_even_lmin_is_too_late_or_the_queue_is_fu
     assert results == [None] * 3 and s.depth() == 6
     full = s.submit(_job(0.0))
     assert full.kind == "queue_full" and full.retry_after >= 1
-    s = Scheduler(_latency, [1, 2, 4], max_batch=2, max_queue=100, slo=0.5, clock=clock)
+    s = Scheduler(_latency, [1, 2, 4], max_batch=2, max_queue=100, slo=0.6, clock=clock)  # plans with 0.54 s
     assert [s.submit(_job(0.0, n=2)) is None for _ in range(5)] == [True] * 4 + [False]
     late = s.submit(_job(0.0, n=2))
     assert late.kind == "objective" and "L=1" in late.reason and late.retry_after == 1

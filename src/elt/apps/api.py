@@ -88,12 +88,15 @@ class Scheduler:
     """The queue, admission control and the choice of batch and loop count.
 
     `latency(L, b)` → seconds; `loops` the loop counts the service may choose (ascending); `slo` the
-    objective in seconds (None: a fixed service at `loops[-1]`, refusing only when the queue is full)."""
+    objective in seconds (None: a fixed service at `loops[-1]`, refusing only when the queue is full).
+    Plans use `headroom` × the objective: the rest covers what the latency table does not hold (HTTP,
+    encoding the images, the event loop)."""
 
     def __init__(self, latency: Callable[[int, int], float], loops: list[int], max_batch: int, max_queue: int,
-                 slo: float | None, clock: Callable[[], float] = time.monotonic):
+                 slo: float | None, clock: Callable[[], float] = time.monotonic, headroom: float = 0.9):
         self.latency, self.loops, self.max_batch, self.max_queue = latency, sorted(loops), max_batch, max_queue
         self.slo, self.clock = slo, clock
+        self.plan = None if slo is None else headroom * slo  # the time a plan may use
         self.queue: deque[Job] = deque()
         self.busy_until = 0.0  # when the batch being computed should end (clock time)
 
@@ -120,10 +123,10 @@ class Scheduler:
             return Refusal("queue_full", f"the queue is full ({self.max_queue} samples)", max(1, math.ceil(wait)))
         if self.slo is not None:
             finish = max(self.busy_until - now, 0.0) + self._batches_ahead(job)
-            if finish > self.slo:
+            if finish > self.plan:
                 return Refusal("objective", f"even L={job.loops or self.loops[0]} cannot answer within the objective "
                                f"({1000 * self.slo:.0f} ms; about {1000 * finish:.0f} ms now)",
-                               max(1, math.ceil(finish - self.slo)))
+                               max(1, math.ceil(finish - self.plan)))
         self.queue.append(job)
         return None
 
@@ -146,7 +149,7 @@ class Scheduler:
         elif self.slo is None:
             loops = self.loops[-1]
         else:  # the largest loop count that still answers the oldest request in time
-            left = head.arrived + self.slo - now
+            left = head.arrived + self.plan - now
             fitting = [L for L in self.loops if self.latency(L, samples) <= left]
             loops = fitting[-1] if fitting else self.loops[0]
         self.busy_until = now + self.latency(loops, samples)

@@ -11,11 +11,11 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     torch.manual_seed(0)
 
 
-def tiny_masked(unique_layers=2, width=32, heads=4, codebook=11, tokens=9, classes=3, dropout=0.0):
+def tiny_masked(unique_layers=2, width=32, heads=4, codebook=11, tokens=9, classes=3, dropout=0.0, arch="prenorm"):
     from elt.masked import MaskedTransformer
 
     torch.manual_seed(0)
-    return MaskedTransformer(codebook, tokens, classes, width, heads, unique_layers, 4.0, dropout).eval()
+    return MaskedTransformer(codebook, tokens, classes, width, heads, unique_layers, 4.0, dropout, arch=arch).eval()
 
 
 os.environ.setdefault("MPLBACKEND", "Agg")

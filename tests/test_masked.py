@@ -134,3 +134,52 @@ def test_categorical_draws_follow_the_softmax():
     for row in range(2):
         freq = torch.bincount(draws[:, row], minlength=4).float() / 20000
         assert torch.allclose(freq, logits[row].softmax(-1), atol=0.015), freq
+
+
+# ---- MaskGIT's BERT layout (model.arch=bert) ----
+
+def test_bert_layout_post_norm_embedding_norm_and_tied_head():
+    import torch.nn.functional as F
+
+    from conftest import tiny_masked
+    from elt.core.layers import PostNormBlock
+
+    m = tiny_masked(arch="bert")
+    assert all(isinstance(b, PostNormBlock) for b in m.stack.layers) and not hasattr(m, "out")
+    tokens, labels = torch.randint(0, 11, (2, 9)), torch.tensor([0, 2])
+    h, _ = m.embed(tokens, labels)
+    torch.testing.assert_close(h.mean(-1), torch.zeros(2, 10), atol=1e-5, rtol=0)  # LayerNorm on the embeddings
+    out = m.forward_exits(tokens, labels, loops=3)[3]
+    x = h
+    for _ in range(3):
+        for layer in m.stack.layers:  # the block: f_1 then f_2
+            x = layer(x)
+        torch.testing.assert_close(x.std(-1, unbiased=False), torch.ones(2, 10), atol=1e-3, rtol=0)  # post-norm
+    want = m.norm(F.gelu(m.dense(x[:, 1:]))) @ m.token_emb.weight[:11].t() + m.out_bias  # logits = h·Eᵀ + b
+    torch.testing.assert_close(out, want)
+    out.sum().backward()  # the head is tied: the code embeddings get its gradient even for unused ids
+    unused = sorted(set(range(11)) - set(tokens.flatten().tolist()))
+    assert unused and m.token_emb.weight.grad[unused].abs().sum() > 0
+
+
+@pytest.mark.parametrize("lmax", [3, 5])
+def test_bert_exit_at_loop_l_equals_forward_with_l_loops(lmax):
+    from conftest import tiny_masked
+
+    m = tiny_masked(arch="bert")
+    tokens, labels = torch.randint(0, 11, (2, 9)), torch.tensor([1, 0])
+    outs = m.forward_exits(tokens, labels, loops=lmax, exits=list(range(1, lmax)))
+    for l in range(1, lmax):
+        torch.testing.assert_close(outs[l], m.forward_exits(tokens, labels, loops=l)[l])
+
+
+def test_bert_is_a_masked_only_choice():
+    from elt.config import ConfigError, apply_overrides
+    from elt.presets import get_preset
+
+    assert get_preset("maskgit-L-8Nx3L").model.arch == "bert" and get_preset("ucf101-magvit-6Nx4L").model.arch == "bert"
+    assert get_preset("fmnist-maskgit").model.arch == "bert"
+    with pytest.raises(ConfigError, match="model.arch"):
+        apply_overrides(get_preset("fmnist-dit"), ["model.arch=bert"]).validate()
+    with pytest.raises(ConfigError, match="model.arch"):
+        apply_overrides(get_preset("fmnist-maskgit"), ["model.arch=postnorm"]).validate()

@@ -161,6 +161,15 @@ def test_each_term_switches_off_and_the_other_student_term_takes_weight_one(term
     value = {"t + s": t + s, "t + d": t + d, "lam s + (1-lam) d": lam * s + (1 - lam) * d}[expect]
     assert torch.allclose(total, value, atol=1e-6)
     assert set(parts) == {"loss", "loss_teacher", "loss_student", "loss_dist"}  # every term still logged
+    # a switched-off student term is logged but builds no graph: backward pays only for the terms in use
+    grad_on = {}
+    spy_gt = lambda p: (grad_on.setdefault("gt" if p is outs[3] else "student_gt", torch.is_grad_enabled()),  # noqa: E731
+                        gt(p))[1]
+    spy_dist = lambda s_, t_: (grad_on.setdefault("distill", torch.is_grad_enabled()), dist(s_, t_))[1]  # noqa: E731
+    total2, _ = obj(outs, 2, step=3, gt_loss=spy_gt, dist_loss=spy_dist)
+    assert torch.allclose(total2, value, atol=1e-6)
+    for term in ("student_gt", "distill"):
+        assert grad_on[term] is terms.get(term, True)
 
 
 def test_teacher_gt_off_and_distillation_only_never_train_the_teacher_exit_directly():

@@ -127,9 +127,15 @@ class ILSD:
         if student_loss is not None and o.student_gt and o.distill:
             combined, loss_student, loss_dist = student_loss(student, teacher.detach(), lam)
             total = total + combined
-        else:
-            loss_student = gt_loss(student)
-            loss_dist = dist_loss(student, teacher.detach())  # stop-gradient on the teacher only here
-            total = total + lam * loss_student + (1.0 - lam) * loss_dist
+        else:  # a switched-off term is still reported, but computed without a graph (no backward cost)
+            grad = torch.is_grad_enabled()
+            with torch.set_grad_enabled(grad and o.student_gt):
+                loss_student = gt_loss(student)
+            with torch.set_grad_enabled(grad and o.distill):
+                loss_dist = dist_loss(student, teacher.detach())  # stop-gradient on the teacher only here
+            if o.student_gt:
+                total = total + lam * loss_student
+            if o.distill:
+                total = total + (1.0 - lam) * loss_dist
         return total, {"loss": total.detach(), "loss_teacher": loss_teacher.detach(),
                        "loss_student": loss_student.detach(), "loss_dist": loss_dist.detach()}

@@ -176,6 +176,26 @@ def test_an_objective_no_loop_count_meets_is_a_503_with_retry_after(run_dir):
         assert 'elt_refusals_total{reason="objective"} 1.0' in c.get("/metrics").text
 
 
+def test_a_failed_batch_is_a_500_and_frees_the_worker(run_dir, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    import elt.engine.sampling
+    from elt.apps.api import Service, build_app
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory (simulated)")
+
+    service = Service(run_dir, slo_ms=60_000, max_batch=8, max_queue=64, progress=False)
+    with TestClient(build_app(service)) as c:
+        monkeypatch.setattr(elt.engine.sampling, "generate", broken)
+        monkeypatch.setattr(service.scheduler, "latency", lambda loops, batch: 30.0)  # a batch "takes" 30 s
+        r = c.post("/generate", json={"n": 1})
+        assert r.status_code == 500 and "out of memory (simulated)" in r.json()["detail"]
+        assert service.scheduler.busy_until <= time.monotonic()  # admission does not wait on the failed batch
+        monkeypatch.undo()
+        assert c.post("/generate", json={"n": 1}).status_code == 200  # the service goes on
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -262,6 +262,8 @@ class Service:
                 self._answer(jobs, loops)
             except Exception as e:  # a failed batch answers its jobs with the error; the service goes on
                 log.exception("batch of %d jobs at L=%d failed", len(jobs), loops)
+                with self._cond:
+                    self.scheduler.busy_until = time.monotonic()  # free again: admission must not wait on it
                 for j in jobs:
                     j.answer({"error": f"{type(e).__name__}: {e}"})
 

@@ -99,6 +99,11 @@ def test_cli_train_sample_evaluate_on_digits(tmp_path, capsys):
     assert report["loops"]["5"]["gflops_per_sample"] > report["loops"]["1"]["gflops_per_sample"]
     assert (run / "anytime.png").is_file()
     assert "acc_digits_cnn" in capsys.readouterr().out
+    ema_copies = set((run / "eval").glob("*.json"))
+    assert main(["--quiet", "evaluate", "--run", str(run), "--loops", "1", "--n", "20", "--no-ema"]) == 0
+    raw = set((run / "eval").glob("*.json")) - ema_copies  # a copy of its own: the EMA report is kept
+    assert [p.stem.endswith("_raw") for p in raw] == [True]
+    assert json.loads(raw.pop().read_text())["sampling"]["ema"] is False
 
 
 @pytest.mark.parametrize("argv,needle", [

@@ -191,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "of both named after the sampling settings, RUN/eval/steps.._guidance.._seed.._n.._ckpt..")
     _add_run(p)
     p.add_argument("--loops", type=_int_list, help="loop counts, e.g. 1,2,3 (default 1..Lmax+2)")
+    p.add_argument("--no-ema", action="store_true",
+                   help="use the raw weights instead of the EMA weights (the report's copy is named ..._raw)")
     _add_sampling(p, "samples per loop count (default: the run's eval.n)")
 
     p = verb("schedules", cmd_schedules,
@@ -426,7 +428,7 @@ def cmd_evaluate(args) -> None:
     if args.loops is not None and (not args.loops or min(args.loops) < 1):
         raise ValueError("--loops needs loop counts >= 1, e.g. --loops 1,2,4")
     device, main_rank = _run_ranks(args.device)
-    run = load_run(args.run, device=device, sample_overrides=args.set)
+    run = load_run(args.run, use_ema=False if args.no_ema else None, device=device, sample_overrides=args.set)
     report = evaluate(run, args.loops, args.n, args.seed, args.steps, args.guidance,
                       progress=not args.quiet and main_rank)
     if main_rank:

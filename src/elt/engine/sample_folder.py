@@ -40,6 +40,8 @@ def folder_name(run: Run, settings: dict) -> str:
         if "temp" in k:
             parts.append(f"{k}{settings[k]}")
     parts += [f"seed{settings['seed']}", f"n{settings['n']}"]
+    if settings.get("ema") is False:
+        parts.append("raw")  # raw weights instead of the EMA's
     return "_".join(str(p).replace("/", "-").replace(" ", "") for p in parts)
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 def settings_tag(report: dict) -> str:
     s = report["sampling"]
-    return f"steps{s['steps']}_guidance{s['guidance']:g}_seed{s['seed']}_n{s['n']}_ckpt{report['checkpoint_step']}"
+    raw = "_raw" if s.get("ema") is False else ""  # raw weights instead of the EMA's
+    return (f"steps{s['steps']}_guidance{s['guidance']:g}_seed{s['seed']}_n{s['n']}_ckpt{report['checkpoint_step']}"
+            f"{raw}")
 
 
 def quality_keys(report: dict) -> list[str]:

@@ -160,6 +160,7 @@ def test_each_term_switches_off_and_the_other_student_term_takes_weight_one(term
     t, s, d, lam = gt(outs[3]), gt(outs[2]), dist(outs[2], outs[3]), obj.lam(3)
     value = {"t + s": t + s, "t + d": t + d, "lam s + (1-lam) d": lam * s + (1 - lam) * d}[expect]
     assert torch.allclose(total, value, atol=1e-6)
+    assert obj.mix(3) == {"t + s": 1.0, "t + d": 0.0, "lam s + (1-lam) d": lam}[expect]  # the λ logged
     assert set(parts) == {"loss", "loss_teacher", "loss_student", "loss_dist"}  # every term still logged
     # a switched-off student term is logged but builds no graph: backward pays only for the terms in use
     grad_on = {}

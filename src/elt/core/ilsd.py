@@ -78,6 +78,12 @@ class ILSD:
         x = min(1.0, step / max(1.0, o.lambda_horizon * (self.total_steps - 1)))
         return 1.0 - x if o.lambda_schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * x))
 
+    def mix(self, step: int) -> float:
+        """The λ in use: the schedule's when both student terms are on, else 1 (ground truth alone)
+        or 0 (distillation alone)."""
+        o = self.options
+        return self.lam(step) if o.student_gt and o.distill else float(o.student_gt)
+
     def draw_lint(self, generator: torch.Generator | None = None, batch: int = 1) -> int | torch.Tensor | None:
         """Lint ~ U{Lmin, …, Lmax-1}: one int per step, or (lint="example") one per example as a
         LongTensor (batch,); None when nothing is distilled."""
@@ -122,7 +128,7 @@ class ILSD:
         total = loss_teacher if o.teacher_gt or lint is None else torch.zeros((), device=teacher.device)
         if lint is None:
             return total, {"loss": total.detach(), "loss_teacher": loss_teacher.detach()}
-        lam = self.lam(step) if o.student_gt and o.distill else float(o.student_gt)
+        lam = self.mix(step)
         student = self.student(outputs, lint, rows)
         if student_loss is not None and o.student_gt and o.distill:
             combined, loss_student, loss_dist = student_loss(student, teacher.detach(), lam)

@@ -165,7 +165,7 @@ def train_step(state: TrainState) -> StepResult:
     if info.enabled:  # every rank gets the global values and decides alike about a non-finite loss
         torch.distributed.all_reduce(summed)
     parts = dict(zip(names, summed.unbind()))
-    lam = s.objective.lam(s.step) if lint is not None else 1.0
+    lam = s.objective.mix(s.step) if lint is not None else 1.0  # the λ in use (0 when distillation alone)
     lint = "example" if torch.is_tensor(lint) else lint
     total = float(parts["loss"])  # the step's one read-back
     s.step += 1

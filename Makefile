@@ -15,6 +15,7 @@ $(BIN)/elt: pyproject.toml
 	$(BIN)/pip install -q "torch==2.13.0"
 	$(BIN)/pip install -q -e ".[dev]"
 	$(BIN)/pip install -q --no-deps "torch-fidelity==0.4.0"  # its Inception module, for the FID agreement test (no torchvision)
+	$(BIN)/pip install -q --no-deps "cd-fvd==0.1.1"  # its copy of pytorch-i3d, for the I3D agreement test (its own file only)
 	touch $(BIN)/elt
 
 # Fashion-MNIST ships as Debian's dataset-fashion-mnist; install it when missing and apt is usable.

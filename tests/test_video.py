@@ -227,6 +227,50 @@ def test_i3d_architecture_from_a_random_weights_file(tmp_path):
         I3DFeatures(str(path))
 
 
+def _reference_i3d_module():
+    """pytorch-i3d's own module file as cd-fvd ships it (torch and numpy only), loaded from its file so
+    that cd-fvd's package (which imports torchvision) never runs; None when cd-fvd is not installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("cdfvd")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "third_party" / "i3d" / "pytorch_i3d.py"
+    module = importlib.util.module_from_spec(importlib.util.spec_from_file_location("_reference_pytorch_i3d", path))
+    module.__spec__.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(_reference_i3d_module() is None, reason="cd-fvd is not installed (make setup installs it)")
+def test_i3d_matches_pytorch_i3d_reference_module():
+    """elt's I3D against pytorch-i3d's InceptionI3d (the module TATS and cd-fvd compute FVD with), same
+    random weights and BatchNorm statistics mapped through `from_pytorch_i3d`: logits equal to 1e-5."""
+    import sys
+
+    from elt.metrics.i3d import InceptionI3d
+
+    ref = _reference_i3d_module().InceptionI3d(400, in_channels=3)
+    torch.manual_seed(0)
+    for m in ref.modules():  # weights that keep activations O(1) through the 60 layers
+        if isinstance(m, torch.nn.Conv3d):
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+        if isinstance(m, torch.nn.BatchNorm3d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(1.5, 2.5)
+    ref.eval()
+    ours = InceptionI3d.from_pytorch_i3d(ref.state_dict())  # its eps: 1e-5, as this copy of pytorch-i3d
+    x = torch.rand(2, 3, 10, 224, 224) * 2 - 1  # T = 10: uneven sizes exercise the SAME padding
+    with torch.no_grad():
+        want, got = ref(x), ours(x)
+        off = InceptionI3d.from_pytorch_i3d(ref.state_dict(), bn_eps=1e-3)(x)
+    assert got.shape == want.shape == (2, 400) and want.abs().max() > 0.05
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert (off - want).abs().max() > 1e-4  # the check sees as small a change as BatchNorm's eps
+    assert "torchvision" not in sys.modules
+    with pytest.raises(ValueError, match="not a pytorch-i3d state dict"):
+        InceptionI3d.from_pytorch_i3d({**ref.state_dict(), "extra.weight": torch.zeros(1)})
+
+
 def test_video_grid_gif_mp4_and_stylegan_v_export(tmp_path):
     from PIL import Image
 

@@ -62,11 +62,11 @@ def _same_pad(size: int, k: int, s: int) -> tuple[int, int]:
 
 class Unit3D(nn.Module):
     def __init__(self, cin: int, cout: int, kernel=(1, 1, 1), stride=(1, 1, 1), bn: bool = True, relu: bool = True,
-                 bias: bool = False):
+                 bias: bool = False, bn_eps: float = 0.001):
         super().__init__()
         self.kernel, self.stride, self.relu = tuple(kernel), tuple(stride), relu
         self.conv3d = nn.Conv3d(cin, cout, self.kernel, self.stride, bias=bias)
-        self.bn = nn.BatchNorm3d(cout, eps=0.001, momentum=0.01) if bn else nn.Identity()
+        self.bn = nn.BatchNorm3d(cout, eps=bn_eps, momentum=0.01) if bn else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t, h, w = _same_pad(x.shape[2], self.kernel[0], self.stride[0]), _same_pad(x.shape[3], self.kernel[1], self.stride[1]), \
@@ -87,39 +87,54 @@ class MaxPool3dSame(nn.Module):
 
 
 class InceptionModule(nn.Module):
-    def __init__(self, cin: int, c: tuple):
+    def __init__(self, cin: int, c: tuple, bn_eps: float = 0.001):
         super().__init__()
-        self.b0 = Unit3D(cin, c[0])
-        self.b1a, self.b1b = Unit3D(cin, c[1]), Unit3D(c[1], c[2], (3, 3, 3))
-        self.b2a, self.b2b = Unit3D(cin, c[3]), Unit3D(c[3], c[4], (3, 3, 3))
-        self.b3a, self.b3b = MaxPool3dSame((3, 3, 3), (1, 1, 1)), Unit3D(cin, c[5])
+        self.b0 = Unit3D(cin, c[0], bn_eps=bn_eps)
+        self.b1a, self.b1b = Unit3D(cin, c[1], bn_eps=bn_eps), Unit3D(c[1], c[2], (3, 3, 3), bn_eps=bn_eps)
+        self.b2a, self.b2b = Unit3D(cin, c[3], bn_eps=bn_eps), Unit3D(c[3], c[4], (3, 3, 3), bn_eps=bn_eps)
+        self.b3a, self.b3b = MaxPool3dSame((3, 3, 3), (1, 1, 1)), Unit3D(cin, c[5], bn_eps=bn_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.b0(x), self.b1b(self.b1a(x)), self.b2b(self.b2a(x)), self.b3b(self.b3a(x))], 1)
 
 
 class InceptionI3d(nn.Module):
-    """clips (N, 3, T ≥ 9, 224, 224) in [-1, 1] → 400 Kinetics logits (averaged over time)."""
+    """clips (N, 3, T ≥ 9, 224, 224) in [-1, 1] → 400 Kinetics logits (averaged over time).
+    `bn_eps`: TensorFlow's I3D (and pytorch-i3d upstream) use 0.001; the copy in TATS and cd-fvd,
+    whose `i3d_pretrained_400.pt` many video papers' FVD uses, has PyTorch's default 1e-5."""
 
-    def __init__(self, num_classes: int = 400):
+    def __init__(self, num_classes: int = 400, bn_eps: float = 0.001):
         super().__init__()
-        mods = [("Conv3d_1a_7x7", Unit3D(3, 64, (7, 7, 7), (2, 2, 2))),
+        e = bn_eps
+        mods = [("Conv3d_1a_7x7", Unit3D(3, 64, (7, 7, 7), (2, 2, 2), bn_eps=e)),
                 ("MaxPool3d_2a_3x3", MaxPool3dSame((1, 3, 3), (1, 2, 2))),
-                ("Conv3d_2b_1x1", Unit3D(64, 64)), ("Conv3d_2c_3x3", Unit3D(64, 192, (3, 3, 3))),
+                ("Conv3d_2b_1x1", Unit3D(64, 64, bn_eps=e)), ("Conv3d_2c_3x3", Unit3D(64, 192, (3, 3, 3), bn_eps=e)),
                 ("MaxPool3d_3a_3x3", MaxPool3dSame((1, 3, 3), (1, 2, 2))),
-                ("Mixed_3b", InceptionModule(192, (64, 96, 128, 16, 32, 32))),
-                ("Mixed_3c", InceptionModule(256, (128, 128, 192, 32, 96, 64))),
+                ("Mixed_3b", InceptionModule(192, (64, 96, 128, 16, 32, 32), e)),
+                ("Mixed_3c", InceptionModule(256, (128, 128, 192, 32, 96, 64), e)),
                 ("MaxPool3d_4a_3x3", MaxPool3dSame((3, 3, 3), (2, 2, 2))),
-                ("Mixed_4b", InceptionModule(480, (192, 96, 208, 16, 48, 64))),
-                ("Mixed_4c", InceptionModule(512, (160, 112, 224, 24, 64, 64))),
-                ("Mixed_4d", InceptionModule(512, (128, 128, 256, 24, 64, 64))),
-                ("Mixed_4e", InceptionModule(512, (112, 144, 288, 32, 64, 64))),
-                ("Mixed_4f", InceptionModule(528, (256, 160, 320, 32, 128, 128))),
+                ("Mixed_4b", InceptionModule(480, (192, 96, 208, 16, 48, 64), e)),
+                ("Mixed_4c", InceptionModule(512, (160, 112, 224, 24, 64, 64), e)),
+                ("Mixed_4d", InceptionModule(512, (128, 128, 256, 24, 64, 64), e)),
+                ("Mixed_4e", InceptionModule(512, (112, 144, 288, 32, 64, 64), e)),
+                ("Mixed_4f", InceptionModule(528, (256, 160, 320, 32, 128, 128), e)),
                 ("MaxPool3d_5a_2x2", MaxPool3dSame((2, 2, 2), (2, 2, 2))),
-                ("Mixed_5b", InceptionModule(832, (256, 160, 320, 32, 128, 128))),
-                ("Mixed_5c", InceptionModule(832, (384, 192, 384, 48, 128, 128)))]
+                ("Mixed_5b", InceptionModule(832, (256, 160, 320, 32, 128, 128), e)),
+                ("Mixed_5c", InceptionModule(832, (384, 192, 384, 48, 128, 128), e))]
         self.end_points = nn.ModuleDict(mods)
         self.logits = Unit3D(1024, num_classes, bn=False, relu=False, bias=True)
+
+    @classmethod
+    def from_pytorch_i3d(cls, state_dict: dict, bn_eps: float = 1e-5) -> InceptionI3d:
+        """The network from a pytorch-i3d state dict (piergiaj's layout, as TATS's and cd-fvd's
+        `i3d_pretrained_400.pt`): its keys lack this module's `end_points.` prefix. Script the result with
+        `script_detector` to use it for FVD; say which file and eps beside any number it gives."""
+        net = cls(num_classes=state_dict["logits.conv3d.weight"].shape[0], bn_eps=bn_eps)
+        ours = {(k if k.startswith("logits.") else f"end_points.{k}"): v for k, v in state_dict.items()}
+        missing, unexpected = net.load_state_dict(ours, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"not a pytorch-i3d state dict: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        return net.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for m in self.end_points.values():

@@ -1,5 +1,6 @@
-"""elt's BERT-layout masked network against MaskGIT's own code (Google's JAX/Flax `maskgit` package on
-PyPI, `maskgit/nets/maskgit_transformer.py`), with the same random weights mapped into both.
+"""elt against MaskGIT's own code (Google's JAX/Flax `maskgit` package on PyPI): the BERT-layout masked
+network against `nets/maskgit_transformer.py` and the VQGAN port against `nets/vqgan_tokenizer.py`,
+with the same random weights mapped into both; the decoding schedule against `libml/parallel_decode.py`.
 
 MaskGIT keeps codes, classes and [MASK] in one vocabulary (class c is token `codebook + c`, [MASK] the
 last row) and decodes over all of it; elt keeps a class embedding apart and decodes the codes only.
@@ -12,6 +13,7 @@ the approximation changes. Needs the `reference` extra (jax, flax, maskgit: `mak
 skipped elsewhere.
 """
 import functools
+import math
 
 import numpy as np
 import pytest
@@ -177,3 +179,47 @@ def test_maskgit_vqgan_port_equals_maskgit_jax_tokenizer():
     their_recon = np.asarray(ref.apply(params, their_ids.reshape(2, 8, 8), method=ref.decode_from_indices))
     np.testing.assert_allclose(recon.permute(0, 2, 3, 1).numpy(), their_recon, atol=1e-4, rtol=1e-4)
     assert np.abs(their_recon).max() > 0.1
+
+
+# ---- MaskGIT decoding (elt.masked.sampler) against maskgit/libml/parallel_decode.py ----
+
+class _Recorder(torch.nn.Module):
+    """A stand-in network with random logits that records how many positions are masked at each step."""
+
+    def __init__(self, num_tokens: int, codebook: int = 8):
+        super().__init__()
+        self.num_tokens, self.mask_id, self.null_class, self.codebook = num_tokens, codebook, 0, codebook
+        self.seen = []
+
+    def forward(self, tokens, labels, loops, positions=None):
+        self.seen.append(int((tokens[0] == self.mask_id).sum()))
+        shape = positions.shape if positions is not None else tokens.shape
+        return torch.randn(*shape, self.codebook)
+
+
+@pytest.mark.parametrize("tokens, steps", [(49, 8), (256, 12), (16, 12)])
+def test_masked_positions_per_step_follow_maskgit_decode(tokens, steps):
+    from maskgit.libml import parallel_decode
+
+    from elt.masked.sampler import MaskGITSampler
+
+    theirs = []
+
+    def to_logits(ids):
+        theirs.append(int((np.asarray(ids)[0] == -1).sum()))
+        return jax.random.normal(jax.random.PRNGKey(len(theirs)), ids.shape + (8,))
+
+    with jax.disable_jit():  # runs the while loop in Python, so the callback sees every step
+        parallel_decode.decode(np.full((1, tokens), -1, np.int32), jax.random.PRNGKey(0), to_logits, num_iter=steps,
+                               choice_temperature=4.5)
+    net = _Recorder(tokens)
+    out = MaskGITSampler(steps=steps)(net, torch.zeros(1, dtype=torch.long), 1, torch.Generator().manual_seed(0))
+    # the same number of positions masked at the input of every step — except where T·cos(π/2·ratio) is
+    # an integer (256·cos(π/3) = 128): MaskGIT's float32 cosine lands a hair below it and floors to 127,
+    # elt computes in float64 and keeps 128
+    ideal = [tokens * math.cos(math.pi / 2 * (k + 1) / steps) for k in range(steps - 1)]
+    on_integer = [False] + [abs(x - round(x)) < 1e-4 for x in ideal]  # step 0 starts all masked
+    assert len(net.seen) == len(theirs) == steps
+    assert all(abs(a - b) <= 1 if edge else a == b for a, b, edge in zip(net.seen, theirs, on_integer))
+    assert sum(a != b for a, b in zip(net.seen, theirs)) <= sum(on_integer)
+    assert (out != net.mask_id).all()  # and after the last step every position is decoded, as MaskGIT's output

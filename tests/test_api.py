@@ -46,8 +46,9 @@ def test_scheduler_batches_the_oldest_jobs_and_picks_the_largest_loop_count_in_t
     for _ in range(5):
         assert s.submit(_job(0.0)) is None
     jobs, loops = s.next_batch()
-    # 4 samples, 0.9 s of the objective to plan with (headroom 0.9): 0.1 L + 0.04 ≤ 0.9 → L = 8
-    assert len(jobs) == 4 and loops == 8
+    # 4 samples, 0.9 s of the objective to plan with (headroom 0.9), less the 0.11 s the fifth job needs
+    # after them at L = 1: 0.1 L + 0.04 ≤ 0.79 → L = 7
+    assert len(jobs) == 4 and loops == 7
     clock.t = 0.5  # the fifth job has 0.4 s left to plan with: 0.1 L + 0.01 ≤ 0.4 → L = 3
     jobs, loops = s.next_batch()
     assert len(jobs) == 1 and loops == 3
@@ -55,6 +56,21 @@ def test_scheduler_batches_the_oldest_jobs_and_picks_the_largest_loop_count_in_t
     s.submit(_job(0.5))
     clock.t = 1.48  # late already: the cheapest loop count, never a dropped request
     assert s.next_batch()[1] == 1
+
+
+def test_under_a_backlog_one_batch_does_not_spend_the_time_of_the_requests_behind_it():
+    clock = Clock()
+    s = Scheduler(_latency, list(range(1, 9)), max_batch=4, max_queue=100, slo=1.0, clock=clock)
+    assert all(s.submit(_job(0.0)) is None for _ in range(12))  # admitted: 3 batches at L = 1 take 0.42 s
+    finished, chosen = [], []
+    while (nxt := s.next_batch()) is not None:
+        jobs, loops = nxt
+        clock.t += _latency(loops, len(jobs))  # the batch runs exactly as long as predicted
+        finished += [clock.t] * len(jobs)
+        chosen.append(loops)
+    # the head alone could afford L = 8 (0.84 s), which would leave the other 8 jobs late (1.12 s);
+    # it gets L = 5, the largest that leaves them their 0.28 s at L = 1
+    assert chosen[0] == 5 and max(finished) <= 0.9 + 1e-9
 
 
 def test_scheduler_serves_pinned_loops_exactly_and_batches_them_apart():

@@ -8,7 +8,7 @@ extra `elt[api]`) that keeps a latency objective under load by spending fewer lo
 Requests wait in one bounded queue and are served in batches by one worker thread. For each batch the
 `Scheduler` picks the largest loop count whose latency, measured on this machine per batch size (and
 corrected by what the batches served actually took), fits the time the oldest request has left of the
-objective (`--slo-ms`). A request that pins `loops` (or a GFLOPs budget) gets exactly that. When even
+objective (`--slo-ms`) and leaves each request queued behind it the time it needs at Lmin. A request that pins `loops` (or a GFLOPs budget) gets exactly that. When even
 Lmin cannot answer a new request in time, it is refused at once: 503 with Retry-After. Every request
 gets exactly one answer; SIGTERM stops taking requests and answers the ones queued before exiting.
 
@@ -108,12 +108,8 @@ class Scheduler:
         groups: dict[int | None, int] = {}
         for j in [*self.queue, extra]:
             groups[j.loops] = groups.get(j.loops, 0) + j.size
-        total = 0.0
-        for pinned, samples in groups.items():
-            loops = pinned if pinned is not None else self.loops[0]
-            full, rest = divmod(samples, self.max_batch)
-            total += full * self.latency(loops, self.max_batch) + (self.latency(loops, rest) if rest else 0.0)
-        return total
+        return sum(self._group_cost(pinned if pinned is not None else self.loops[0], samples)
+                   for pinned, samples in groups.items())
 
     def submit(self, job: Job) -> Refusal | None:
         """Queue `job`, or say why not (the queue is full; no loop count can answer it within the objective)."""
@@ -148,12 +144,30 @@ class Scheduler:
             loops = head.loops
         elif self.slo is None:
             loops = self.loops[-1]
-        else:  # the largest loop count that still answers the oldest request in time
-            left = head.arrived + self.plan - now
+        else:  # the largest loop count that answers the oldest request in time and leaves every queued one its own
+            left = min(head.arrived + self.plan - now, self._slack(now))
             fitting = [L for L in self.loops if self.latency(L, samples) <= left]
             loops = fitting[-1] if fitting else self.loops[0]
         self.busy_until = now + self.latency(loops, samples)
         return batch, loops
+
+    def _slack(self, now: float) -> float:
+        """Seconds the batch about to run may take so that every job still queued is answered in time when
+        served after it, in order, at its cheapest loop count (the assumption admission made). Under a
+        backlog this is what stops one batch from spending the time of the requests behind it."""
+        groups: dict[int | None, int] = {}
+        cost, slack = 0.0, math.inf
+        for j in self.queue:
+            loops = j.loops if j.loops is not None else self.loops[0]
+            before = groups.get(j.loops, 0)
+            groups[j.loops] = before + j.size
+            cost += self._group_cost(loops, before + j.size) - self._group_cost(loops, before)
+            slack = min(slack, j.arrived + self.plan - now - cost)
+        return slack
+
+    def _group_cost(self, loops: int, samples: int) -> float:
+        full, rest = divmod(samples, self.max_batch)
+        return full * self.latency(loops, self.max_batch) + (self.latency(loops, rest) if rest else 0.0)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ def _ours(seed: int = 0) -> MaskedTransformer:
 
 
 def _t(x: torch.Tensor) -> np.ndarray:
-    return x.detach().double().numpy().astype(np.float32)
+    return x.detach().float().numpy()
 
 
 def _reference_params(net: MaskedTransformer, loops: int) -> dict:
@@ -53,7 +53,9 @@ def _reference_params(net: MaskedTransformer, loops: int) -> dict:
         b = net.stack.layers[j % N]
         wq, wk, wv = b.attn.qkv.weight.chunk(3)
         bq, bk, bv = b.attn.qkv.bias.chunk(3)
-        heads = lambda w, bias: {"kernel": _t(w.t().reshape(D, H, D // H)), "bias": _t(bias.reshape(H, D // H))}  # noqa: E731
+        def heads(w, bias):  # Flax's DenseGeneral: kernel (D, heads, head width)
+            return {"kernel": _t(w.t().reshape(D, H, D // H)), "bias": _t(bias.reshape(H, D // H))}
+
         attn = {"query": heads(wq, bq), "key": heads(wk, bk), "value": heads(wv, bv),
                 "out": {"kernel": _t(b.attn.proj.weight.t().reshape(H, D // H, D)), "bias": _t(b.attn.proj.bias)}}
         p[f"TransformerLayer_{j}"] = {
@@ -137,11 +139,16 @@ def _vqgan_pair(blocks: int = 2):
 
 def _vqgan_params(ours) -> dict:
     """Flax parameters of MaskGIT's VQVAE holding the port's weights (Flax names its layers in call order)."""
-    conv = lambda m: {"kernel": _t(m.weight.permute(2, 3, 1, 0)), **({"bias": _t(m.bias)} if m.bias is not None else {})}  # noqa: E731
-    norm = lambda m: {"scale": _t(m.weight), "bias": _t(m.bias)}  # noqa: E731
+    def conv(m):  # Flax: kernel (kh, kw, in, out)
+        kernel = {"kernel": _t(m.weight.permute(2, 3, 1, 0))}
+        return kernel if m.bias is None else {**kernel, "bias": _t(m.bias)}
+
+    def norm(m):
+        return {"scale": _t(m.weight), "bias": _t(m.bias)}
 
     def res(b):
-        p = {"GroupNorm_0": norm(b.norm1), "Conv_0": conv(b.conv1), "GroupNorm_1": norm(b.norm2), "Conv_1": conv(b.conv2)}
+        p = {"GroupNorm_0": norm(b.norm1), "Conv_0": conv(b.conv1),
+             "GroupNorm_1": norm(b.norm2), "Conv_1": conv(b.conv2)}
         return {**p, "Conv_2": conv(b.nin_shortcut)} if b.changes else p
 
     e, d = ours.encoder, ours.decoder

@@ -8,9 +8,10 @@ extra `elt[api]`) that keeps a latency objective under load by spending fewer lo
 Requests wait in one bounded queue and are served in batches by one worker thread. For each batch the
 `Scheduler` picks the largest loop count whose latency, measured on this machine per batch size (and
 corrected by what the batches served actually took), fits the time the oldest request has left of the
-objective (`--slo-ms`) and leaves each request queued behind it the time it needs at Lmin. A request that pins `loops` (or a GFLOPs budget) gets exactly that. When even
-Lmin cannot answer a new request in time, it is refused at once: 503 with Retry-After. Every request
-gets exactly one answer; SIGTERM stops taking requests and answers the ones queued before exiting.
+objective (`--slo-ms`) and leaves each request queued behind it the time it needs at Lmin. A request
+that pins `loops` (or a GFLOPs budget) gets exactly that. When even Lmin cannot answer a new request in
+time, it is refused at once: 503 with Retry-After. Every request gets exactly one answer; SIGTERM
+stops taking requests and answers the ones queued before exiting.
 
 Without `--slo-ms` the service is a plain batching server at one loop count (`--loops`, default Lmax):
 the fixed baseline of `benchmarks/load.py`.

@@ -21,6 +21,15 @@ def tiny_masked(unique_layers=2, width=32, heads=4, codebook=11, tokens=9, class
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a service or torchrun a test starts)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def tiny_dit(unique_layers=2, width=32, heads=4, size=8, channels=2, patch=2, classes=3, perturb=True):
     """A small looped DiT. `perturb`: give the zero-initialised adaLN-Zero and final layers random
     values, so blocks are not the identity and outputs are not zero (invariant tests need that)."""

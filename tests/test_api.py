@@ -6,7 +6,6 @@ import base64
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import time
 import numpy as np
 import pytest
 
+from conftest import free_port
 from elt.apps.api import Job, LatencyModel, Scheduler
 from elt.apps.cli import main
 
@@ -212,14 +212,8 @@ def test_a_failed_batch_is_a_500_and_frees_the_worker(run_dir, monkeypatch):
         assert c.post("/generate", json={"n": 1}).status_code == 200  # the service goes on
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(run_dir, *flags):
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "elt", "--quiet", "api", "--run", str(run_dir), "--port", str(port),
                              *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120

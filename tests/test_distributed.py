@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import free_port
 from elt.engine.train import train
 from test_engine import TINY, tiny_cfg
 
@@ -60,14 +61,6 @@ def test_ddp_two_processes_match_one(tmp_path):
     assert_close(ref, torchrun(tmp_path, tmp_path / "ddp"))
     assert_close(ref, torchrun(tmp_path, tmp_path / "ddp_accum", ["train.grad_accum=2"]))
     assert_same_logged_losses(tmp_path / "one", tmp_path / "ddp_accum")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_nodes_c10d_rendezvous_match_one_process(tmp_path):

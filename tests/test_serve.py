@@ -3,23 +3,17 @@ image back. Needs gradio and selenium (the dev extra) and Debian's chromium + ch
 (`make setup` installs them where apt is usable); skipped with the reason otherwise."""
 import io
 import shutil
-import socket
 import urllib.request
 
 import numpy as np
 import pytest
 
+from conftest import free_port
 from elt.apps.cli import main
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 TINY = ["model.width=32", "model.heads=2", "train.batch_size=16", "train.warmup_steps=2", "eval.n=20",
         "eval.classifier_epochs=1", "sample.steps=4", "sample.batch_size=50"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +114,7 @@ def test_video_web_demo_in_headless_chromium(video_run):
     from elt.apps.serve import serve
 
     browser = _browser()
-    port = _free_port()
+    port = free_port()
     app = serve(video_run, port=port, n=2, block=False)
     try:
         status, src = _generate_in_browser(browser, port, "Bag", loops=2)
@@ -139,7 +133,7 @@ def test_web_demo_in_headless_chromium(run_dir):
     from elt.apps.serve import serve
 
     browser = _browser()
-    port = _free_port()
+    port = free_port()
     app = serve(run_dir, port=port, n=3, block=False)
     try:
         status, src = _generate_in_browser(browser, port, "3")

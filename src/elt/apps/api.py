@@ -104,13 +104,25 @@ class Scheduler:
     def depth(self) -> int:
         return sum(j.size for j in self.queue)
 
+    def _backlog(self, jobs):
+        """(job, seconds to serve it and every job before it), for `jobs` in queue order at their cheapest
+        loop count (a pinned job at its pin), in batches of up to max_batch samples of one loop count."""
+        groups: dict[int | None, int] = {}
+        cost = 0.0
+        for j in jobs:
+            loops = j.loops if j.loops is not None else self.loops[0]
+            before = groups.get(j.loops, 0)
+            groups[j.loops] = before + j.size
+            cost += self._group_cost(loops, before + j.size) - self._group_cost(loops, before)
+            yield j, cost
+
+    def _group_cost(self, loops: int, samples: int) -> float:
+        full, rest = divmod(samples, self.max_batch)
+        return full * self.latency(loops, self.max_batch) + (self.latency(loops, rest) if rest else 0.0)
+
     def _batches_ahead(self, extra: Job) -> float:
         """Seconds until `extra` would be answered if every queued batch ran at its cheapest loop count."""
-        groups: dict[int | None, int] = {}
-        for j in [*self.queue, extra]:
-            groups[j.loops] = groups.get(j.loops, 0) + j.size
-        return sum(self._group_cost(pinned if pinned is not None else self.loops[0], samples)
-                   for pinned, samples in groups.items())
+        return max(cost for _, cost in self._backlog([*self.queue, extra]))
 
     def submit(self, job: Job) -> Refusal | None:
         """Queue `job`, or say why not (the queue is full; no loop count can answer it within the objective)."""
@@ -156,19 +168,7 @@ class Scheduler:
         """Seconds the batch about to run may take so that every job still queued is answered in time when
         served after it, in order, at its cheapest loop count (the assumption admission made). Under a
         backlog this is what stops one batch from spending the time of the requests behind it."""
-        groups: dict[int | None, int] = {}
-        cost, slack = 0.0, math.inf
-        for j in self.queue:
-            loops = j.loops if j.loops is not None else self.loops[0]
-            before = groups.get(j.loops, 0)
-            groups[j.loops] = before + j.size
-            cost += self._group_cost(loops, before + j.size) - self._group_cost(loops, before)
-            slack = min(slack, j.arrived + self.plan - now - cost)
-        return slack
-
-    def _group_cost(self, loops: int, samples: int) -> float:
-        full, rest = divmod(samples, self.max_batch)
-        return full * self.latency(loops, self.max_batch) + (self.latency(loops, rest) if rest else 0.0)
+        return min((j.arrived + self.plan - now - cost for j, cost in self._backlog(self.queue)), default=math.inf)
 
 
 # --------------------------------------------------------------------------------------------------

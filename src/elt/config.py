@@ -16,10 +16,8 @@ from pathlib import Path
 import yaml
 
 from .choices import (BEYOND_LMAX, DATASETS, DEVICES, DIFFUSION_SAMPLERS, FRAMEWORKS, LAMBDA_SCHEDULES, LINT_DRAWS,
-                      MASKED_ARCHS,
-                      LR_SCHEDULES, MOVING_LABELS,
-                      NOISE_SCHEDULES, OBJECTIVES, PARALLEL, PRECISIONS, PREDICTIONS, TOKENIZERS, UCF101_FOLDS,
-                      VIDEO_DATASETS, one_of)
+                      LR_SCHEDULES, MASKED_ARCHS, MOVING_LABELS, NOISE_SCHEDULES, OBJECTIVES, PARALLEL, PRECISIONS,
+                      PREDICTIONS, TOKENIZERS, UCF101_FOLDS, VIDEO_DATASETS, one_of)
 from .utils.atomic import write_text
 
 

@@ -130,6 +130,16 @@ def test_teacher_gets_no_gradient_through_the_fused_student_loss():
 from elt.core.ilsd import ILSDOptions  # noqa: E402
 
 
+def test_config_section_and_core_options_hold_the_same_switches_and_defaults():
+    import dataclasses
+
+    from elt.config import ILSDConfig
+
+    # the config section (mutable, YAML) and the core's frozen options are two dataclasses by layering;
+    # build_objective maps one onto the other field by field, so they must not drift apart
+    assert dataclasses.asdict(ILSDConfig()) == dataclasses.asdict(ILSDOptions())
+
+
 def test_lambda_schedules_and_horizon():
     cos = ILSD(1, 4, 101, options=ILSDOptions(lambda_schedule="cosine"))
     assert cos.lam(0) == 1.0 and cos.lam(50) == pytest.approx(0.5) and cos.lam(100) == pytest.approx(0.0)

@@ -478,9 +478,7 @@ def cmd_api(args) -> None:
 
     from .api import serve_api
 
-    _check_port(args.host, args.port)
-    if args.max_queue < args.max_batch:
-        raise ValueError(f"--max-queue ({args.max_queue}) must be at least --max-batch ({args.max_batch})")
+    _check_port(args.host, args.port)  # the Service checks its own arguments before loading the run
     if args.threads:
         torch.set_num_threads(args.threads)
     device, _ = _run_ranks(args.device)

@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup fmnist browser demo demo-dit demo-video test test-reference test-all clean
+.PHONY: setup fmnist browser demo demo-dit demo-video test test-reference clean
 
 setup: $(BIN)/elt fmnist browser
 
@@ -49,17 +49,15 @@ demo-dit: setup
 demo-video: setup
 	$(BIN)/elt demo --config mfmnist-video --out runs/mfmnist-video --resume
 
+# The suite runs on every core (pytest-xdist), one torch thread per worker.
 test: setup
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n auto --dist worksteal
 
 # elt's BERT network and MaskGIT VQGAN port against MaskGIT's own JAX code (installs jax and flax:
 # ~750 MB, so not part of `make setup`; `make test` skips these checks without them)
 test-reference: setup
 	$(BIN)/pip install -q -e ".[reference]"
 	$(BIN)/python -m pytest -q tests/test_reference.py
-
-test-all: setup
-	$(BIN)/python -m pytest -q -m "slow or not slow"
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info

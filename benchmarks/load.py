@@ -1,4 +1,4 @@
-"""Open-loop load on `elt api`: the elastic service (a latency objective) against fixed L = Lmax and
+"""Open-loop load on `elt api`: the elastic service (a latency SLO) against fixed L = Lmax and
 fixed L = Lmin services of the same run, at multiples of the fixed-Lmax service's capacity.
 
     .venv/bin/python benchmarks/load.py --run runs/fmnist-maskgit --out benchmarks/load-results
@@ -113,7 +113,7 @@ def main() -> None:
     ap.add_argument("--run", required=True, help="a masked run folder with its any-time report (anytime.json)")
     ap.add_argument("--out", required=True, help="folder for load.json, load.md and load.png (created; must be new)")
     ap.add_argument("--loads", default="0.5,1,2,4", help="offered loads as multiples of the fixed-Lmax capacity")
-    ap.add_argument("--slo-ms", type=float, help="the elastic service's objective (default 2x the fixed-Lmax "
+    ap.add_argument("--slo-ms", type=float, help="the elastic service's SLO (default 2x the fixed-Lmax "
                                                   "service's latency of a full batch)")
     ap.add_argument("--duration", type=float, default=20.0, help="seconds of arrivals per point (default 20)")
     ap.add_argument("--max-requests", type=int, default=2000, help="requests per point at most (default 2000)")
@@ -143,7 +143,7 @@ def main() -> None:
     slo = args.slo_ms or 2 * batch_ms
     classes = len(health["classes"])
     print(f"fixed L={lmax}: {batch_ms:.0f} ms per batch of {args.max_batch} → capacity {capacity:.1f} requests/s; "
-          f"objective {slo:.0f} ms", flush=True)
+          f"SLO {slo:.0f} ms", flush=True)
     services = {"elastic": ["--slo-ms", f"{slo:g}"], f"fixed L={lmax}": ["--loops", str(lmax)],
                 f"fixed L={lmin}": ["--loops", str(lmin)]}
     rows = []
@@ -190,7 +190,7 @@ def main() -> None:
     for name in services:
         pts = [r for r in rows if r["service"] == name]
         ax.plot([r["load"] for r in pts], [r["p95_ms"] for r in pts], marker="o", label=f"{name} (p95)")
-    ax.axhline(slo, color="k", ls="--", lw=1, label=f"objective {slo:.0f} ms")
+    ax.axhline(slo, color="k", ls="--", lw=1, label=f"SLO {slo:.0f} ms")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel(f"offered load (× fixed-L{lmax} capacity, {capacity:.1f} req/s)")

@@ -4,24 +4,20 @@ answered or refused, and SIGTERM answering what was queued."""
 import asyncio
 import base64
 import io
-import os
 import signal
 import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from conftest import free_port
-from elt.apps.api import Job, LatencyModel, Scheduler
-from elt.apps.cli import main
+from elt.apps.scheduler import Job, LatencyModel, Scheduler
 
 fastapi = pytest.importorskip("fastapi", reason="the HTTP service needs the api extra (make setup installs it)")
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("prometheus_client")
 
-TINY = ["model.width=32", "model.heads=2", "train.batch_size=16", "train.warmup_steps=2", "sample.steps=4"]
 
 
 class Clock:
@@ -46,7 +42,7 @@ def test_scheduler_batches_the_oldest_jobs_and_picks_the_largest_loop_count_in_t
     for _ in range(5):
         assert s.submit(_job(0.0)) is None
     jobs, loops = s.next_batch()
-    # 4 samples, 0.9 s of the objective to plan with (headroom 0.9), less the 0.11 s the fifth job needs
+    # 4 samples, 0.9 s of the SLO to plan with (headroom 0.9), less the 0.11 s the fifth job needs
     # after them at L = 1: 0.1 L + 0.04 ≤ 0.79 → L = 7
     assert len(jobs) == 4 and loops == 7
     clock.t = 0.5  # the fifth job has 0.4 s left to plan with: 0.1 L + 0.01 ≤ 0.4 → L = 3
@@ -93,7 +89,7 @@ def test_scheduler_refuses_at_once_when_even_lmin_is_too_late_or_the_queue_is_fu
     s = Scheduler(_latency, [1, 2, 4], max_batch=2, max_queue=100, slo=0.6, clock=clock)  # plans with 0.54 s
     assert [s.submit(_job(0.0, n=2)) is None for _ in range(5)] == [True] * 4 + [False]
     late = s.submit(_job(0.0, n=2))
-    assert late.kind == "objective" and "L=1" in late.reason and late.retry_after == 1
+    assert late.kind == "slo" and "L=1" in late.reason and late.retry_after == 1
     s.busy_until = 10.0  # a long batch in flight: refused, told to come back after it
     assert s.submit(_job(0.0)).retry_after >= 10
 
@@ -114,20 +110,20 @@ def test_latency_model_interpolates_between_measured_sizes_and_learns_a_slowdown
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    run = tmp_path_factory.mktemp("api") / "run"
-    sets = sum((["--set", s] for s in TINY), [])
-    assert main(["--quiet", "train", "--config", "digits-maskgit", "--out", str(run), "--steps", "3", *sets]) == 0
-    return run
+def api_run(masked_run, tmp_path_factory):
+    """A copy of the session's run: the service writes its latency table (latency.json) into the run."""
+    import shutil
+
+    return shutil.copytree(masked_run, tmp_path_factory.mktemp("api") / "run")
 
 
 @pytest.fixture(scope="module")
-def client(run_dir):
+def client(api_run):
     from fastapi.testclient import TestClient
 
     from elt.apps.api import Service, build_app
 
-    service = Service(run_dir, slo_ms=60_000, max_batch=8, max_queue=64, progress=False)
+    service = Service(api_run, slo_ms=60_000, max_batch=8, max_queue=64, progress=False)
     with TestClient(build_app(service)) as c:
         yield c, service
 
@@ -173,6 +169,8 @@ def test_health_and_prometheus_metrics(client):
     c, service = client
     h = c.get("/health").json()
     assert h["status"] == "ok" and h["loops"]["max"] == service.max_loops and h["slo_ms"] == 60_000
+    assert c.post("/generate", json={"n": 1}).status_code == 200  # one answered, one refused as bad input
+    assert c.post("/generate", json={"n": 1, "classes": [0]}).status_code == 422
     text = c.get("/metrics").text
     for name in ("elt_requests_total", "elt_request_seconds_bucket", "elt_loops_used_bucket", "elt_queue_depth",
                  "elt_refusals_total"):
@@ -180,19 +178,19 @@ def test_health_and_prometheus_metrics(client):
     assert 'elt_requests_total{status="200"}' in text and 'elt_requests_total{status="422"}' in text
 
 
-def test_an_objective_no_loop_count_meets_is_a_503_with_retry_after(run_dir):
+def test_an_slo_no_loop_count_meets_is_a_503_with_retry_after(api_run):
     from fastapi.testclient import TestClient
 
     from elt.apps.api import Service, build_app
 
-    service = Service(run_dir, slo_ms=1e-3, max_batch=8, max_queue=64, progress=False)
+    service = Service(api_run, slo_ms=1e-3, max_batch=8, max_queue=64, progress=False)
     with TestClient(build_app(service)) as c:
         r = c.post("/generate", json={"n": 1})
-        assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1 and "objective" in r.json()["detail"]
-        assert 'elt_refusals_total{reason="objective"} 1.0' in c.get("/metrics").text
+        assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1 and "SLO" in r.json()["detail"]
+        assert 'elt_refusals_total{reason="slo"} 1.0' in c.get("/metrics").text
 
 
-def test_a_failed_batch_is_a_500_and_frees_the_worker(run_dir, monkeypatch):
+def test_a_failed_batch_is_a_500_and_frees_the_worker(api_run, monkeypatch):
     from fastapi.testclient import TestClient
 
     import elt.engine.sampling
@@ -201,7 +199,7 @@ def test_a_failed_batch_is_a_500_and_frees_the_worker(run_dir, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("out of memory (simulated)")
 
-    service = Service(run_dir, slo_ms=60_000, max_batch=8, max_queue=64, progress=False)
+    service = Service(api_run, slo_ms=60_000, max_batch=8, max_queue=64, progress=False)
     with TestClient(build_app(service)) as c:
         monkeypatch.setattr(elt.engine.sampling, "generate", broken)
         monkeypatch.setattr(service.scheduler, "latency", lambda loops, batch: 30.0)  # a batch "takes" 30 s
@@ -212,9 +210,9 @@ def test_a_failed_batch_is_a_500_and_frees_the_worker(run_dir, monkeypatch):
         assert c.post("/generate", json={"n": 1}).status_code == 200  # the service goes on
 
 
-def _start(run_dir, *flags):
+def _start(run, *flags):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "elt", "--quiet", "api", "--run", str(run_dir), "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "elt", "--quiet", "api", "--run", str(run), "--port", str(port),
                              *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -239,8 +237,8 @@ async def _burst(url, count, body, then=None):
         return [r.status_code for r in await asyncio.gather(*tasks)], seen
 
 
-def test_a_burst_is_answered_or_refused_at_once(run_dir):
-    proc, url = _start(run_dir, "--slo-ms", "400", "--max-batch", "4", "--max-queue", "16")
+def test_a_burst_is_answered_or_refused_at_once(api_run):
+    proc, url = _start(api_run, "--slo-ms", "400", "--max-batch", "4", "--max-queue", "16")
     try:
         codes, _ = asyncio.run(_burst(url, 60, {"n": 1}))
         assert len(codes) == 60 and set(codes) <= {200, 503}
@@ -253,8 +251,8 @@ def test_a_burst_is_answered_or_refused_at_once(run_dir):
         proc.kill()
 
 
-def test_sigterm_answers_every_queued_request_then_exits(run_dir):
-    proc, url = _start(run_dir, "--loops", "4", "--max-batch", "4", "--max-queue", "400")
+def test_sigterm_answers_every_queued_request_then_exits(api_run):
+    proc, url = _start(api_run, "--loops", "4", "--max-batch", "4", "--max-queue", "400")
     try:
         async def terminate(client):
             depth = (await client.get(f"{url}/health")).json()["queue"]

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from elt.utils.atomic import atomic_path, write_text
-from elt.engine.store import save_arrays
+from elt.engine.checkpoint import save_arrays
 
 
 def test_failed_write_keeps_the_old_file(tmp_path):

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from conftest import free_port
 from elt.engine.train import train
-from test_engine import TINY, tiny_cfg
+from conftest import TINY, tiny_cfg
 
 ARGS = ["train.steps=20", "train.batch_size=8", "train.ckpt_every=10", "train.lr=1e-3"]
 
@@ -26,12 +26,20 @@ def torchrun(tmp_path, out, extra=(), nproc=2, resume=False):
 
 
 def single(tmp_path, name, extra=()):
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun rank computes (OMP_NUM_THREADS=1)
     try:
         train(tiny_cfg(20, ARGS + list(extra)), tmp_path / name, progress=False)
     finally:
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(threads)
     return load_file(str(tmp_path / name / "checkpoints" / "last" / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def one(tmp_path_factory):
+    """The reference: one process trains ARGS' 20 steps (weights, and the run folder for its losses)."""
+    folder = tmp_path_factory.mktemp("one_process")
+    return single(folder, "one"), folder / "one"
 
 
 def assert_close(a, b, atol=1e-6):
@@ -51,22 +59,23 @@ def assert_same_logged_losses(a, b):
             assert abs(x[k] - y[k]) <= 1e-5 * max(1.0, abs(x[k])), (k, x[k], y[k])
 
 
-def test_grad_accumulation_matches_one_big_batch(tmp_path):
-    assert_close(single(tmp_path, "one"), single(tmp_path, "accum", ["train.grad_accum=2"]))
-    assert_same_logged_losses(tmp_path / "one", tmp_path / "accum")
+def test_grad_accumulation_matches_one_big_batch(one, tmp_path):
+    assert_close(one[0], single(tmp_path, "accum", ["train.grad_accum=2"]))
+    assert_same_logged_losses(one[1], tmp_path / "accum")
 
 
-def test_ddp_two_processes_match_one(tmp_path):
-    ref = single(tmp_path, "one")
-    assert_close(ref, torchrun(tmp_path, tmp_path / "ddp"))
-    assert_close(ref, torchrun(tmp_path, tmp_path / "ddp_accum", ["train.grad_accum=2"]))
-    assert_same_logged_losses(tmp_path / "one", tmp_path / "ddp_accum")
+@pytest.mark.slow
+def test_ddp_two_processes_match_one(one, tmp_path):
+    assert_close(one[0], torchrun(tmp_path, tmp_path / "ddp"))
+    assert_close(one[0], torchrun(tmp_path, tmp_path / "ddp_accum", ["train.grad_accum=2"]))
+    assert_same_logged_losses(one[1], tmp_path / "ddp_accum")
 
 
-def test_two_nodes_c10d_rendezvous_match_one_process(tmp_path):
+@pytest.mark.slow
+def test_two_nodes_c10d_rendezvous_match_one_process(one, tmp_path):
     """The multi-node recipe of docs/engine.md: two torchrun agents (two "nodes", one process each)
     meet through the c10d rendezvous on 127.0.0.1 and train the single-process weights."""
-    ref = single(tmp_path, "one")
+    ref = one[0]
     out = tmp_path / "two_nodes"
     sets = sum((["--set", s] for s in TINY + ARGS), [])
     port = free_port()
@@ -85,32 +94,36 @@ def test_two_nodes_c10d_rendezvous_match_one_process(tmp_path):
     assert_close(ref, load_file(str(out / "checkpoints" / "last" / "model.safetensors")))
 
 
-def test_fsdp2_trains_and_saves_full_weights(tmp_path):
-    ref = single(tmp_path, "one")
+@pytest.mark.slow
+def test_fsdp2_trains_and_saves_full_weights(one, tmp_path):
+    ref = one[0]
     got = torchrun(tmp_path, tmp_path / "fsdp", ["train.parallel=fsdp"])
     assert all(got[k].shape == ref[k].shape for k in ref)
     assert_close(ref, got)
 
 
+@pytest.mark.slow
 def test_fsdp2_resume_continues_exactly(tmp_path):
-    # 10 steps, then resumed to 20, against 20 straight. A constant LR and the vanilla objective keep
-    # the schedule independent of the total step count, which is what the resume changes here.
-    extra = ["train.parallel=fsdp", "train.lr_schedule=constant", "train.objective=vanilla"]
-    ref = torchrun(tmp_path, tmp_path / "straight", extra)
-    torchrun(tmp_path, tmp_path / "resumed", extra + ["train.steps=10"])
-    assert_close(ref, torchrun(tmp_path, tmp_path / "resumed", extra, resume=True))
+    # 10 steps under FSDP2, then resumed to 20, against 20 straight steps of one process (which FSDP2
+    # matches: the test above). A constant LR and the vanilla objective keep the schedule independent of
+    # the total step count, which is what the resume changes here.
+    extra = ["train.lr_schedule=constant", "train.objective=vanilla"]
+    ref = single(tmp_path, "straight", extra)
+    fsdp = extra + ["train.parallel=fsdp"]
+    torchrun(tmp_path, tmp_path / "resumed", fsdp + ["train.steps=10"])
+    assert_close(ref, torchrun(tmp_path, tmp_path / "resumed", fsdp, resume=True))
     import json
     steps = [json.loads(x)["step"] for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(2, 21, 2))  # the second launch trained steps 11..20 only
 
 
-def test_sampling_and_evaluation_split_across_ranks(tmp_path):
+@pytest.mark.slow
+def test_sampling_and_evaluation_split_across_ranks(masked_run, run_copy, tmp_path):
     import json
 
     import numpy as np
 
-    run = tmp_path / "run"
-    train(tiny_cfg(4), run, progress=False)
+    run = run_copy(masked_run)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "elt", "--quiet"]
     # torchrun's own parser claims abbreviations of its options (--run, --n): use the long spellings
@@ -170,6 +183,7 @@ def test_streaming_stats_reduce_across_ranks(tmp_path):
     np.testing.assert_allclose(z["cov"], np.cov(f, rowvar=False), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_fid_split_across_ranks_matches_one_process(tmp_path, monkeypatch):
     """`elt fid` under torchrun: each rank streams a share of the images; the reduced statistics,
     gathered logits and precision/recall features give one process's numbers."""

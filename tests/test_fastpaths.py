@@ -8,7 +8,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import tiny_masked
-from elt.engine import precision
+from elt.engine.devices import native_bf16, resolve_precision
 from elt.masked import MaskedFramework, MaskGITSampler
 
 
@@ -90,8 +90,8 @@ def test_compiled_block_matches_eager_and_never_recompiles_for_new_loop_counts()
 
 def test_precision_auto_resolves_to_a_concrete_choice():
     cpu = torch.device("cpu")
-    assert precision.resolve("auto", cpu) == ("bf16" if precision.native_bf16(cpu) else "fp32")
-    assert precision.resolve("fp32", cpu) == "fp32"
+    assert resolve_precision("auto", cpu) == ("bf16" if native_bf16(cpu) else "fp32")
+    assert resolve_precision("fp32", cpu) == "fp32"
 
 
 def test_bf16_tokenizer_training_keeps_the_quantiser_in_fp32():
@@ -104,6 +104,7 @@ def test_bf16_tokenizer_training_keeps_the_quantiser_in_fp32():
     assert ids.shape == (2, 16) and ids.max() < 16
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["digits-maskgit-2Nx4L", "digits-dit-2Nx4L"])
 def test_bench_quick_writes_every_key(tmp_path, preset):
     from elt.apps.cli import main

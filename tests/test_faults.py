@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_engine import TINY  # noqa: E402
+from conftest import TINY  # noqa: E402
 
 from elt.apps.cli import main  # noqa: E402
 
@@ -92,7 +92,7 @@ def _sampled(tmp, run):
 
 
 def _held_lock(tmp, run):
-    from elt.engine.lock import RunLock
+    from elt.engine.run import RunLock
     lock = RunLock(run, "elt train (another)").acquire()
     return lock.release
 
@@ -241,17 +241,10 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    run = tmp_path_factory.mktemp("faults") / "run"
-    assert main(["--quiet", *TRAIN, "--out", str(run), "--steps", "4"]) == 0
-    return run
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_fault(case, trained, tmp_path, monkeypatch):
-    run = tmp_path / "run"
-    shutil.copytree(trained, run)
+def test_fault(case, masked_run, run_copy, monkeypatch):
+    run = run_copy(masked_run)
+    tmp_path = run.parent
     if "cache" in case.tags:
         monkeypatch.setenv("ELT_CACHE_DIR", "/proc/elt-cache")
     if "port" in case.tags:
@@ -267,9 +260,8 @@ def test_fault(case, trained, tmp_path, monkeypatch):
     assert case.needle in lines[0], lines[0]
 
 
-def test_disk_full_leaves_no_temporary_folder_and_the_checkpoint_intact(trained, tmp_path):
-    run = tmp_path / "run"
-    shutil.copytree(trained, run)
+def test_disk_full_leaves_no_temporary_folder_and_the_checkpoint_intact(masked_run, run_copy, tmp_path):
+    run = run_copy(masked_run)
     cleanup = _full_disk(tmp_path, run)
     try:
         small = tmp_path / "small" / "run"
@@ -284,9 +276,8 @@ def test_disk_full_leaves_no_temporary_folder_and_the_checkpoint_intact(trained,
         cleanup()
 
 
-def test_evaluate_keeps_the_schedule_search(trained, tmp_path):
-    run = tmp_path / "run"
-    shutil.copytree(trained, run)
+def test_evaluate_keeps_the_schedule_search(masked_run, run_copy, tmp_path):
+    run = run_copy(masked_run)
     common = ["--run", str(run), "--n", "10", "--steps", "3"]
     assert main(["--quiet", "schedules", *common, "--budgets", "2"]) == 0
     assert "schedules" in json.loads((run / "anytime.json").read_text())
@@ -296,9 +287,8 @@ def test_evaluate_keeps_the_schedule_search(trained, tmp_path):
         assert "schedules" in report and {"1", "2"} <= set(report["loops"]), path
 
 
-def test_a_run_killed_before_its_first_checkpoint_starts_clean(trained, tmp_path):
-    run = tmp_path / "run"
-    shutil.copytree(trained, run)
+def test_a_run_killed_before_its_first_checkpoint_starts_clean(masked_run, run_copy, tmp_path):
+    run = run_copy(masked_run)
     _killed_before_checkpoint(tmp_path, run)
     out = tmp_path / "killed"
     assert main(["--quiet", *TRAIN, "--out", str(out), "--steps", "4"]) == 0
@@ -354,7 +344,7 @@ def test_a_long_sampling_job_says_how_long(caplog):
 
 def table(tmp_root: Path) -> str:
     """Run every case; the markdown table docs/engine.md shows."""
-    run = tmp_root / "trained"
+    run = tmp_root / "masked_run"
     assert main(["--quiet", *TRAIN, "--out", str(run), "--steps", "4"]) == 0
     rows = ["| what goes wrong | command | exit | stderr (one line) |", "|---|---|---|---|"]
     for case in CASES:

@@ -197,7 +197,7 @@ def test_teacher_gt_off_and_distillation_only_never_train_the_teacher_exit_direc
 def test_lint_per_example_picks_each_examples_own_exit():
     fw, target, inputs, lab, mask = _losses()
     model = tiny_masked()
-    obj = ILSD(1, 4, 10, options=ILSDOptions(lint="example"))
+    obj = ILSD(1, 4, 10, options=ILSDOptions(lint_mode="example"))
     g = torch.Generator().manual_seed(0)
     draws = torch.cat([obj.draw_lint(g, 4) for _ in range(750)])
     assert set(draws.tolist()) == {1, 2, 3} and all(abs((draws == v).float().mean() - 1 / 3) < 0.04 for v in (1, 2, 3))

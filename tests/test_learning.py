@@ -4,6 +4,8 @@ batch 64 under each objective (~25 s each on 2 cores), judged by elt's digits cl
 class-balanced samples per L. Measured: ILSD 0.50 / 0.42 at L = 1 / 4, vanilla 0.24 / 0.40 (chance 0.10)."""
 import json
 
+import pytest
+
 from elt.apps.cli import main
 
 SETTINGS = ["model.unique_layers=1", "model.max_loops=4", "train.steps=200", "sample.batch_size=100"]
@@ -20,6 +22,7 @@ def _accuracy_by_loops(tmp_path, objective):
     return {int(L): r["acc_digits_cnn"] for L, r in report["loops"].items()}
 
 
+@pytest.mark.slow
 def test_a_tiny_model_learns_and_ilsd_makes_its_first_exit_usable(tmp_path):
     ilsd = _accuracy_by_loops(tmp_path, "ilsd")
     vanilla = _accuracy_by_loops(tmp_path, "vanilla")

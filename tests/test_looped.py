@@ -20,15 +20,26 @@ def test_parameters_do_not_depend_on_loops():
     assert len(model.stack.layers) == 2
 
 
+def _network(kind: str):
+    """One of the three networks with the inputs of one forward pass: the masked transformer (pre-norm, and
+    MaskGIT's BERT layout) on token ids and classes, the looped DiT on latents, times and classes."""
+    from conftest import tiny_dit
+
+    if kind == "dit":
+        return tiny_dit(), (torch.randn(3, 2, 8, 8), torch.tensor([0.2, 0.5, 0.9]), torch.tensor([0, 1, 3]))
+    return tiny_masked(arch=kind), (torch.randint(0, 12, (3, 9)), torch.tensor([0, 1, 3]))
+
+
+@pytest.mark.parametrize("kind", ["prenorm", "bert", "dit"])
 @pytest.mark.parametrize("lmax", [3, 5])
-def test_exit_at_loop_l_equals_forward_with_l_loops(lmax):
-    model = tiny_masked()
-    x = torch.randint(0, 12, (3, 9))
-    y = torch.tensor([0, 1, 3])
-    outs = model.forward_exits(x, y, loops=lmax, exits=range(1, lmax))
+def test_exit_at_loop_l_equals_forward_with_l_loops(kind, lmax):
+    """ELT's invariant: the output at loop l of an Lmax forward pass equals a forward pass run with L = l."""
+    model, inputs = _network(kind)
+    outs = model.forward_exits(*inputs, loops=lmax, exits=range(1, lmax))
     assert sorted(outs) == list(range(1, lmax + 1))
     for loop in range(1, lmax + 1):
-        assert torch.allclose(outs[loop], model(x, y, loops=loop), atol=1e-6, rtol=0)
+        assert torch.allclose(outs[loop], model(*inputs, loops=loop), atol=1e-6, rtol=0)
+    assert not torch.allclose(outs[1], outs[lmax])  # the loops do something
 
 
 def test_layer_order_is_whole_block_repeated():

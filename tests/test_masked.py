@@ -162,17 +162,6 @@ def test_bert_layout_post_norm_embedding_norm_and_tied_head():
     assert unused and m.token_emb.weight.grad[unused].abs().sum() > 0
 
 
-@pytest.mark.parametrize("lmax", [3, 5])
-def test_bert_exit_at_loop_l_equals_forward_with_l_loops(lmax):
-    from conftest import tiny_masked
-
-    m = tiny_masked(arch="bert")
-    tokens, labels = torch.randint(0, 11, (2, 9)), torch.tensor([1, 0])
-    outs = m.forward_exits(tokens, labels, loops=lmax, exits=list(range(1, lmax)))
-    for l in range(1, lmax):
-        torch.testing.assert_close(outs[l], m.forward_exits(tokens, labels, loops=l)[l])
-
-
 def test_bert_is_a_masked_only_choice():
     from elt.config import ConfigError, apply_overrides
     from elt.presets import get_preset

@@ -184,6 +184,7 @@ def _imagenet_folder(root, per_class=20):
     return root
 
 
+@pytest.mark.slow
 def test_imagenet_layout_extract_train_sample_adm_fid(inception_file, tmp_path, monkeypatch, capsys):
     """Issue 7's pipeline end to end on CPU: a 200-image ImageNet-layout folder → `elt extract` (sharded,
     resumable) → `elt train` from the shards → `elt sample --folder` (class-balanced, ADM npz) →
@@ -281,7 +282,7 @@ def test_reduced_gpu_recipe_builds_on_256_tokens():
     assert np.abs(back - native.images[:50, ..., 0]).mean() < 12  # the same garments, resampled
     cfg = get_preset("fmnist64-maskgit-B-6Nx2L")
     assert (cfg.model.width, cfg.train.precision) == (768, "bf16")
-    tok = make_tokenizer(cfg, small)
+    tok = make_tokenizer(cfg, small.images.shape[1:])
     ids = tok.encode(torch.from_numpy(small.images[:2]).permute(0, 3, 1, 2).float() / 255)
     assert ids.shape == (2, 256) and tok.codebook_size == 1024
     cfg.model.width, cfg.model.heads = 64, 4

@@ -13,9 +13,6 @@ from elt.core.loops import (AdaptiveLoops, LoopSchedule, logits_kl_change, quant
                        schedule_family)
 from elt.masked import MaskGITSampler
 
-TINY = ["model.width=32", "model.heads=2", "train.batch_size=16", "train.warmup_steps=2", "eval.n=20",
-        "eval.classifier_epochs=1", "sample.steps=4", "sample.batch_size=50"]
-
 
 @pytest.mark.parametrize("text,steps,expected", [
     ("3", 4, [3, 3, 3, 3]),
@@ -129,10 +126,8 @@ def test_samplers_take_schedules_and_adaptive_exit_with_flops(kind):
         sampler.flops(model, AdaptiveLoops(0.1, 1, 3))
 
 
-def test_cli_schedules_budget_and_adaptive_on_digits(tmp_path, capsys):
-    run = tmp_path / "run"
-    sets = sum((["--set", s] for s in TINY), [])
-    assert main(["--quiet", "train", "--config", "digits-maskgit", "--out", str(run), "--steps", "6", *sets]) == 0
+def test_cli_schedules_budget_and_adaptive_on_digits(masked_run, run_copy, tmp_path, capsys):
+    run = run_copy(masked_run)
     assert main(["--quiet", "evaluate", "--run", str(run), "--loops", "1,2,3,4", "--n", "20"]) == 0
     assert main(["--quiet", "schedules", "--run", str(run), "--budgets", "2,3", "--thresholds", "0.001,1",
                  "--n", "20"]) == 0

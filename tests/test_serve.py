@@ -9,43 +9,14 @@ import numpy as np
 import pytest
 
 from conftest import free_port
-from elt.apps.cli import main
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-TINY = ["model.width=32", "model.heads=2", "train.batch_size=16", "train.warmup_steps=2", "eval.n=20",
-        "eval.classifier_epochs=1", "sample.steps=4", "sample.batch_size=50"]
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    run = tmp_path_factory.mktemp("serve") / "run"
-    sets = sum((["--set", s] for s in TINY), [])
-    assert main(["--quiet", "train", "--config", "digits-maskgit", "--out", str(run), "--steps", "4", *sets]) == 0
-    return run
-
-
-VIDEO = ["data.clips=64", "data.label=class", "tokenizer.steps=4", "tokenizer.codebook_size=32", "tokenizer.hidden=16",
-         "model.width=32", "model.heads=2", "train.batch_size=8", "train.warmup_steps=1", "train.compile=false",
-         "sample.steps=3", "sample.batch_size=20", "eval.n=10", "eval.classifier_epochs=0.02"]
-FMNIST = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
-
-
-@pytest.fixture(scope="module")
-def video_run(tmp_path_factory):
-    import os
-
-    if not os.path.isfile(FMNIST):
-        pytest.skip("needs Debian's dataset-fashion-mnist (make setup installs it)")
-    run = tmp_path_factory.mktemp("serve_video") / "run"
-    sets = sum((["--set", s] for s in VIDEO), [])
-    assert main(["--quiet", "train", "--config", "mfmnist-video", "--out", str(run), "--steps", "3", *sets]) == 0
-    return run
-
-
-def test_generator_answers_at_every_loop_count(run_dir):
+def test_generator_answers_at_every_loop_count(masked_run):
     from elt.apps.serve import Generator
 
-    gen = Generator(run_dir, n=3)
+    gen = Generator(masked_run, n=3)
     for loops in (1, 4, 6):
         image, status = gen("7", loops, seed=1)
         assert image.dtype == np.uint8 and image.shape == (8 * 16, 3 * 8 * 16)  # 3 digits, upscaled x16
@@ -127,14 +98,14 @@ def test_video_web_demo_in_headless_chromium(video_run):
         app.close()
 
 
-def test_web_demo_in_headless_chromium(run_dir):
+def test_web_demo_in_headless_chromium(masked_run):
     from PIL import Image
 
     from elt.apps.serve import serve
 
     browser = _browser()
     port = free_port()
-    app = serve(run_dir, port=port, n=3, block=False)
+    app = serve(masked_run, port=port, n=3, block=False)
     try:
         status, src = _generate_in_browser(browser, port, "3")
         assert status.startswith("3: 3 samples at L=4") and "GFLOPs" in status

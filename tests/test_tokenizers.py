@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from elt.data import ImageData, load_data
-from elt.engine.cache import encode_dataset
+from elt.engine.prepare import InMemory, Split, encode, get_tokenizer
 from elt.tokenizers import VQVAE, PixelTokenizer, train_vqvae
 from elt.utils.arrays import to_float
 
@@ -60,7 +60,7 @@ def test_tokenizer_trains_on_a_device_and_comes_back_on_the_cpu(device, tmp_path
         assert all(torch.equal(v, default[k]) for k, v in trained.state_dict().items())
     monkeypatch.setenv("ELT_CACHE_DIR", str(tmp_path))
     data = ImageData(clips, np.zeros(len(clips), np.int64), ["a"])
-    ids = encode_dataset(trained, data, device=device)
+    ids = encode(trained, InMemory(data, f"test-clips-{device}"), device=device)
     assert ids.device.type == "cpu" and all(p.device.type == "cpu" for p in trained.parameters())
     assert (ids == trained.encode(to_float(clips))).float().mean() > 0.99  # equal but for float ties
 
@@ -201,13 +201,12 @@ def test_cached_tokenizer_does_not_depend_on_earlier_draws(tmp_path, monkeypatch
     """`elt demo` trains the tokenizer before anything else draws, `elt train` after seeding the model:
     both must train (and cache under one key) the same weights."""
     from elt.config import apply_overrides
-    from elt.engine.cache import get_tokenizer
     from elt.presets import get_preset
 
     cfg = apply_overrides(get_preset("digits-maskgit"), [
         "tokenizer.kind=vqvae", "tokenizer.codebook_size=16", "tokenizer.latent_dim=4", "tokenizer.hidden=8",
         "tokenizer.downsample_stages=1", "tokenizer.steps=3", "tokenizer.batch_size=16"]).validate()
-    data = load_data("digits", "train")
+    data = Split("digits", "train")
     weights = []
     for draw in (1, 2):
         monkeypatch.setenv("ELT_CACHE_DIR", str(tmp_path / str(draw)))

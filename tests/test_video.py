@@ -303,20 +303,18 @@ def test_c3d_classifier_features():
 
 
 def test_video_classifier_cache_tells_class_from_motion_labels(tmp_path, monkeypatch):
-    """Moving Fashion-MNIST labelled by class or by motion has one data fingerprint (the clips'); the
-    cached metric classifier must still be a different one for each labelling."""
-    from elt.data import ImageData
-    from elt.engine import cache
+    """Moving Fashion-MNIST labelled by class or by motion holds the same clips; the cached metric
+    classifier must still be a different one for each labelling (the split's identity names its label)."""
+    import elt.engine.prepare as prepare
     from elt.presets import get_preset
 
     monkeypatch.setenv("ELT_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(cache, "train_video_classifier", lambda *a, **k: None)
-    clips = np.zeros((8, 4, 32, 32, 1), np.uint8)
-    by_class = ImageData(clips, np.arange(8) % 8, [str(i) for i in range(8)], np.arange(8)[::-1] % 8, "same")
-    by_motion = ImageData(clips, by_class.aux_labels, by_class.class_names, by_class.labels, "same")
+    monkeypatch.setattr(prepare, "train_video_classifier", lambda *a, **k: None)
+    monkeypatch.setattr(prepare, "train_classifier", lambda *a, **k: None)
     cfg = get_preset("mfmnist-video")
-    for data in (by_class, by_motion, by_class):
-        cache.get_video_classifier(cfg, data, progress=False)
+    for label in ("class", "motion", "class"):
+        split = prepare.Split("mfmnist", "train", frames=4, image_size=32, label=label, clips=8)
+        prepare.metric_classifiers(cfg, split, progress=False)
     assert len(list(tmp_path.glob("classifier3d-*.safetensors"))) == 2
 
 
@@ -388,7 +386,7 @@ def test_ucf101_loader_on_real_videos(tmp_path):
                  "--set", "model.unique_layers=1", "--set", "train.batch_size=2", "--set", "train.warmup_steps=1"]) == 0
     # `elt fvd` against the folder: decoded chunk by chunk as it streams, the same clips as the loader's
     from elt.data.ucf101 import UCF101Clips
-    from elt.engine.scoring import video_metrics
+    from elt.engine.fid import video_metrics
     from elt.utils.files import sha256_of
 
     lazy = UCF101Clips(str(root), "train", 16, 32)
@@ -408,26 +406,27 @@ def test_ucf101_loader_on_real_videos(tmp_path):
         load_data("ucf101", "train", str(root))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not FMNIST.is_file(), reason="needs Debian's dataset-fashion-mnist (make setup installs it)")
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA device"))])
-def test_cli_video_train_sample_evaluate(tmp_path, capsys, device):
-    """A tiny video run trained, sampled and evaluated on `device` (3D VQ, transformer, decoding)."""
+def test_cli_video_train_sample_evaluate(video_run, run_copy, tmp_path, capsys, device):
+    """A tiny video run (first-frame + motion tokens, transformer, decoding) trained by `elt train` (the
+    session's run on the CPU; trained again on the GPU for cuda), sampled and evaluated on `device`."""
+    from conftest import RUN_STEPS, VIDEO_TINY, sets
     from elt.apps.cli import main
 
-    run = tmp_path / "run"
-    sets = ["data.image_size=32", "data.frames=8", "data.clips=64", "tokenizer.steps=4", "tokenizer.codebook_size=32",
-            "tokenizer.hidden=16", "tokenizer.downsample_stages=2", "tokenizer.temporal_stages=1",
-            "model.width=32", "model.heads=2", "train.batch_size=8", "train.warmup_steps=1", "train.compile=false",
-            "sample.steps=3", "sample.batch_size=20", "eval.n=10", "eval.classifier_epochs=0.02",
-            f"train.device={device}"]
-    sets = sum((["--set", s] for s in sets), [])
-    assert main(["--quiet", "train", "--config", "mfmnist-video", "--out", str(run), "--steps", "3", *sets]) == 0
+    if device == "cpu":
+        run = run_copy(video_run)
+    else:
+        run = tmp_path / "run"
+        assert main(["--quiet", "train", "--config", "mfmnist-video", "--out", str(run), "--steps", str(RUN_STEPS),
+                     *sets(VIDEO_TINY + [f"train.device={device}"])]) == 0
     out = tmp_path / "s"
     assert main(["--quiet", "sample", "--run", str(run), "--loops", "2", "--n", "10", "--out", str(out),
                  "--export-frames", str(tmp_path / "frames"), "--device", device]) == 0
     z = np.load(out.with_suffix(".npz"))
-    assert z["images"].shape == (10, 8, 32, 32, 1) and z["images"].dtype == np.uint8
+    assert z["images"].shape == (10, 9, 36, 36, 1) and z["images"].dtype == np.uint8
     assert out.with_suffix(".gif").is_file() and len(list((tmp_path / "frames").iterdir())) == 10
     assert f"'device': '{device}'" in capsys.readouterr().out  # the settings printed with the samples
     assert main(["--quiet", "evaluate", "--run", str(run), "--loops", "1,4", "--n", "10", "--device", device]) == 0

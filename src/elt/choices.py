@@ -11,7 +11,7 @@ PRECISIONS = ("fp32", "bf16", "auto")             # auto: bf16 where the hardwar
 PARALLEL = ("ddp", "fsdp")
 LR_SCHEDULES = ("cosine", "constant")
 LAMBDA_SCHEDULES = ("linear", "cosine", "constant")  # ILSD's λ(step); linear is the paper's
-LINT_DRAWS = ("step", "example")                  # ILSD's Lint: one per step (the paper's) or per example
+LINT_MODES = ("step", "example")                  # ILSD's Lint draw: one per step (the paper's) or per example
 TOKENIZERS = {"masked": ("vqvae", "motionvq", "pixel", "torchscript", "maskgit_vqgan"),
               "diffusion": ("pixel", "klvae", "diffusers_vae")}
 DATASETS = ("fmnist", "digits", "folder", "mfmnist", "ucf101", "extracted")  # extracted: `elt extract` shards

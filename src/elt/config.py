@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from .choices import (BEYOND_LMAX, DATASETS, DEVICES, DIFFUSION_SAMPLERS, FRAMEWORKS, LAMBDA_SCHEDULES, LINT_DRAWS,
+from .choices import (BEYOND_LMAX, DATASETS, DEVICES, DIFFUSION_SAMPLERS, FRAMEWORKS, LAMBDA_SCHEDULES, LINT_MODES,
                       LR_SCHEDULES, MASKED_ARCHS, MOVING_LABELS, NOISE_SCHEDULES, OBJECTIVES, PARALLEL, PRECISIONS,
                       PREDICTIONS, TOKENIZERS, UCF101_FOLDS, VIDEO_DATASETS, one_of)
 from .utils.atomic import write_text
@@ -135,7 +135,7 @@ class ILSDConfig:
     teacher_gt: bool = True          # the teacher's ground-truth loss L_GT(F_Lmax)
     student_gt: bool = True          # the student's ground-truth loss λ·L_GT(F_Lint)
     distill: bool = True             # the distillation (1-λ)·L_dist(F_Lint, stopgrad F_Lmax)
-    lint: str = "step"               # step: one Lint per training step (the paper's) | example: one per example
+    lint_mode: str = "step"          # how Lint is drawn: step (one per training step, the paper's) | example
     temperature: float = 1.0         # distillation softmax temperature (masked framework; diffusion: 1)
 
 
@@ -217,7 +217,7 @@ class Config:
              "must be in [0, 1]"),
             (self.ilsd.teacher_gt or self.ilsd.student_gt or self.ilsd.distill, "ilsd.teacher_gt",
              "every ILSD term is off; turn on at least one of ilsd.teacher_gt, ilsd.student_gt, ilsd.distill"),
-            (self.ilsd.lint in LINT_DRAWS, "ilsd.lint", f"choose {one_of(LINT_DRAWS)}"),
+            (self.ilsd.lint_mode in LINT_MODES, "ilsd.lint_mode", f"choose {one_of(LINT_MODES)}"),
             (_pos(self.ilsd.temperature), "ilsd.temperature", "must be a number > 0 (1: the paper's)"),
             (self.ilsd.temperature == 1 or self.framework == "masked", "ilsd.temperature",
              "applies to the masked framework's logits; diffusion distils with an MSE: leave it at 1"),
@@ -375,9 +375,6 @@ def from_dict(data: dict, base: Config | None = None) -> Config:
                 raise ConfigError(f"config section {key!r} must be a mapping")
             inner = {f.name: f for f in fields(section)}
             for k, v in value.items():
-                if (key, k) == ("sample", "cfg"):
-                    raise ConfigError("sample.cfg is now sample.guidance, one convention for both frameworks: s in "
-                                      "uncond + s·(cond − uncond), 1 = off (a masked run's old w is s = 1 + w)")
                 if k not in inner:
                     raise ConfigError(f"unknown config key {key}.{k}{suggest(k, inner)}")
                 setattr(section, k, _coerce(v, _field_type(inner[k]), f"{key}.{k}"))
@@ -421,15 +418,5 @@ def read_config(path: str | Path) -> Config:
     if data is None:
         raise ConfigError(f"config file {path} is empty; give a preset name, or a YAML file with the sections to set "
                           f"(e.g. a run's config.yaml)")
-    return from_dict(_upgrade(data)).validate()
+    return from_dict(data).validate()
 
-
-def _upgrade(data):
-    """A config written before `sample.guidance`: its `sample.cfg` (masked: w in (1+w)·cond − w·uncond;
-    diffusion: already s) as the guidance scale s."""
-    sample = data.get("sample") if isinstance(data, dict) else None
-    if isinstance(sample, dict) and "cfg" in sample and "guidance" not in sample:
-        w = sample.pop("cfg")
-        masked = data.get("framework", "masked") == "masked"
-        sample["guidance"] = 1 + w if masked and isinstance(w, (int, float)) else w
-    return data

@@ -171,7 +171,7 @@ def _imagenet_dit(n: int, loops: int):
     """The paper's diffusion rows (its ImageNet-256 DiT table): SD v1.4 VAE latents 32×32×4, patch 2 (256 tokens),
     effective depth N·L = 32 for ELT (16 and 32 for the DiT baselines, L = 1). Width (unstated): 1920
     with 16 heads reproduces the reported sizes (≈18·d² per adaLN layer: 1N = 69M, 16N = 1.1B, 32N = 2.1B).
-    CFG 3.0 is read as our diffusion scale s (uncond + s·(cond − uncond)). Set tokenizer.path to a local
+    guidance 3.0 is read as our diffusion scale s (uncond + s·(cond − uncond)). Set tokenizer.path to a local
     copy of the SD VAE."""
     def make() -> Config:
         return Config(

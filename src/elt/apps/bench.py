@@ -25,9 +25,8 @@ from dataclasses import dataclass
 import torch
 
 from ..config import Config
-from ..engine import precision
 from ..engine.build import build_framework, build_model, build_objective, build_sampler, nominal_shape, nominal_tokenizer
-from ..engine.distributed import DistInfo
+from ..engine.devices import DistInfo, autocast, resolve_precision
 from ..engine.step import TrainState, make_optimizer, train_step, wrap_model
 from ..presets import get_preset
 
@@ -41,10 +40,12 @@ class Settings:
     throughput_batches: tuple = (1, 8, 64)
     device: str = "cpu"
     sample_budget_s: float = 90.0
+    sample_batch: int | None = None  # None: the preset's own sampling batch
 
     @classmethod
     def quick(cls, device: str = "cpu") -> "Settings":
-        return cls(warmup=1, repeats=3, device=device)
+        """A smoke run: every measurement once or a few times, sampling at a batch of 16."""
+        return cls(warmup=1, repeats=3, device=device, sample_budget_s=5.0, sample_batch=16)
 
 
 def _sync(device: torch.device) -> None:
@@ -131,7 +132,7 @@ class _Bench:
         self.fwd = wrap_model(self.model, cfg, self.info)  # as `elt train`: the block compiled once when asked
         self.framework = build_framework(cfg, self.num_classes, self.tok)
         self.optimizer = make_optimizer(self.model, cfg)
-        self.precision = precision.resolve(cfg.train.precision, device)
+        self.precision = resolve_precision(cfg.train.precision, device)
 
     def build(self, unique_layers: int):
         cfg = copy.deepcopy(self.cfg)
@@ -159,10 +160,10 @@ class _Bench:
         sampler = build_sampler(self.cfg, self.tok)
         labels = torch.arange(batch, device=self.device) % self.num_classes
         gen = torch.Generator().manual_seed(0)
-        autocast = precision.autocast(self.cfg.sample.precision, self.device)  # as `elt sample` runs it
+        mixed = autocast(self.cfg.sample.precision, self.device)  # as `elt sample` runs it
 
         def run():
-            with autocast:
+            with mixed:
                 return sampler(self.ema, labels, loops, gen)
         return run
 
@@ -195,7 +196,7 @@ def bench_preset(name: str, s: Settings, peaks: dict, log=print) -> dict:
     train_gflops = train_flops / steps["ilsd"] / 1e9
     peak = peaks[bench.precision]
 
-    sample_batch = cfg.sample.batch_size  # the preset's own sampling batch
+    sample_batch = s.sample_batch or cfg.sample.batch_size  # the preset's own sampling batch unless quick
     log(f"[{name}] sampling, batch {sample_batch}, {cfg.sample.steps} steps, L = 1..{m.max_loops}")
     bench.ema.eval()
     fns = {str(L): bench.sample_fn(L, sample_batch) for L in range(1, m.max_loops + 1)}
@@ -228,7 +229,7 @@ def bench_preset(name: str, s: Settings, peaks: dict, log=print) -> dict:
                      "unique_layers": m.unique_layers, "max_loops": m.max_loops, "min_loops": m.min_loops,
                      "num_tokens": bench.num_tokens, "framework": cfg.framework,
                      "sample_batch": sample_batch, "sample_steps": cfg.sample.steps, "guidance": cfg.sample.guidance,
-                     "sample_precision": precision.resolve(cfg.sample.precision, device),
+                     "sample_precision": resolve_precision(cfg.sample.precision, device),
                      "sample_repeats": sample_repeats,
                      "parameters": sum(p.numel() for p in bench.model.parameters())},
         "train_step_seconds": steps,

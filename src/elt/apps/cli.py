@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--loops", type=_positive, help="loop count L used at every sampling step")
     how.add_argument("--schedule", type=_schedule, help="one loop count per sampling step: " + SCHEDULE_SYNTAX)
     how.add_argument("--adaptive", type=float, metavar="THRESHOLD",
-                     help="adaptive exit: per sample and step, stop looping when the output changes by at most "
+                     help="adaptive halting: per sample and step, stop looping when the output changes by at most "
                           "THRESHOLD between loops (masked: KL in nats; diffusion: relative RMS), within Lmin..Lmax")
     how.add_argument("--budget-gflops", type=float, metavar="X",
                      help="the best schedule measured by `elt schedules`/`elt evaluate` that needs at most X GFLOPs "
@@ -197,13 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("schedules", cmd_schedules,
              help="compute-optimal loop schedules: constant L vs per-step schedules of equal total loops at each "
-                  "budget, and adaptive exit; the frontier goes into RUN/anytime.json and RUN/anytime.png")
+                  "budget, and adaptive halting; the frontier goes into RUN/anytime.json and RUN/anytime.png")
     _add_run(p)
     p.add_argument("--budgets", type=_float_list, default=None,
                    help="compute budgets as mean loops per sampling step, e.g. 2,3,4 (the compute of constant "
                         "L = 2, 3, 4; default 2..Lmax)")
     p.add_argument("--thresholds", type=_float_list, default=[],
-                   help="adaptive-exit thresholds to measure too, e.g. 0.01,0.03,0.1 (default none)")
+                   help="adaptive-halting thresholds to measure too, e.g. 0.01,0.03,0.1 (default none)")
     p.add_argument("--max-loops", type=_positive, help="largest loop count a schedule may use (default Lmax+2)")
     _add_sampling(p, "samples per point (default: the run's eval.n)")
 
@@ -336,7 +336,7 @@ def _check_out_file(out: str, suffixes=(), overwrite: bool = False) -> Path:
 def _run_ranks(device: str) -> tuple[str, bool]:
     """Under torchrun `sample`, `evaluate`, `schedules`, `fid` and `fvd` split the work across ranks (one GPU
     each on CUDA): (this rank's device, whether it is rank 0, which writes and prints)."""
-    from ..engine.distributed import setup
+    from ..engine.devices import setup
 
     info = setup(device)  # a missing GPU is one clear error there
     return str(info.device), info.is_main
@@ -374,11 +374,7 @@ def cmd_demo(args) -> None:
 
 
 def cmd_sample(args) -> None:
-    from ..choices import VIDEO_DATASETS
-    from ..engine.frontier import choose_policy
-    from ..engine.media import export_stylegan_v, save_samples
-    from ..engine.run import load_run
-    from ..engine.sampling import balanced_labels, generate, sampling_settings
+    from ..engine.sampling import choose_policy, write_samples
 
     base = _check_out_file(args.out, (".npz", ".png", ".gif", ".mp4"), args.overwrite) if args.out is not None else None
     if args.export_frames:
@@ -388,64 +384,50 @@ def cmd_sample(args) -> None:
     if args.folder and Path(args.folder).exists() and not Path(args.folder).is_dir():
         raise ValueError(f"--folder {args.folder} is a file; give a folder (it is created when missing)")
     device, main_rank = _run_ranks(args.device)
-    run = load_run(args.run, use_ema=False if args.no_ema else None, device=device,  # else the config's
-                   sample_overrides=args.set)
-    if args.export_frames and run.cfg.data.dataset not in VIDEO_DATASETS:
+    run = _load(args, device)
+    if args.export_frames and not run.video:
         raise ValueError(f"--export-frames is for video runs; {args.run} makes images (drop --export-frames)")
-    labels = balanced_labels(args.n, run.num_classes, args.classes)
-    seed = args.seed
-    policy, how = choose_policy(run, args.loops, args.schedule, args.adaptive, args.budget_gflops, args.budget_ms,
-                                args.steps, args.guidance, progress=not args.quiet)
-    if args.folder:
-        from ..engine.sample_folder import sample_folder
-        folder = sample_folder(run, policy, how, args.folder, args.n, seed, args.steps, args.guidance,
-                               args.shard_size, args.classes, progress=not args.quiet)
-        if args.export_frames and main_rank:
-            import numpy as np
-            with np.load(folder / "samples.npz") as z:
-                export_stylegan_v(z["images"], args.export_frames)
-        if main_rank:
-            print(f"wrote {folder} ({args.n} samples)")
-        return
-    images = generate(run, policy, labels, seed, args.steps, args.guidance, progress=not args.quiet)
-    if not main_rank:
-        return
-    if hasattr(policy, "mean_loops"):
-        how["mean_loops"] = round(policy.mean_loops, 4)
-    settings = dict(**how, **sampling_settings(run, args.steps, args.guidance), seed=seed, checkpoint_step=run.step)
-    columns = run.num_classes if args.classes is None else len(args.classes)
-    written = save_samples(base, images, labels.numpy(), settings, run.class_names, columns)
-    if args.export_frames:
-        written.append(export_stylegan_v(images, args.export_frames))
-    print(f"wrote {', '.join(map(str, written))} ({len(images)} samples, {settings})")
+    policy, how = choose_policy(run, args.loops if args.loops is not None else args.schedule, args.adaptive,
+                                args.budget_gflops, args.budget_ms, progress=not args.quiet)
+    written, settings = write_samples(run, policy, how, args.n, args.seed, args.classes, base,
+                                      Path(args.folder) if args.folder else None, args.shard_size,
+                                      args.export_frames, progress=not args.quiet)
+    if main_rank:
+        print(f"wrote {', '.join(map(str, written))} ({args.n} samples, {settings})")
+
+
+def _load(args, device: str):
+    """The run of `--run`, with the sampling settings the command line gives (--steps, --guidance,
+    --no-ema, --set sample.*) resolved once."""
+    from ..engine.run import load_run
+
+    return load_run(args.run, device, ema=False if getattr(args, "no_ema", False) else None,
+                    steps=getattr(args, "steps", None), guidance=getattr(args, "guidance", None), overrides=args.set)
 
 
 def cmd_evaluate(args) -> None:
     from ..engine.evaluation import evaluate
-    from ..engine.run import load_run
     from ..metrics.anytime import format_table
 
     if args.loops is not None and (not args.loops or min(args.loops) < 1):
         raise ValueError("--loops needs loop counts >= 1, e.g. --loops 1,2,4")
     device, main_rank = _run_ranks(args.device)
-    run = load_run(args.run, use_ema=False if args.no_ema else None, device=device, sample_overrides=args.set)
-    report = evaluate(run, args.loops, args.n, args.seed, args.steps, args.guidance,
-                      progress=not args.quiet and main_rank)
+    run = _load(args, device)
+    report = evaluate(run, args.loops, args.n, args.seed, progress=not args.quiet and main_rank)
     if main_rank:
         print(format_table(report))
         print(f"wrote {run.path / 'anytime.json'} and {run.path / 'anytime.png'}")
 
 
 def cmd_schedules(args) -> None:
-    from ..engine.frontier import search_schedules
-    from ..engine.run import load_run
+    from ..engine.schedules import search_schedules
     from ..metrics.anytime import format_schedules
 
     device, main_rank = _run_ranks(args.device)
-    run = load_run(args.run, device=device, sample_overrides=args.set)
+    run = _load(args, device)
     budgets = args.budgets or [float(L) for L in range(2, run.cfg.model.max_loops + 1)]
-    report = search_schedules(run, budgets, args.thresholds, args.n, args.seed, args.steps, args.guidance,
-                              args.max_loops, progress=not args.quiet and main_rank)
+    report = search_schedules(run, budgets, args.thresholds, args.n, args.seed, args.max_loops,
+                              progress=not args.quiet and main_rank)
     if main_rank:
         print(format_schedules(report))
         print(f"wrote {run.path / 'anytime.json'} and {run.path / 'anytime.png'}")
@@ -502,7 +484,7 @@ def cmd_presets(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from ..engine.distributed import resolve_device
+    from ..engine.devices import resolve_device
     from ..presets import PRESETS
     from .bench import DEFAULT_PRESETS, format_results, run_bench
 
@@ -519,7 +501,7 @@ def cmd_bench(args) -> None:
 
 
 def cmd_extract(args) -> None:
-    from ..engine.distributed import resolve_device, setup
+    from ..engine.devices import resolve_device, setup
     from ..engine.extract import extract
 
     setup("cpu")  # the process group (torchrun) for shard splitting; the tokenizer runs on --device
@@ -529,7 +511,7 @@ def cmd_extract(args) -> None:
 
 
 def cmd_fid(args) -> None:
-    from ..engine.scoring import image_metrics
+    from ..engine.fid import image_metrics
 
     if args.json:
         _check_json(args.json, args.overwrite)
@@ -543,7 +525,7 @@ def cmd_fid(args) -> None:
 
 
 def cmd_fvd(args) -> None:
-    from ..engine.scoring import video_metrics
+    from ..engine.fid import video_metrics
 
     sha = None if args.sha256.lower() == "none" else args.sha256
     if args.json:
@@ -596,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:  # torchrun sample/evaluate: every rank waits for rank 0 to finish writing
         if "torch" in sys.modules:
-            from ..engine.distributed import teardown
+            from ..engine.devices import teardown
             teardown(finished)
     return 0
 

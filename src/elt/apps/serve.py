@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..choices import VIDEO_DATASETS
 from ..engine.media import write_gif
 
 log = logging.getLogger("elt")
@@ -34,20 +33,19 @@ class Generator:
     SLIDER = "the loop-count slider"
 
     def __init__(self, run_dir, n: int = 4, device: str = "cpu", sample_overrides: list[str] | None = None):
-        from ..engine.frontier import measured_policies
         from ..engine.run import load_run
+        from ..engine.sampling import measured_policies
 
-        self.run = load_run(run_dir, device=device, sample_overrides=sample_overrides)
+        self.run = load_run(run_dir, device, overrides=sample_overrides)
         self.n = n
         self.max_loops = self.run.cfg.model.max_loops
-        s = self.run.cfg.sample
         try:  # schedules measured by `elt evaluate` / `elt schedules`, offered as compute budgets
-            measured = measured_policies(self.run, s.steps, s.guidance)
+            measured = measured_policies(self.run)
         except (FileNotFoundError, ValueError, KeyError):
             measured = []
         self.budgets = {f"{p['name']} — {p['gflops_per_sample']:.3f} GFLOPs": p["spec"]
                         for p in sorted(measured, key=lambda p: p["gflops_per_sample"])}
-        self.video = self.run.cfg.data.dataset in VIDEO_DATASETS
+        self.video = self.run.video
         self._clips = tempfile.TemporaryDirectory(prefix="elt-serve-") if self.video else None
 
     def __call__(self, class_name: str, loops: int, seed: int = 0, budget: str | None = None):
@@ -56,8 +54,8 @@ class Generator:
         animated GIF (the clips side by side, looping) instead of the grid."""
         import torch
 
+        from ..core.loops import as_policy
         from ..engine.sampling import generate, gflops_per_sample
-        from ..core.loops import LoopSchedule
 
         names = self.run.class_names
         if class_name not in names:
@@ -65,21 +63,20 @@ class Generator:
         if budget and budget != self.SLIDER:
             if budget not in self.budgets:
                 raise ValueError(f"unknown budget {budget!r}; choose one of {list(self.budgets)}")
-            policy, what = LoopSchedule.parse(self.budgets[budget]), budget.split(" — ")[0]
+            policy, what = as_policy(self.budgets[budget]), budget.split(" — ")[0]
         else:
             loops = int(loops)
             if not 1 <= loops <= self.max_loops + 2:
                 raise ValueError(f"loop count {loops} is outside 1..{self.max_loops + 2}")
             policy, what = loops, f"L={loops}"
         labels = torch.full((self.n,), names.index(class_name), dtype=torch.long)
-        s = self.run.cfg.sample
         tic = time.perf_counter()
         images = generate(self.run, policy, labels, int(seed))
         seconds = time.perf_counter() - tic
-        gflops = gflops_per_sample(self.run, policy, s.steps, s.guidance)
+        gflops = gflops_per_sample(self.run, policy)
         scale = max(1, 128 // images.shape[-2])
         status = (f"{class_name}: {self.n} {'clips' if self.video else 'samples'} at {what} in {seconds:.2f} s "
-                  f"({gflops:.3f} GFLOPs per sample, {s.steps} steps, seed {int(seed)})")
+                  f"({gflops:.3f} GFLOPs per sample, {self.run.sample.steps} steps, seed {int(seed)})")
         if not self.video:
             return _grid(images, scale), status
         name = f"{names.index(class_name)}_{what.replace('=', '').replace(' ', '')}_seed{int(seed)}_{time.time_ns()}.gif"

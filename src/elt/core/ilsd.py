@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..choices import LAMBDA_SCHEDULES, LINT_DRAWS, OBJECTIVES
+from ..choices import LAMBDA_SCHEDULES, LINT_MODES, OBJECTIVES
 
 
 @dataclass(frozen=True)
@@ -38,14 +38,14 @@ class ILSDOptions:
     teacher_gt: bool = True          # L_GT(F_Lmax)
     student_gt: bool = True          # λ·L_GT(F_Lint)
     distill: bool = True             # (1-λ)·L_dist(F_Lint, stopgrad(F_Lmax))
-    lint: str = "step"               # step (one Lint per step) | example (one per example)
+    lint_mode: str = "step"          # how Lint is drawn: step (one per step) | example (one per example)
     temperature: float = 1.0         # distillation temperature (the framework's dist_loss applies it)
 
     def __post_init__(self):
         if self.lambda_schedule not in LAMBDA_SCHEDULES:
             raise ValueError(f"lambda_schedule must be one of {LAMBDA_SCHEDULES}, got {self.lambda_schedule!r}")
-        if self.lint not in LINT_DRAWS:
-            raise ValueError(f"lint must be one of {LINT_DRAWS}, got {self.lint!r}")
+        if self.lint_mode not in LINT_MODES:
+            raise ValueError(f"lint_mode must be one of {LINT_MODES}, got {self.lint_mode!r}")
         if not (self.teacher_gt or self.student_gt or self.distill):
             raise ValueError("every ILSD term is off; turn on at least one of teacher_gt, student_gt, distill")
 
@@ -85,11 +85,11 @@ class ILSD:
         return self.lam(step) if o.student_gt and o.distill else float(o.student_gt)
 
     def draw_lint(self, generator: torch.Generator | None = None, batch: int = 1) -> int | torch.Tensor | None:
-        """Lint ~ U{Lmin, …, Lmax-1}: one int per step, or (lint="example") one per example as a
+        """Lint ~ U{Lmin, …, Lmax-1}: one int per step, or (lint_mode="example") one per example as a
         LongTensor (batch,); None when nothing is distilled."""
         if not self.distills:
             return None
-        if self.options.lint == "example":
+        if self.options.lint_mode == "example":
             return torch.randint(self.min_loops, self.max_loops, (batch,), generator=generator)
         return int(torch.randint(self.min_loops, self.max_loops, (1,), generator=generator))
 

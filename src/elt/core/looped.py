@@ -77,8 +77,8 @@ class LoopedModel(nn.Module):
     @torch.no_grad()
     def forward_adaptive(self, *inputs, min_loops: int, max_loops: int, threshold: float, change,
                          groups: int = 1, **head_kw):
-        """Adaptive exit: loop each example until `change(prev_out, out)` (one value per example) is at
-        most `threshold`, within [min_loops, max_loops] (the first possible exit is loop
+        """Adaptive halting: loop each example until `change(prev_out, out)` (one value per example) is at
+        most `threshold`, within [min_loops, max_loops] (the first possible halt is loop
         max(min_loops, 2): a change needs two outputs). The head runs after every loop from
         min_loops − 1 on, and only the examples still looping go through the next loop.
         The batch holds `groups` copies of each example back to back (e.g. guidance's conditional and
@@ -103,7 +103,7 @@ class LoopedModel(nn.Module):
             x = self.stack.block(h[rows], **c)
             h = h.index_copy(0, rows, x)
             if loop < min_loops - 1:
-                continue  # no exit possible before min_loops: no head needed yet
+                continue  # no halt possible before min_loops: no head needed yet
             y = self.head(x, **c, **take(head_kw, rows))
             out = y.new_zeros((b, *y.shape[1:])) if out is None else out
             out.index_copy_(0, rows, y)

@@ -53,14 +53,6 @@ class LoopSchedule:
         return cls(family=("split", first, then, float(fraction)))
 
     @classmethod
-    def coerce(cls, loops: "int | Sequence[int] | LoopSchedule") -> "LoopSchedule":
-        if isinstance(loops, LoopSchedule):
-            return loops
-        if isinstance(loops, int):
-            return cls.constant(loops)
-        return cls(per_step=loops)
-
-    @classmethod
     def parse(cls, text: str) -> "LoopSchedule":
         """'4', '1,2,3,4', 'ramp:1:4', 'split:4:2:0.25' (see SCHEDULE_SYNTAX); one clear error otherwise."""
         text = str(text).strip()
@@ -201,9 +193,9 @@ class AdaptiveLoops:
         check_loops(self.min_loops)
         check_loops(self.max_loops)
         if self.min_loops > self.max_loops:
-            raise ValueError(f"adaptive exit needs min_loops <= max_loops, got {self.min_loops} > {self.max_loops}")
+            raise ValueError(f"adaptive halting needs min_loops <= max_loops, got {self.min_loops} > {self.max_loops}")
         if not self.threshold >= 0:
-            raise ValueError(f"adaptive exit threshold must be >= 0, got {self.threshold}")
+            raise ValueError(f"adaptive halting threshold must be >= 0, got {self.threshold}")
         self.reset()
 
     def reset(self) -> None:
@@ -218,7 +210,7 @@ class AdaptiveLoops:
     def mean_at(self, step: int) -> tuple[float, float]:
         """(mean loops, mean head evaluations) per example at sampling step `step`, as run so far."""
         if step not in self._steps:
-            raise ValueError("adaptive exit has not sampled yet: its compute is known only after a run")
+            raise ValueError("adaptive halting has not sampled yet: its compute is known only after a run")
         loops, heads, count = self._steps[step]
         return loops / count, heads / count
 
@@ -233,11 +225,11 @@ class AdaptiveLoops:
 
 
 def per_step_counts(policy, steps: int) -> list[tuple[float, float]]:
-    """(loops, head evaluations) of every sampling step: a schedule's, or what adaptive exit ran on
+    """(loops, head evaluations) of every sampling step: a schedule's, or what adaptive halting ran on
     average. Network FLOPs are linear in both, so `model.flops(loops, heads)` takes the means."""
     if isinstance(policy, AdaptiveLoops):
         return [policy.mean_at(k) for k in range(steps)]
-    return [(float(L), 1.0) for L in LoopSchedule.coerce(policy).per_step(steps)]
+    return [(float(L), 1.0) for L in as_policy(policy).per_step(steps)]
 
 
 def check_sampling_loops(policy, steps: int, lmax: int) -> None:
@@ -252,13 +244,21 @@ def check_sampling_loops(policy, steps: int, lmax: int) -> None:
 
 
 def as_policy(policy) -> "LoopSchedule | AdaptiveLoops":
-    """What samplers accept as a `policy` — an int (constant L), a per-step list, a LoopSchedule or an
-    AdaptiveLoops — as a LoopSchedule or an AdaptiveLoops."""
-    return policy if isinstance(policy, AdaptiveLoops) else LoopSchedule.coerce(policy)
+    """The one converter to a loop policy: an int (constant L), a spec text (`LoopSchedule.parse`), a
+    per-step list, a LoopSchedule or an AdaptiveLoops → a LoopSchedule or an AdaptiveLoops."""
+    if isinstance(policy, (LoopSchedule, AdaptiveLoops)):
+        return policy
+    if isinstance(policy, bool):
+        raise ValueError(f"a loop count must be an integer, got {policy!r}")
+    if isinstance(policy, int):
+        return LoopSchedule.constant(policy)
+    if isinstance(policy, str):
+        return LoopSchedule.parse(policy)
+    return LoopSchedule(per_step=list(policy))
 
 
 def loops_at(policy, step: int, steps: int) -> "int | AdaptiveLoops":
-    """The loop count of one sampling step (adaptive exit decides inside the network call)."""
+    """The loop count of one sampling step (adaptive halting decides inside the network call)."""
     return policy if isinstance(policy, AdaptiveLoops) else policy.loops_at(step, steps)
 
 
@@ -266,7 +266,7 @@ def run_policy(model, inputs: tuple, step_policy, step: int = 0,
                change: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                groups: int = 1, **head_kw) -> torch.Tensor:
     """The samplers' one call into the network at sampling step `step`: `step_policy` is what `loops_at`
-    gives — a loop count, or adaptive exit (an AdaptiveLoops; `change(prev, cur)` gives one value per
+    gives — a loop count, or adaptive halting (an AdaptiveLoops; `change(prev, cur)` gives one value per
     example). `groups` copies of each example lie in the batch back to back (guidance: conditional half,
     unconditional half); they stop together."""
     if not isinstance(step_policy, AdaptiveLoops):

@@ -9,16 +9,22 @@ labels int64 (N,).
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from ..choices import DATASETS, SPLITS
-from .digits import load_digits_split
-from .fmnist import FMNIST_CLASSES, load_fmnist, upscale
-from .folder import load_image_folder
+from ..utils.files import sha256_of
+from .digits import digits_source, load_digits_split
+from .fmnist import FMNIST_CLASSES, fmnist_sources, load_fmnist, upscale
+from .folder import list_image_folder, load_image_folder
+from .moving import VERSION as MOVING_VERSION
 from .moving import load_moving_fmnist
-from .ucf101 import load_ucf101
+from .ucf101 import load_ucf101, read_split
 
 
 @dataclass
@@ -27,7 +33,6 @@ class ImageData:
     labels: np.ndarray  # int64 (N,)
     class_names: list[str]
     aux_labels: np.ndarray | None = None  # moving-fmnist: the label not chosen (motion or class)
-    fingerprint: str | None = None        # cheap identity for caches (else the arrays are hashed)
 
     @property
     def is_video(self) -> bool:
@@ -60,12 +65,45 @@ def load_data(dataset: str, split: str, data_dir: str | None = None, image_size:
         images, labels, names = load_image_folder(data_dir, split, image_size, strict_images)
         return ImageData(images, labels, names)
     if dataset == "mfmnist":
-        video, labels, aux, names, fingerprint = load_moving_fmnist(split, data_dir, frames, image_size or 64,
-                                                                     clips if split == "train" else None, label, speed,
-                                                                     start_grid)
-        return ImageData(video, labels, names, aux, fingerprint)
+        video, labels, aux, names = load_moving_fmnist(split, data_dir, frames, image_size or 64,
+                                                        clips if split == "train" else None, label, speed, start_grid)
+        return ImageData(video, labels, names, aux)
     if dataset == "ucf101":
         video, labels, names = load_ucf101(data_dir, split, frames, image_size, fold,
                                            clips if split == "train" else None, strict_images)
         return ImageData(video, labels, names)
     raise ValueError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")
+
+
+def identity(dataset: str, split: str, data_dir: str | None = None, **settings) -> str:
+    """A cheap identity of a split, without loading it: the data set, the split, the settings that change
+    its examples (`settings`: the keyword arguments of `load_data` that apply) and a digest of its source
+    files — their contents for the embedded data sets (a few small files), their names, sizes and
+    modification times for folders of images or videos. Caches of what elt trains or computes from a
+    split are keyed by it."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    h = hashlib.sha1(json.dumps([dataset, split, settings], sort_keys=True, default=str).encode())
+    if dataset in ("fmnist", "mfmnist"):
+        for path in fmnist_sources(split, data_dir):
+            h.update(sha256_of(path).encode())
+        if dataset == "mfmnist":
+            h.update(f"moving v{MOVING_VERSION}".encode())
+    elif dataset == "digits":
+        h.update(sha256_of(digits_source()).encode())
+    elif dataset == "folder":
+        items, classes = list_image_folder(data_dir, split)
+        h.update(json.dumps(classes).encode())
+        for path, label in items:
+            st = os.stat(path)
+            h.update(f"{path.name} {label} {st.st_size} {st.st_mtime_ns}\n".encode())
+    elif dataset == "ucf101":
+        items, classes = read_split(data_dir, split, settings.get("fold", 1))
+        h.update(json.dumps(classes).encode())
+        root = Path(data_dir)
+        for rel, label in items:
+            st = os.stat(root / rel) if (root / rel).exists() else None
+            h.update(f"{rel} {label} {st and st.st_size} {st and st.st_mtime_ns}\n".encode())
+    else:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")
+    return f"{dataset}-{split}-{h.hexdigest()[:16]}"

@@ -1,9 +1,18 @@
 """scikit-learn's 8×8 digits (1797 images), split deterministically: last 297 images are the test split."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 TEST_SIZE = 297
+
+
+def digits_source() -> Path:
+    """The file scikit-learn reads the digits from (its contents identify the data)."""
+    import sklearn.datasets
+
+    return Path(sklearn.datasets.__file__).parent / "data" / "digits.csv.gz"
 
 
 def load_digits_split(split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -39,11 +39,16 @@ def read_idx(path: Path) -> np.ndarray:
     return data.reshape(shape)
 
 
-def load_fmnist(split: str, data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def fmnist_sources(split: str, data_dir: str | None = None) -> tuple[Path, Path]:
+    """The split's image and label files (one clear error when one is missing)."""
     directory = Path(data_dir or DEFAULT_DIR)
-    img_stem, lbl_stem = _FILES[split]
-    images = read_idx(_find(directory, img_stem))
-    labels = read_idx(_find(directory, lbl_stem)).astype(np.int64)
+    return tuple(_find(directory, stem) for stem in _FILES[split])
+
+
+def load_fmnist(split: str, data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    image_file, label_file = fmnist_sources(split, data_dir)
+    images = read_idx(image_file)
+    labels = read_idx(label_file).astype(np.int64)
     if len(images) != len(labels):
         raise ValueError(f"Fashion-MNIST {split} images ({len(images)}) and labels ({len(labels)}) differ in count")
     return images[..., None], labels

@@ -11,8 +11,6 @@ pixels exactly. The label is the garment's class (`label="class"`) or its direct
 """
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 
 from ..choices import MOVING_LABELS
@@ -21,7 +19,7 @@ from .fmnist import FMNIST_CLASSES, load_fmnist
 DIRECTIONS = ("right", "down-right", "down", "down-left", "left", "up-left", "up", "up-right")
 _STEPS = ((1, 0), (1, 1), (0, 1), (-1, 1), (-1, 0), (-1, -1), (0, -1), (1, -1))  # (dx, dy) per direction
 GARMENT = 28
-VERSION = 1  # bump when the generator changes: it is part of the data's fingerprint (caches)
+VERSION = 1  # bump when the generator changes: it is part of the data's identity (cache keys)
 
 
 def motions(n: int, split: str, frames: int, size: int, seed: int = 0,
@@ -65,7 +63,7 @@ def render(garments: np.ndarray, positions: np.ndarray, size: int) -> np.ndarray
 def load_moving_fmnist(split: str, data_dir: str | None = None, frames: int = 16, size: int = 64,
                        clips: int | None = None, label: str = "class", speed: tuple[float, float] = (1.0, 2.0),
                        start_grid: int = 1):
-    """(clips uint8 (N, frames, size, size, 1), labels, aux_labels, class names, fingerprint)."""
+    """(clips uint8 (N, frames, size, size, 1), labels, aux_labels, class names)."""
     if label not in MOVING_LABELS:
         raise ValueError(f"moving-fmnist label must be 'class' or 'motion', got {label!r}")
     if frames < 2:
@@ -76,10 +74,6 @@ def load_moving_fmnist(split: str, data_dir: str | None = None, frames: int = 16
         raise ValueError(f"moving-fmnist speeds must satisfy 0 < data.speed_min <= data.speed_max, got {speed}")
     direction, pos = motions(n, split, frames, size, speed=speed, start_grid=start_grid)
     video = render(images[:n, :, :, 0], pos, size)
-    moves = "" if tuple(speed) == (1.0, 2.0) else f" speed {speed[0]:g}-{speed[1]:g}"  # the defaults keep old keys
-    moves += "" if start_grid == 1 else f" grid {start_grid}"
-    h = hashlib.sha1(f"moving-fmnist v{VERSION} {split} {frames} {size} {n}{moves}".encode())
-    h.update(np.ascontiguousarray(images[:n]).tobytes())
     if label == "class":
-        return video, classes[:n], direction, list(FMNIST_CLASSES), h.hexdigest()[:16]
-    return video, direction, classes[:n], list(DIRECTIONS), h.hexdigest()[:16]
+        return video, classes[:n], direction, list(FMNIST_CLASSES)
+    return video, direction, classes[:n], list(DIRECTIONS)

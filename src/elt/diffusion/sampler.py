@@ -51,7 +51,7 @@ class DiffusionSampler:
                 "clip": self.clip, "logsnr_shift": round(self.schedule.shift, 6)}
 
     def flops(self, model, policy) -> float:
-        """Network FLOPs of sampling one example (x2 with guidance); decoder excluded. Adaptive exit:
+        """Network FLOPs of sampling one example (x2 with guidance); decoder excluded. Adaptive halting:
         the loops and heads it ran, on average."""
         total = sum(model.flops(L, heads=h) for L, h in per_step_counts(policy, self.steps))
         return float(total * (2 if self.guided else 1))

@@ -13,7 +13,6 @@ first on at most `tokenizer_examples` examples and saved in the folder.
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -25,12 +24,11 @@ from ..config import Config
 from ..data import ImageData
 from ..data.folder import list_image_folder, read_image, unreadable
 from ..utils.arrays import as_tensor, to_float
-from ..utils.atomic import write_text
 from ..utils.progress import bar
-from .build import is_learned, load_split, make_tokenizer, manifest_settings, tokenizer_hash
-from .cache import get_tokenizer
-from .distributed import rank_world
-from .store import load_weights, save_arrays, save_weights
+from .build import is_learned, make_tokenizer
+from .checkpoint import claim_manifest, load_weights, save_arrays, save_weights
+from .devices import rank_world
+from .prepare import InMemory, Split, get_tokenizer, manifest_settings, tokenizer_hash
 
 log = logging.getLogger("elt")
 VERSION = 1
@@ -50,7 +48,7 @@ def _source(cfg: Config, split: str):
         items = items[: d.clips] if d.clips and split == "train" else items
         root = Path(d.data_dir)
         return items, lambda it: decode_clip(root / it[0], d.frames, d.image_size or 128), lambda it: it[1], classes
-    data = load_split(cfg, split)  # the embedded data sets are small: read them whole
+    data = Split.of(cfg, split).data  # the embedded data sets are small: read them whole
     return (list(range(len(data))), lambda i: data.images[i], lambda i: int(data.labels[i]), data.class_names)
 
 
@@ -73,14 +71,15 @@ def _probe(items, read, strict: bool) -> np.ndarray:
 
 def _fit_tokenizer(cfg: Config, items, read, label, classes, limit: int, probe: np.ndarray, progress: bool):
     """The config's tokenizer; one elt trains is trained (cached) on `limit` examples spread over the set."""
-    tok = make_tokenizer(cfg, ImageData(probe[None], np.zeros(1, np.int64), classes))
+    tok = make_tokenizer(cfg, probe.shape)
     if not is_learned(tok):
         return tok
     sub = items[:: max(1, len(items) // limit)][:limit]
     got = [(x, label(it)) for it in bar(sub, desc="tokenizer data", progress=progress)
            if (x := _read(it, read, cfg.data.strict_images)) is not None]
     data = ImageData(np.stack([x for x, _ in got]), np.asarray([y for _, y in got]), classes)
-    return get_tokenizer(cfg, data, cfg.train.seed, progress)
+    subset = InMemory(data, f"{Split.of(cfg, 'train').identity}-subset{limit}")
+    return get_tokenizer(cfg, subset, cfg.train.seed, progress)
 
 
 def extract(cfg: Config, out: str | Path, split: str = "train", shard_size: int = 4096, flip: bool = False,
@@ -100,7 +99,7 @@ def extract(cfg: Config, out: str | Path, split: str = "train", shard_size: int 
     if world > 1:
         dist.barrier()
     if rank > 0:
-        tokenizer = make_tokenizer(cfg, ImageData(probe[None], np.zeros(1, np.int64), classes))
+        tokenizer = make_tokenizer(cfg, probe.shape)
         if is_learned(tokenizer):
             load_weights(tokenizer, out / "tokenizer.safetensors", "tokenizer")
     tokenizer = tokenizer.to(device).eval()
@@ -114,13 +113,8 @@ def extract(cfg: Config, out: str | Path, split: str = "train", shard_size: int 
             "dataset": cfg.data.dataset, "data_dir": str(cfg.data.data_dir), "settings": manifest_settings(cfg),
             "tokenizer_hash": tokenizer_hash(tokenizer)}
     if rank == 0:
-        if manifest_path.is_file():
-            old = json.loads(manifest_path.read_text())
-            if old != json.loads(json.dumps(meta)):
-                raise ValueError(f"{out} holds an extraction with other settings or another tokenizer; choose "
-                                 f"another --out (or move that folder aside)")
-        else:
-            write_text(manifest_path, json.dumps(meta, indent=2) + "\n")
+        claim_manifest(manifest_path, meta, lambda old, new: old == new, f"{out} holds an extraction with other "
+                       f"settings or another tokenizer; choose another --out (or move that folder aside)")
     if world > 1:
         dist.barrier()
     todo = [i for i in range(rank, num_shards, world) if not (out / f"shard_{i:05d}.npy").is_file()]

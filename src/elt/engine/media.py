@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..utils.atomic import atomic_path, write_bytes
-from .store import save_arrays
+from .checkpoint import save_arrays
 
 
 def grid_canvas(images: np.ndarray, rows: int, cols: int, pad: int = 2) -> np.ndarray:

@@ -1,30 +1,257 @@
-"""A trained run folder, loaded for sampling: its config, network (EMA weights by default), tokenizer,
-checkpoint step and class names; and `data.json`, what sampling needs of the run's data."""
+"""The run folder: what it holds, who may write it, and the trained run read back from it.
+
+    RUN/config.yaml          the resolved config (itself a valid --config)
+    RUN/data.json            the example shape and class names: the run samples without its data set
+    RUN/tokenizer.safetensors  the tokenizer elt trained for it (when it has weights)
+    RUN/checkpoints/last/    model, EMA, optimizer, step and RNG (checkpoint.py)
+    RUN/metrics.jsonl        one record per logged training step
+    RUN/anytime.json, .png   the any-time report; RUN/eval/ a copy per sampling setting
+    RUN/latency.json         measured milliseconds per sample (budgets, the HTTP service)
+    RUN/.elt.lock            held by the one process writing the folder
+
+The rules: a new run goes into a new, empty or elt folder; `--resume` keeps the config (only the step count
+may grow); one writer at a time (`RunLock`, an advisory `flock` the OS drops with its process); training
+metrics survive a crash (`MetricsLog`, `trim_metrics`). `load_run` gives the one object a trained model is
+held by: `Run` — its config as trained, its network and tokenizer, its class names, and the sampling
+settings resolved once (the run's config, then the caller's overrides) with the sampler built from them.
+"""
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from ..config import Config, apply_overrides, read_config
-from ..data import ImageData
+from ..config import Config, ConfigError, SampleConfig, apply_overrides, read_config
 from ..utils.atomic import write_text
-from .build import build_model, is_learned, load_split, make_tokenizer
-from .checkpoint import DAMAGED, EDITED, find_checkpoint, read_state
-from .store import load_weights
+from ..utils.files import check_writable
+from .build import build_model, build_sampler, is_learned, make_tokenizer
+from .checkpoint import DAMAGED, EDITED, find_checkpoint, load_weights, read_state
+from .devices import rank_world, resolve_precision
+
+CONFIG, DATA_SPEC, TOKENIZER, METRICS, REPORT = "config.yaml", "data.json", "tokenizer.safetensors", "metrics.jsonl", \
+    "anytime.json"
+LOCK_NAME = ".elt.lock"
+RUN_MARKERS = ("checkpoints", DATA_SPEC, LOCK_NAME)  # what a folder elt trains into holds from its start
+
+
+# ---------------------------------------------------------------------------------- one writer
+
+
+class RunLock:
+    """One writer per run folder: an advisory lock (`fcntl.flock`) on `RUN/.elt.lock`, taken by `elt train`,
+    `elt evaluate`, `elt schedules` and `elt demo` for as long as they write there. A second writer gets
+    one line naming the holder's pid and command. The operating system drops a flock when its process
+    ends, however it ends, so the lock of a killed process is reclaimed by the next writer; the file (its
+    last holder's pid) stays and is harmless. Under torchrun only rank 0 locks."""
+
+    def __init__(self, folder: str | Path, what: str = ""):
+        self.folder, self.what = Path(folder), what or " ".join(Path(a).name for a in sys.argv[:2])
+        self.path = self.folder / LOCK_NAME
+        self.fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise ValueError(f"cannot write to run folder {self.folder} ({e.strerror}); choose a writable folder") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise ValueError(f"run folder {self.folder} is in use by another elt process ({holder}); wait for it to "
+                             f"finish, or stop it, then run this again") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}: {self.what}\n".encode())
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            import fcntl
+
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _holder(fd: int) -> str:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        return os.read(fd, 4096).decode(errors="replace").strip() or "pid unknown"
+    except OSError:
+        return "pid unknown"
+
+
+@contextmanager
+def run_writer(folder: str | Path, what: str):
+    """For the time of the block: `folder` checked writable (before any work) and locked by rank 0."""
+    check_writable(folder, "run folder")
+    if rank_world()[0] != 0:
+        yield
+        return
+    with RunLock(folder, what):
+        yield
+
+
+# ---------------------------------------------------------------------------------- a new or resumed run
+
+
+def prepare_run_dir(out: Path, resume: bool) -> None:
+    """Checks before any work: `out` is a folder elt may write a run into (new, empty, or an elt run —
+    with a checkpoint only under --resume), and writable. Creates it."""
+    out = Path(out)
+    if not str(out).strip():
+        raise ValueError("--out is empty; give the run folder's path, e.g. --out runs/first")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; choose a folder path")
+    if not resume and find_checkpoint(out) is not None:
+        raise ValueError(f"run folder {out} already holds a checkpoint; pass --resume to continue it "
+                         f"or choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not any((out / m).exists() for m in RUN_MARKERS):
+        held = ", ".join(sorted(p.name for p in out.iterdir())[:4])
+        raise ValueError(f"--out {out} holds files that are not an elt run ({held}, ...); choose a new or empty folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write_test{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"cannot write to run folder {out} ({e.strerror}); choose a writable --out") from None
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def check_resume_config(cfg: Config, out: Path) -> None:
+    """A resumed run must keep its config; only train.steps may grow."""
+    saved_path = Path(out) / CONFIG
+    if not saved_path.is_file():
+        return
+    saved, new = _flat(read_config(saved_path).to_dict()), _flat(cfg.to_dict())
+    diff = [k for k in new if k != "train.steps" and new[k] != saved.get(k)]
+    if diff:
+        raise ConfigError(f"--resume with a config that differs from {saved_path} in {', '.join(diff)}; "
+                          f"resume with --config {saved_path} (only --steps may change)")
+
+
+class MetricsLog:
+    """metrics.jsonl in the run folder, mirrored to tensorboard (run/tensorboard) when it is installed."""
+
+    def __init__(self, out: Path):
+        self.file = (Path(out) / METRICS).open("a")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(Path(out) / "tensorboard"))
+        except ImportError:  # tensorboard is an optional extra
+            self.tb = None
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def trim_metrics(path: Path, step: int) -> None:
+    """On resume, drop records past the checkpoint (the steps are trained again) and a line a crash
+    cut short, so metrics.jsonl reads as one uninterrupted run."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(line)
+    write_text(path, "".join(f"{line}\n" for line in kept))
+
+
+def save_data_spec(example_shape: tuple[int, ...], class_names: list[str], path: Path) -> None:
+    """What sampling needs of a run's data — the example shape and the class names — written beside
+    its checkpoints, so `elt sample` needs neither the data set nor an extraction folder."""
+    write_text(path, json.dumps({"example_shape": list(example_shape), "class_names": list(class_names)}))
+
+
+def load_data_spec(path: Path) -> tuple[tuple[int, ...], list[str]]:
+    """(example shape, class names) of a `save_data_spec` file."""
+    try:
+        spec = json.loads(Path(path).read_text())
+        return tuple(int(v) for v in spec["example_shape"]), [str(c) for c in spec["class_names"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is damaged ({e}); restore it from a run of the same config (it holds the "
+                         f"example shape and the class names)") from None
+
+
+def read_report(path: Path) -> dict:
+    """An any-time report (`anytime.json`) as written by `evaluation.write_report`."""
+    return json.loads(Path(path).read_text())
+
+
+# ---------------------------------------------------------------------------------- the trained run
+
+
+def settings_tag(sampling: dict, checkpoint_step: int, seed: int, n: int | None = None, loops=None) -> str:
+    """The one name of a sampling setting, for report copies and sample folders alike: checkpoint, loops,
+    steps, guidance, the sampler's own settings, seed, count, and bf16 / raw weights where they apply."""
+    s = sampling
+    parts = [f"ckpt{checkpoint_step}"] + ([f"L{loops}"] if loops is not None else []) + [f"K{s['steps']}",
+                                                                                         f"guidance{s['guidance']:g}"]
+    if "sampler" in s:  # diffusion: the solver
+        parts.append(str(s["sampler"]))
+    if "temp_base" in s:  # masked: the sampling and choice temperatures
+        parts += [f"temp{s['temp_base']:g}+{s['temp_anneal']:g}", f"choice{s['choice_temperature']:g}"]
+    parts += [f"seed{seed}"] + ([f"n{n}"] if n is not None else [])
+    parts += ["bf16"] if s.get("precision") == "bf16" else []
+    parts += ["raw"] if s.get("ema") is False else []
+    return "_".join(str(p).replace("/", "-").replace(" ", "") for p in parts)
 
 
 @dataclass
 class Run:
+    """A trained model: the run folder's config as trained (never changed), its network (EMA or raw
+    weights) and tokenizer, its checkpoint step and class names, and the sampling settings in force —
+    resolved once by `load_run` — with the sampler built from them."""
     path: Path
     cfg: Config
     model: torch.nn.Module
     tokenizer: torch.nn.Module
     step: int
     class_names: list[str]
+    example_shape: tuple[int, ...]  # one image (H, W, C) or clip (T, H, W, C)
+    sample: SampleConfig     # the sampling settings in force (the run's, then the caller's; use_ema: what loaded)
+    sampler: object = None   # built from `sample` when None
+
+    def __post_init__(self):
+        if self.sampler is None:
+            self.sampler = build_sampler(self.cfg, self.tokenizer, self.sample)
 
     @property
     def num_classes(self) -> int:
@@ -34,51 +261,61 @@ class Run:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def video(self) -> bool:
+        return len(self.example_shape) == 4
 
-def load_run(path: str | Path, use_ema: bool | None = None, device: torch.device | str = "cpu",
-             sample_overrides: list[str] | None = None) -> Run:
-    """The run's network (EMA weights unless `use_ema=False` or the config says so) and tokenizer, both
-    on `device`, from its last checkpoint; `sample_overrides` ("sample.key=value") change how it samples."""
+    @property
+    def ema(self) -> bool:
+        return self.sample.use_ema
+
+    def settings(self) -> dict:
+        """Every setting that changes the samples, for reports and output names: the sampler's own, the
+        precision the network runs in, EMA or raw weights, the kind of device."""
+        return {**self.sampler.settings(), "precision": resolve_precision(self.sample.precision, self.device),
+                "ema": self.ema, "device": self.device.type}
+
+    def tag(self, seed: int, n: int | None = None, loops=None) -> str:
+        return settings_tag(self.settings(), self.step, seed, n, loops)
+
+    def with_sample(self, **changes) -> "Run":
+        """The same weights under other sampling settings (`sample.*` fields), checked like the config."""
+        sample = dataclasses.replace(self.sample, **changes)
+        dataclasses.replace(self.cfg, sample=sample).validate()
+        return dataclasses.replace(self, sample=sample, sampler=None)
+
+
+def load_run(path: str | Path, device: torch.device | str = "cpu", ema: bool | None = None,
+             steps: int | None = None, guidance: float | None = None, overrides: list[str] | None = None) -> Run:
+    """The run's network and tokenizer on `device`, from its last checkpoint, with its sampling settings
+    resolved once: the run's config, then `overrides` ("sample.key=value"), then `steps`/`guidance`/`ema`
+    when given (EMA weights unless `ema=False` or the config says so, or the run kept none)."""
     path = Path(path)
-    if not (path / "config.yaml").is_file():
-        raise FileNotFoundError(f"{path} is not a run folder (no config.yaml); pass the --out folder of `elt train`")
-    cfg = read_config(path / "config.yaml")
-    for item in sample_overrides or []:
+    if not (path / CONFIG).is_file():
+        raise FileNotFoundError(f"{path} is not a run folder (no {CONFIG}); pass the --out folder of `elt train`")
+    cfg = read_config(path / CONFIG)
+    for item in overrides or []:
         if not item.strip().startswith("sample."):
             raise ValueError(f"--set {item}: only sample.* settings can change after training "
                              "(e.g. --set sample.choice_temperature=2); the rest is fixed by the checkpoint")
-    cfg = apply_overrides(cfg, sample_overrides or []).validate()
+    wanted = apply_overrides(dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample)), overrides or [])
+    wanted.sample = dataclasses.replace(wanted.sample, **{k: v for k, v in (("steps", steps), ("guidance", guidance))
+                                                          if v is not None})
+    sample = wanted.validate().sample
     ckpt = find_checkpoint(path)
     if ckpt is None:
         raise FileNotFoundError(f"run folder {path} has no checkpoint yet; train it first (elt train --out {path})")
-    spec = path / "data.json"  # example shape and class names (runs from before it read their data)
-    data = load_data_spec(spec) if spec.is_file() else load_split(cfg, "test")
-    tokenizer = make_tokenizer(cfg, data)
+    if not (path / DATA_SPEC).is_file():
+        raise FileNotFoundError(f"{path / DATA_SPEC} is missing (the example shape and class names); restore it "
+                                f"from a run of the same config")
+    example_shape, class_names = load_data_spec(path / DATA_SPEC)
+    tokenizer = make_tokenizer(cfg, example_shape)
     if is_learned(tokenizer):
-        load_weights(tokenizer, path / "tokenizer.safetensors", "tokenizer",
+        load_weights(tokenizer, path / TOKENIZER, "tokenizer",
                      "retrain the run, or copy tokenizer.safetensors from a run of the same config")
-    tokenizer.eval()
-    model = build_model(cfg, tokenizer, data.num_classes)
-    use_ema = cfg.sample.use_ema if use_ema is None else use_ema
-    weights = "ema.safetensors" if use_ema and (ckpt / "ema.safetensors").is_file() else "model.safetensors"
-    cfg.sample.use_ema = weights == "ema.safetensors"  # what the reports say is what was loaded
-    load_weights(model, ckpt / weights, "checkpoint", DAMAGED, mismatch=EDITED)
-    step = int(read_state(ckpt)["step"])
-    return Run(path, cfg, model.eval().to(device), tokenizer.to(device), step, data.class_names)
-
-
-def save_data_spec(data: ImageData, path: Path) -> None:
-    """What sampling needs of a run's data — the example shape and the class names — written beside
-    its checkpoints, so `elt sample` needs neither the data set nor an extraction folder."""
-    write_text(path, json.dumps({"example_shape": list(data.images.shape[1:]), "class_names": list(data.class_names)}))
-
-
-def load_data_spec(path: Path) -> ImageData:
-    """The `save_data_spec` file as data without examples (shape (0, *example_shape))."""
-    try:
-        spec = json.loads(Path(path).read_text())
-        shape, names = [int(v) for v in spec["example_shape"]], [str(c) for c in spec["class_names"]]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path} is damaged ({e}); move it aside and elt reads the shapes and class names from the "
-                         f"run's data again") from None
-    return ImageData(np.zeros((0, *shape), np.uint8), np.zeros(0, np.int64), names)
+    model = build_model(cfg, tokenizer.eval(), len(class_names))
+    use_ema = (sample.use_ema if ema is None else ema) and (ckpt / "ema.safetensors").is_file()
+    load_weights(model, ckpt / ("ema.safetensors" if use_ema else "model.safetensors"), "checkpoint", DAMAGED,
+                 mismatch=EDITED)
+    return Run(path, cfg, model.eval().to(device), tokenizer.to(device), int(read_state(ckpt)["step"]), class_names,
+               example_shape, dataclasses.replace(sample, use_ema=use_ema))

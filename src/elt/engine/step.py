@@ -13,6 +13,7 @@ rank alike); the loss parts and the gradient norm stay tensors until the loop lo
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import shutil
 from dataclasses import dataclass
@@ -21,10 +22,7 @@ import torch
 
 from ..config import Config
 from ..core.ilsd import ILSD
-from . import precision
-from .distributed import DistInfo, full_state
-
-import logging
+from .devices import DistInfo, autocast, full_state
 
 log = logging.getLogger("elt")
 
@@ -144,7 +142,7 @@ def train_step(state: TrainState) -> StepResult:
     for group in s.optimizer.param_groups:
         group["lr"] = lr_at(s.step, s.cfg)
     s.optimizer.zero_grad(set_to_none=True)
-    autocast = precision.autocast(t.precision, info.device)
+    mixed = autocast(t.precision, info.device)
     parts: dict[str, torch.Tensor] = {}  # weighted like the loss: the global batch's values
     for i in range(t.grad_accum):
         k = info.rank * t.grad_accum + i
@@ -154,7 +152,7 @@ def train_step(state: TrainState) -> StepResult:
         # Weight = this slice's share of the global loss; DDP averages over ranks, hence × world.
         weight = s.framework.loss_weight(aux[sl]) / total_weight * info.world_size
         sync = t.grad_accum == 1 or i == t.grad_accum - 1 or not hasattr(s.fwd, "no_sync")
-        with (contextlib.nullcontext() if sync else s.fwd.no_sync()), autocast:
+        with (contextlib.nullcontext() if sync else s.fwd.no_sync()), mixed:
             lint_here = lint[sl] if torch.is_tensor(lint) else lint
             loss, terms = forward_loss(s.fwd, s.framework, s.objective, x, tgt, a, lint_here, s.step)
         (loss * weight).backward()

@@ -6,7 +6,7 @@
 
 Sequence = [class token] + T token embeddings (+ learned positions); the looped stack; one shared
 head at every exit. Id `codebook_size` is [MASK]; class id `num_classes` is the null class used for
-label dropout and CFG.
+label dropout and guidance.
 
 Images: one learned position per token. Video (a 3D token grid `grid` = (t, h, w), tokens
 numbered time-major): spatio-temporal positions, factorised as a learned spatial position (shared

@@ -67,8 +67,8 @@ class MaskGITSampler:
         return min(max(1, self.masked_after(step, num_tokens)), masked - 1)
 
     def flops(self, model, policy) -> float:
-        """Transformer FLOPs of decoding one sample (x2 with CFG): every layer at every step, the head
-        only at the positions still masked. Adaptive exit: the loops and heads it ran, on average."""
+        """Transformer FLOPs of decoding one sample (x2 with guidance): every layer at every step, the head
+        only at the positions still masked. Adaptive halting: the loops and heads it ran, on average."""
         t, masked, total = model.num_tokens, model.num_tokens, 0.0
         for k, (L, heads) in enumerate(per_step_counts(policy, self.steps)):
             layers = model.flops(L, heads=0)

@@ -2,13 +2,6 @@
 from __future__ import annotations
 
 
-def settings_tag(report: dict) -> str:
-    s = report["sampling"]
-    raw = "_raw" if s.get("ema") is False else ""  # raw weights instead of the EMA's
-    return (f"steps{s['steps']}_guidance{s['guidance']:g}_seed{s['seed']}_n{s['n']}_ckpt{report['checkpoint_step']}"
-            f"{raw}")
-
-
 def quality_keys(report: dict) -> list[str]:
     """The quality columns: the metric extractor's accuracy and Fréchet distance first, then any others the
     report holds (video: the image classifier's, on every frame)."""
@@ -25,7 +18,7 @@ def _cell(key: str, value) -> str:
 def format_table(report: dict) -> str:
     keys = quality_keys(report)
     head = f"{'L':>3} " + " ".join(f"{k:>{max(10, len(k))}}" for k in keys) + f" {'s/sample':>10} {'GFLOPs':>8}"
-    lines = [f"{report['config']} ({report['objective']}), {settings_tag(report)}", head]
+    lines = [f"{report['config']} ({report['objective']}), {report.get('tag', '')}", head]
     for L, r in report["loops"].items():
         mark = " <- Lmax" if int(L) == report["lmax"] else ""
         cells = " ".join(f"{_cell(k, r[k]):>{max(10, len(k))}}" for k in keys)
@@ -45,7 +38,7 @@ def markdown_table(report: dict) -> str:
 
 def plot_report(report: dict) -> bytes:
     """The report's plot as PNG bytes: quality against GFLOPs per sample, constant L as a line of
-    circles; with a schedule search, per-step schedules (triangles), adaptive exit (squares) and the
+    circles; with a schedule search, per-step schedules (triangles), adaptive halting (squares) and the
     frontier (dashed)."""
     import io
 
@@ -68,7 +61,7 @@ def plot_report(report: dict) -> bytes:
             mine = [q for q in points if q["kind"] == kind]
             if mine:
                 ax.scatter([q["gflops_per_sample"] for q in mine], [q[key] for q in mine], marker=marker,
-                           label="per-step schedules" if kind == "schedule" else "adaptive exit", zorder=3)
+                           label="per-step schedules" if kind == "schedule" else "adaptive halting", zorder=3)
         table = [{"name": f"L{L}", **report["loops"][str(L)]} for L in Ls]
         front = [q for q in points + table if q["name"] in search.get("frontier", [])]
         front = list({q["name"]: q for q in front}.values())
@@ -86,7 +79,7 @@ def plot_report(report: dict) -> bytes:
         ax.grid(alpha=0.3)
         if points:
             ax.legend(fontsize=7)
-    fig.suptitle(f"{report['config']} ({report['objective']}) — {settings_tag(report)}", fontsize=9)
+    fig.suptitle(f"{report['config']} ({report['objective']}) — {report.get('tag', '')}", fontsize=9)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)

@@ -1,4 +1,5 @@
-"""Process-group set-up for `torchrun`, and the helpers the training loop needs.
+"""Devices: the process group `torchrun` starts, the device each rank runs on, its precision and its
+memory — everything elt asks of the hardware.
 
 One CPU process and `torchrun --nproc_per_node=K $(which elt) train ...` run the same code: with
 WORLD_SIZE > 1 the process group starts (NCCL on CUDA, gloo on CPU) and the model is wrapped in DDP
@@ -112,3 +113,52 @@ def full_state(obj):
     if hasattr(obj, "full_tensor"):
         return obj.full_tensor()
     return obj
+
+
+# ---------------------------------------------------------------------------------- precision
+
+
+def native_bf16(device: torch.device) -> bool:
+    """True on CUDA GPUs with bf16 and on CPUs with AVX512-BF16 or AMX; elsewhere bf16 is emulated
+    and slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    cpu = torch.cpu
+    return any(getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`fp32`, `bf16` (autocast) or `auto` (bf16 where the hardware computes it natively) → fp32 | bf16."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
+def autocast(precision: str, device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=resolve_precision(precision, device) == "bf16")
+
+
+# ---------------------------------------------------------------------------------- memory
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free on `device` (the GPU's memory, or the machine's MemAvailable); None when unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_fits(params: int, device: torch.device, what: str, fix: str) -> None:
+    """Before any work: one clear error when a network of `params` parameters (`what` says which) is too
+    large to train on `device`. Training holds about 20 bytes a parameter (fp32 weights, gradients, EMA
+    and AdamW's two moments)."""
+    need, free = 20 * params, available_memory(device)
+    if free is not None and need > free:
+        raise ValueError(f"{what} is {params / 1e6:,.0f}M parameters, about {need / 2**30:,.1f} GiB to train; "
+                         f"{device.type} has {free / 2**30:,.1f} GiB free: {fix}")

@@ -1,5 +1,6 @@
-"""FID, Inception Score and precision/recall of a sample file against a reference, with the standard
-FID Inception from a local weights file (`elt fid`).
+"""FID and FVD of sample files (`elt fid`, `elt fvd`): FID, Inception Score and precision/recall of a sample
+file against a reference with the standard FID Inception from a local weights file; FVD of clips with
+StyleGAN-V's I3D.
 
 Samples and references are `.npz` files of uint8 images (N, H, W, C) under `arr_0` (the ADM
 evaluator's layout, e.g. its `VIRTUAL_imagenet256_labeled.npz`) or `images` (what `elt sample`
@@ -26,10 +27,10 @@ from ..metrics.frechet import frechet_distance
 from ..metrics.inception import InceptionFeatures
 from ..metrics.scores import StreamingStats, inception_score, precision_recall
 from ..utils.files import sha256_of
-from .cache import cache_dir
-from .store import save_arrays
-from .distributed import rank_world
 from ..utils.progress import bar
+from .checkpoint import save_arrays
+from .devices import rank_world
+from .prepare import cache_dir
 
 log = logging.getLogger("elt")
 

@@ -284,3 +284,52 @@ def test_sample_folder_is_balanced_resumable_and_named_by_its_settings(masked_ru
     (folder / "manifest.json").write_text(json.dumps({**manifest, "settings": {"loops": 9}}))
     assert main(args) == 2
     assert "other settings" in capsys.readouterr().err
+
+
+def test_one_demo_loads_each_split_once_and_hashes_no_image_array(tmp_path, monkeypatch):
+    """`elt demo` prepares its data once: every split is loaded at most once (training, the metric
+    classifier and the evaluation share it), and no cache key is made by hashing images — keys come from
+    the data's identity (its source files' digest), so nothing an image array holds is ever hashed."""
+    import hashlib
+
+    import elt.data
+    from elt.data import load_data
+
+    monkeypatch.setenv("ELT_CACHE_DIR", str(tmp_path / "cache"))  # nothing cached: everything is built once
+    loads, hashed = [], []
+    real_load = elt.data.load_data
+
+    def counted(dataset, split, *a, **k):
+        loads.append((dataset, split))
+        return real_load(dataset, split, *a, **k)
+
+    def recording(make):
+        def new(data=b"", **k):
+            h = make(**k)
+            real_update = h.update
+
+            class Recorded:
+                def update(self, b):
+                    hashed.append(bytes(b))
+                    real_update(b)
+
+                def __getattr__(self, name):
+                    return getattr(h, name)
+            r = Recorded()
+            r.update(data)
+            return r
+        return new
+
+    monkeypatch.setattr(elt.data, "load_data", counted)
+    monkeypatch.setattr(hashlib, "sha1", recording(hashlib.sha1))
+    monkeypatch.setattr(hashlib, "sha256", recording(hashlib.sha256))
+    tokenizer = ["tokenizer.kind=vqvae", "tokenizer.codebook_size=16", "tokenizer.latent_dim=4", "tokenizer.hidden=8",
+                 "tokenizer.downsample_stages=1", "tokenizer.steps=3", "tokenizer.batch_size=16"]
+    assert main(["--quiet", "demo", "--config", "digits-maskgit", "--out", str(tmp_path / "run"),
+                 *sum((["--set", s] for s in TINY + tokenizer + ["train.steps=4", "eval.loops=[1,2]"]), [])]) == 0
+    assert sorted(loads) == [("digits", "test"), ("digits", "train")]
+    assert (tmp_path / "cache").glob("vqvae-*") and list((tmp_path / "cache").glob("classifier-*"))
+    for split in ("train", "test"):
+        images = real_load("digits", split).images
+        probe = images[:4].tobytes()  # 256 bytes of the first images: in a hashed buffer only if images were hashed
+        assert not any(probe in buffer for buffer in hashed), split

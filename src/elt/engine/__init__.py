@@ -1,1 +1,1 @@
-"""Training, checkpoints, sampling and evaluation of runs; used by the CLI."""
+"""The engine: runs trained, sampled and evaluated — one file a job, named for it (docs/architecture.md)."""

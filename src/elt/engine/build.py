@@ -46,11 +46,6 @@ def make_tokenizer(cfg: Config, example_shape: tuple[int, ...]):
     return VQVAE(size, channels, t.codebook_size, t.latent_dim, t.hidden, t.downsample_stages)
 
 
-def is_learned(tokenizer) -> bool:
-    """Whether the tokenizer has weights elt trains (and a run folder keeps)."""
-    return isinstance(tokenizer, (VQVAE, MotionVQ, KLVAE))
-
-
 def build_model(cfg: Config, tokenizer, num_classes: int) -> torch.nn.Module:
     """The framework's network for a tokenizer (or any object with its shape attributes:
     `codebook_size` and `num_tokens` for masked, `latent_shape` for diffusion)."""

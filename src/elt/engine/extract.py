@@ -25,7 +25,7 @@ from ..data import ImageData
 from ..data.folder import list_image_folder, read_image, unreadable
 from ..utils.arrays import as_tensor, to_float
 from ..utils.progress import bar
-from .build import is_learned, make_tokenizer
+from .build import make_tokenizer
 from .checkpoint import claim_manifest, load_weights, save_arrays, save_weights
 from .devices import rank_world
 from .prepare import InMemory, Split, get_tokenizer, manifest_settings, tokenizer_hash
@@ -72,7 +72,7 @@ def _probe(items, read, strict: bool) -> np.ndarray:
 def _fit_tokenizer(cfg: Config, items, read, label, classes, limit: int, probe: np.ndarray, progress: bool):
     """The config's tokenizer; one elt trains is trained (cached) on `limit` examples spread over the set."""
     tok = make_tokenizer(cfg, probe.shape)
-    if not is_learned(tok):
+    if not tok.learned:
         return tok
     sub = items[:: max(1, len(items) // limit)][:limit]
     got = [(x, label(it)) for it in bar(sub, desc="tokenizer data", progress=progress)
@@ -94,13 +94,13 @@ def extract(cfg: Config, out: str | Path, split: str = "train", shard_size: int 
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         tokenizer = _fit_tokenizer(cfg, items, read, label, classes, tokenizer_examples, probe, progress)
-        if is_learned(tokenizer):
+        if tokenizer.learned:
             save_weights(tokenizer, out / "tokenizer.safetensors")
     if world > 1:
         dist.barrier()
     if rank > 0:
         tokenizer = make_tokenizer(cfg, probe.shape)
-        if is_learned(tokenizer):
+        if tokenizer.learned:
             load_weights(tokenizer, out / "tokenizer.safetensors", "tokenizer")
     tokenizer = tokenizer.to(device).eval()
     latents = cfg.framework == "diffusion"

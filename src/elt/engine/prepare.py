@@ -33,7 +33,7 @@ from ..tokenizers.maskgit_vqgan import MaskGITVQGAN
 from ..tokenizers.motion import MotionVQ
 from ..utils.arrays import as_tensor, batched, to_float
 from ..utils.atomic import write_json
-from .build import is_learned, make_tokenizer
+from .build import make_tokenizer
 from .checkpoint import hash_weights, load_weights, save_tensors, save_weights
 from .devices import DistInfo, barrier, resolve_precision
 
@@ -80,13 +80,13 @@ def cached_module(kind: str, settings: dict, identity: str, module: torch.nn.Mod
     return module.eval()
 
 
-def seeded(build, seed: int = 0):
-    """`build()` with the global RNG seeded by `seed` (and restored after): a cached network's initial
+def seeded(seed: int, build, *args):
+    """`build(*args)` with the global RNG seeded by `seed` (and restored after): a cached network's initial
     weights depend on its seed alone, not on what the process drew before (`elt demo` trains the
     tokenizer first, `elt train` after seeding for the model; both must cache the same weights)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build()
+        return build(*args)
 
 
 # ---------------------------------------------------------------------------------- splits
@@ -119,10 +119,11 @@ class Split:
     @cached_property
     def spec(self) -> dict:
         path = cache_dir() / f"split-{self.identity}.json"
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):
-            pass
+        if "data" not in self.__dict__:  # not loaded yet: the spec kept beside the identity, when there is one
+            try:
+                return json.loads(path.read_text())
+            except (OSError, ValueError):
+                pass
         d = self.data
         spec = {"example_shape": list(d.images.shape[1:]), "class_names": list(d.class_names),
                 "num_aux": 0 if d.aux_labels is None else int(d.aux_labels.max()) + 1, "examples": len(d)}
@@ -184,8 +185,8 @@ def get_tokenizer(cfg: Config, split: Split, seed: int = 0, progress: bool = Tru
                   device: torch.device | None = None):
     """The run's tokenizer, trained on `split` (the train split) unless the cache has it, on `device`
     (default the CPU); returned on the CPU."""
-    tok = seeded(lambda: make_tokenizer(cfg, split.example_shape), seed)
-    if not is_learned(tok):
+    tok = seeded(seed, make_tokenizer, cfg, split.example_shape)
+    if not tok.learned:
         return tok
     t = cfg.tokenizer
     device = torch.device("cpu") if device is None else device
@@ -266,7 +267,7 @@ def extracted_tokenizer(cfg: Config, extracted: Extracted):
     it; one clear error when the config or the weights are not the extraction's."""
     extracted.check(manifest_settings(cfg))
     tok = make_tokenizer(cfg, tuple(extracted.meta["example_shape"]))
-    if is_learned(tok):
+    if tok.learned:
         load_weights(tok, extracted.folder / "tokenizer.safetensors", "tokenizer", "run `elt extract` again")
     if tokenizer_hash(tok) != extracted.meta["tokenizer_hash"]:
         raise ValueError(f"the tokenizer this config loads is not the one {extracted.folder} was extracted with "
@@ -356,7 +357,7 @@ def metric_classifiers(cfg: Config, train: Split | None = None, progress: bool =
     if not train.is_video:
         return Classifiers(_image_classifier(train, epochs, progress))
     num_aux, names = train.spec["num_aux"], train.class_names
-    clf = seeded(lambda: C3DClassifier(train.example_shape[-1], len(names), num_aux))
+    clf = seeded(0, C3DClassifier, train.example_shape[-1], len(names), num_aux)
     settings = {"epochs": epochs, "arch": "c3d3-128", "aux": num_aux}
     fit = lambda: train_video_classifier(clf, train.data.images, train.data.labels, train.data.aux_labels,  # noqa: E731
                                          epochs, progress=progress)
@@ -368,6 +369,6 @@ def metric_classifiers(cfg: Config, train: Split | None = None, progress: bool =
 
 def _image_classifier(split: Split, epochs: float, progress: bool) -> FeatureClassifier:
     shape = split.example_shape
-    clf = seeded(lambda: FeatureClassifier(shape[0], shape[2], len(split.class_names)))
+    clf = seeded(0, FeatureClassifier, shape[0], shape[2], len(split.class_names))
     fit = lambda: train_classifier(clf, split.data.images, split.data.labels, epochs, progress=progress)  # noqa: E731
     return cached_module("classifier", {"epochs": epochs, "arch": "cnn2-128"}, split.identity, clf, fit)

@@ -30,7 +30,7 @@ import torch
 from ..config import Config, ConfigError, SampleConfig, apply_overrides, read_config
 from ..utils.atomic import write_text
 from ..utils.files import check_writable
-from .build import build_model, build_sampler, is_learned, make_tokenizer
+from .build import build_model, build_sampler, make_tokenizer
 from .checkpoint import DAMAGED, EDITED, find_checkpoint, load_weights, read_state
 from .devices import rank_world, resolve_precision
 
@@ -247,11 +247,7 @@ class Run:
     class_names: list[str]
     example_shape: tuple[int, ...]  # one image (H, W, C) or clip (T, H, W, C)
     sample: SampleConfig     # the sampling settings in force (the run's, then the caller's; use_ema: what loaded)
-    sampler: object = None   # built from `sample` when None
-
-    def __post_init__(self):
-        if self.sampler is None:
-            self.sampler = build_sampler(self.cfg, self.tokenizer, self.sample)
+    sampler: object          # built from `sample`
 
     @property
     def num_classes(self) -> int:
@@ -282,7 +278,7 @@ class Run:
         """The same weights under other sampling settings (`sample.*` fields), checked like the config."""
         sample = dataclasses.replace(self.sample, **changes)
         dataclasses.replace(self.cfg, sample=sample).validate()
-        return dataclasses.replace(self, sample=sample, sampler=None)
+        return dataclasses.replace(self, sample=sample, sampler=build_sampler(self.cfg, self.tokenizer, sample))
 
 
 def load_run(path: str | Path, device: torch.device | str = "cpu", ema: bool | None = None,
@@ -310,12 +306,13 @@ def load_run(path: str | Path, device: torch.device | str = "cpu", ema: bool | N
                                 f"from a run of the same config")
     example_shape, class_names = load_data_spec(path / DATA_SPEC)
     tokenizer = make_tokenizer(cfg, example_shape)
-    if is_learned(tokenizer):
+    if tokenizer.learned:
         load_weights(tokenizer, path / TOKENIZER, "tokenizer",
                      "retrain the run, or copy tokenizer.safetensors from a run of the same config")
     model = build_model(cfg, tokenizer.eval(), len(class_names))
     use_ema = (sample.use_ema if ema is None else ema) and (ckpt / "ema.safetensors").is_file()
     load_weights(model, ckpt / ("ema.safetensors" if use_ema else "model.safetensors"), "checkpoint", DAMAGED,
                  mismatch=EDITED)
+    sample = dataclasses.replace(sample, use_ema=use_ema)
     return Run(path, cfg, model.eval().to(device), tokenizer.to(device), int(read_state(ckpt)["step"]), class_names,
-               example_shape, dataclasses.replace(sample, use_ema=use_ema))
+               example_shape, sample, build_sampler(cfg, tokenizer, sample))

@@ -16,7 +16,7 @@ import torch
 from ..config import Config, ConfigError, read_config
 from ..utils.atomic import write_text
 from ..utils.progress import bar
-from .build import build_framework, build_model, build_objective, is_learned, nominal_model
+from .build import build_framework, build_model, build_objective, nominal_model
 from .checkpoint import find_checkpoint, keep_copy, load_checkpoint, read_state, save_checkpoint, save_weights
 from .devices import barrier, check_fits, full_state
 from .devices import setup as setup_devices
@@ -74,7 +74,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
         log.info("data: %s, %d classes", prepared.source, prepared.num_classes)
         if info.is_main:
             save_data_spec(prepared.example_shape, prepared.class_names, out / DATA_SPEC)
-            if is_learned(prepared.tokenizer):
+            if prepared.tokenizer.learned:
                 save_weights(prepared.tokenizer, out / TOKENIZER)
 
         # --- model, EMA, optimizer (after wrapping: FSDP2 swaps the parameters)

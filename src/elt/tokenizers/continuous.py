@@ -19,6 +19,8 @@ from .vqvae import conv_decoder, conv_encoder, train_autoencoder
 
 
 class PixelSpace(nn.Module):
+    learned = False  # fixed or pretrained: elt trains no weights of it
+
     def __init__(self, image_size: int, channels: int = 1, pad_to: int | None = None):
         super().__init__()
         pad_to = pad_to or image_size
@@ -39,6 +41,8 @@ class PixelSpace(nn.Module):
 
 
 class KLVAE(nn.Module):
+    learned = True  # elt trains its weights (and a run folder keeps them)
+
     def __init__(self, image_size: int = 28, channels: int = 1, latent_dim: int = 4, hidden: int = 64,
                  downsample_stages: int = 2, kl_weight: float = 1e-4):
         super().__init__()
@@ -89,6 +93,7 @@ def train_klvae(model: KLVAE, images, steps: int, batch_size: int = 128, lr: flo
 class DiffusersVAE(nn.Module):
     """diffusers' AutoencoderKL as a codec (optional extra `elt[diffusers]`). Give a local directory
     holding its config.json and weights, or an already built `AutoencoderKL` (tests)."""
+    learned = False  # fixed or pretrained: elt trains no weights of it
 
     def __init__(self, vae_or_path, image_size: int, channels: int = 3):
         super().__init__()

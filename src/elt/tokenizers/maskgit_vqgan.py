@@ -113,6 +113,7 @@ class Codebook(nn.Module):
 
 class MaskGITVQGAN(nn.Module):
     """encode: images (B, 3, H, W) in [0, 1] → ids (B, (H/16)·(W/16)) row-major; decode: the inverse."""
+    learned = False  # fixed or pretrained: elt trains no weights of it
 
     def __init__(self, image_size: int = 256, channels: int = 3, hidden: int = 128, mult: tuple = (1, 1, 2, 2, 4),
                  blocks: int = 2, z: int = 256, codebook_size: int = 1024):

@@ -30,6 +30,7 @@ class MotionVQ(nn.Module):
     """`codebook_size` appearance codes and `motion_codes` motion codes, each with its own quantiser (one
     motion latent a clip among a hundred appearance ones would otherwise share codes with them and collapse
     onto a few); motion ids follow the appearance ids, so `vocab_size` = the two together."""
+    learned = True  # elt trains its weights (and a run folder keeps them)
 
     def __init__(self, image_size: int = 40, channels: int = 1, frames: int = 9, codebook_size: int = 512,
                  latent_dim: int = 16, hidden: int = 64, downsample_stages: int = 2, motion_tokens: int = 1,

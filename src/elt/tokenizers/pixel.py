@@ -6,6 +6,8 @@ from torch import nn
 
 
 class PixelTokenizer(nn.Module):
+    learned = False  # fixed or pretrained: elt trains no weights of it
+
     def __init__(self, image_size: int, channels: int = 1, levels: int = 17):
         super().__init__()
         self.image_size, self.channels, self.levels = image_size, channels, levels

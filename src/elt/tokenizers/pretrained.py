@@ -18,6 +18,8 @@ from ..utils.files import verify_file
 
 
 class ScriptedTokenizer(nn.Module):
+    learned = False  # fixed or pretrained: elt trains no weights of it
+
     def __init__(self, path: str, sha256: str | None = None):
         super().__init__()
         where = "set tokenizer.path to a TorchScript tokenizer file (see elt.tokenizers.pretrained)"

@@ -127,6 +127,8 @@ def _norm_relu(width: int) -> list[nn.Module]:
 
 
 class VQVAE(nn.Module):
+    learned = True  # elt trains its weights (and a run folder keeps them)
+
     def __init__(self, image_size: int = 28, channels: int = 1, codebook_size: int = 512, latent_dim: int = 16,
                  hidden: int = 64, downsample_stages: int = 2, beta: float = 0.25, frames: int | None = None,
                  temporal_stages: int = 0):

@@ -173,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--out", help="output path; writes OUT.npz (images, labels, settings) and OUT.png (grid "
                                      "with the settings in a caption); video: OUT.gif and OUT.mp4")
     where.add_argument("--folder", metavar="ROOT",
-                       help="large sets (FID/FVD): write ROOT/<run>_ckpt.._L.._K.._guidance.._seed.._n../ with "
+                       help="large sets (FID/FVD): write ROOT/<run>_ckpt.._L.._K.._guidance.._seed.._n../ (every sampling "
+                            "setting in the name) with "
                             "shards, manifest.json, samples.npz and the ADM evaluator's samples_adm.npz; "
                             "class-balanced, split across torchrun ranks, resumable (rerun the same command)")
     p.add_argument("--shard-size", type=_positive, default=1000, help="samples per shard with --folder (default 1000)")
@@ -188,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("evaluate", cmd_evaluate, help="any-time report: quality, time and GFLOPs per loop count",
              description="Samples n class-balanced images (or clips) at each loop count and measures quality, "
                          "seconds and GFLOPs per sample. Writes RUN/anytime.json and RUN/anytime.png, and a copy "
-                         "of both named after the sampling settings, RUN/eval/steps.._guidance.._seed.._n.._ckpt..")
+                         "of both named after the sampling settings, RUN/eval/ckpt.._K.._guidance.._seed.._n...json")
     _add_run(p)
     p.add_argument("--loops", type=_int_list, help="loop counts, e.g. 1,2,3 (default 1..Lmax+2)")
     p.add_argument("--no-ema", action="store_true",

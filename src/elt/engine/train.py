@@ -18,7 +18,7 @@ from ..utils.atomic import write_text
 from ..utils.progress import bar
 from .build import build_framework, build_model, build_objective, nominal_model
 from .checkpoint import find_checkpoint, keep_copy, load_checkpoint, read_state, save_checkpoint, save_weights
-from .devices import barrier, check_fits, full_state
+from .devices import DistInfo, barrier, check_fits, full_state
 from .devices import setup as setup_devices
 from .devices import teardown as teardown_devices
 from .prepare import Prepared, check_splits, prepare
@@ -37,80 +37,87 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
           prepared: Prepared | None = None) -> Path:
     """Train `cfg` into the run folder `out` (continue its last checkpoint with `resume`). `prepared`: the
     data, tokenizer and tokens when the caller built them already (`elt demo`); else they are built here."""
-    out, t = Path(out), cfg.train
+    out = Path(out)
     cfg.validate()
-    info = setup_devices(t.device)
+    info = setup_devices(cfg.train.device)
     finished, lock = False, RunLock(out, "elt train")
     try:
-        # --- set-up: every check before any work
-        m = cfg.model
-        check_fits(sum(p.numel() for p in nominal_model(cfg).parameters()), info.device, f"model.width={m.width} with {m.unique_layers} unique layers",
-                   "lower model.width or model.unique_layers")
-        check_splits(cfg)
-        prepare_run_dir(out, resume)
-        per_rank, rest = divmod(t.batch_size, info.world_size * t.grad_accum)
-        if rest or per_rank < 1:
-            raise ConfigError(f"bad config value train.batch_size: {t.batch_size} is not divisible by "
-                              f"processes ({info.world_size}) x train.grad_accum ({t.grad_accum})")
-        found = find_checkpoint(out) if resume else None
-        if found is not None:
-            check_resume_config(cfg, out)
-            done = int(read_state(found)["step"])
-            if t.steps <= done:
-                raise ValueError(f"{out} is already trained to step {done}; --steps {t.steps} adds nothing (give "
-                                 f"more steps to continue it, or sample and evaluate it as it is)")
-        if info.is_main:  # one writer per run folder (rank 0 writes for every rank)
-            lock.acquire()
-            if found is None:  # a resumed run's config.yaml changes with its next checkpoint
-                if (out / METRICS).is_file():  # a run killed before its first checkpoint
-                    log.info("%s has no checkpoint: training it from the start again", out)
-                    write_text(out / METRICS, "")
-                cfg.save(out / CONFIG)
-        torch.manual_seed(t.seed)  # same initial weights on every rank (FSDP2 does not broadcast them)
-        gen = torch.Generator().manual_seed(t.seed)  # identical on every rank: the global batch
-
-        # --- data → tokens
-        prepared = prepared or prepare(cfg, info, progress and info.is_main)
-        log.info("data: %s, %d classes", prepared.source, prepared.num_classes)
-        if info.is_main:
-            save_data_spec(prepared.example_shape, prepared.class_names, out / DATA_SPEC)
-            if prepared.tokenizer.learned:
-                save_weights(prepared.tokenizer, out / TOKENIZER)
-
-        # --- model, EMA, optimizer (after wrapping: FSDP2 swaps the parameters)
-        model = build_model(cfg, prepared.tokenizer, prepared.num_classes).to(info.device)
-        ema = copy.deepcopy(model).eval().requires_grad_(False) if t.ema_decay > 0 else None
-        _warn_long_ema(cfg)
-        torch.manual_seed(t.seed + info.rank)  # per-rank dropout; data order comes from `gen`
-        log.info("model %s: %.2fM parameters, %dN x %dL, objective %s, %d process(es) on %s", cfg.name,
-                 sum(p.numel() for p in model.parameters()) / 1e6, m.unique_layers, m.max_loops,
-                 cfg.objective_label(), info.world_size, info.device)
-        fwd = wrap_model(model, cfg, info)
-        state = TrainState(cfg, model, fwd, ema, make_optimizer(model, cfg),
-                           build_framework(cfg, prepared.num_classes, prepared.tokenizer), build_objective(cfg),
-                           prepared.examples, prepared.labels, gen, info)
-
-        # --- resume: every rank loads the same file, in place, so replicas stay identical
-        if found is not None:
-            state.step = load_checkpoint(found, model, ema, state.optimizer, gen)
-            log.info("resumed from %s at step %d", found, state.step)
-            if info.is_main:
-                trim_metrics(out / METRICS, state.step)
-
-        # --- the loop, the metrics log, the checkpoints
-        metrics = MetricsLog(out) if info.is_main else None
-        try:
-            with stop_requests() as stop:
-                _loop(state, out, metrics, stop, progress and info.is_main)
-        finally:
-            if metrics is not None:
-                metrics.close()
-        log.info("training done: %s", out)
+        result = _train(cfg, out, resume, progress, prepared, info, lock)
         finished = True
-        return out
-    finally:
+        return result
+    finally:  # after _train returned: the model and its process-group state are freed before the group ends
         lock.release()
         teardown_devices(finished)
+
+
+def _train(cfg: Config, out: Path, resume: bool, progress: bool, prepared: Prepared | None, info: DistInfo,
+           lock: RunLock) -> Path:
+    """The training itself, top to bottom (under `train`, which sets up the devices and the lock)."""
+    t, m = cfg.train, cfg.model
+    # --- set-up: every check before any work
+    check_fits(sum(p.numel() for p in nominal_model(cfg).parameters()), info.device,
+               f"model.width={m.width} with {m.unique_layers} unique layers", "lower model.width or model.unique_layers")
+    check_splits(cfg)
+    prepare_run_dir(out, resume)
+    per_rank, rest = divmod(t.batch_size, info.world_size * t.grad_accum)
+    if rest or per_rank < 1:
+        raise ConfigError(f"bad config value train.batch_size: {t.batch_size} is not divisible by "
+                          f"processes ({info.world_size}) x train.grad_accum ({t.grad_accum})")
+    found = find_checkpoint(out) if resume else None
+    if found is not None:
+        check_resume_config(cfg, out)
+        done = int(read_state(found)["step"])
+        if t.steps <= done:
+            raise ValueError(f"{out} is already trained to step {done}; --steps {t.steps} adds nothing (give "
+                             f"more steps to continue it, or sample and evaluate it as it is)")
+    if info.is_main:  # one writer per run folder (rank 0 writes for every rank)
+        lock.acquire()
+        if found is None:  # a resumed run's config.yaml changes with its next checkpoint
+            if (out / METRICS).is_file():  # a run killed before its first checkpoint
+                log.info("%s has no checkpoint: training it from the start again", out)
+                write_text(out / METRICS, "")
+            cfg.save(out / CONFIG)
+    torch.manual_seed(t.seed)  # same initial weights on every rank (FSDP2 does not broadcast them)
+    gen = torch.Generator().manual_seed(t.seed)  # identical on every rank: the global batch
+
+    # --- data → tokens
+    prepared = prepared or prepare(cfg, info, progress and info.is_main)
+    log.info("data: %s, %d classes", prepared.source, prepared.num_classes)
+    if info.is_main:
+        save_data_spec(prepared.example_shape, prepared.class_names, out / DATA_SPEC)
+        if prepared.tokenizer.learned:
+            save_weights(prepared.tokenizer, out / TOKENIZER)
+
+    # --- model, EMA, optimizer (after wrapping: FSDP2 swaps the parameters)
+    model = build_model(cfg, prepared.tokenizer, prepared.num_classes).to(info.device)
+    ema = copy.deepcopy(model).eval().requires_grad_(False) if t.ema_decay > 0 else None
+    _warn_long_ema(cfg)
+    torch.manual_seed(t.seed + info.rank)  # per-rank dropout; data order comes from `gen`
+    log.info("model %s: %.2fM parameters, %dN x %dL, objective %s, %d process(es) on %s", cfg.name,
+             sum(p.numel() for p in model.parameters()) / 1e6, m.unique_layers, m.max_loops,
+             cfg.objective_label(), info.world_size, info.device)
+    fwd = wrap_model(model, cfg, info)
+    state = TrainState(cfg, model, fwd, ema, make_optimizer(model, cfg),
+                       build_framework(cfg, prepared.num_classes, prepared.tokenizer), build_objective(cfg),
+                       prepared.examples, prepared.labels, gen, info)
+
+    # --- resume: every rank loads the same file, in place, so replicas stay identical
+    if found is not None:
+        state.step = load_checkpoint(found, model, ema, state.optimizer, gen)
+        log.info("resumed from %s at step %d", found, state.step)
+        if info.is_main:
+            trim_metrics(out / METRICS, state.step)
+
+    # --- the loop, the metrics log, the checkpoints
+    metrics = MetricsLog(out) if info.is_main else None
+    try:
+        with stop_requests() as stop:
+            _loop(state, out, metrics, stop, progress and info.is_main)
+    finally:
+        if metrics is not None:
+            metrics.close()
+    log.info("training done: %s", out)
+    return out
 
 
 def _warn_long_ema(cfg: Config) -> None:

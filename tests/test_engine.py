@@ -293,7 +293,6 @@ def test_one_demo_loads_each_split_once_and_hashes_no_image_array(tmp_path, monk
     import hashlib
 
     import elt.data
-    from elt.data import load_data
 
     monkeypatch.setenv("ELT_CACHE_DIR", str(tmp_path / "cache"))  # nothing cached: everything is built once
     loads, hashed = [], []

@@ -161,6 +161,23 @@ def _corrupt_optimizer(tmp, run):
     (run / "checkpoints" / "last" / "optimizer.pt").write_bytes(b"not a torch file")
 
 
+def _exported(tmp, run, drop: str | None = None):
+    assert main(["--quiet", "export", "--run", str(run), "--out", str(tmp / "export")]) == 0
+    if drop:
+        (tmp / "export" / drop).unlink()
+
+
+def _offline_hub(tmp, run):
+    import huggingface_hub.constants as hub
+    before, hub.HF_HUB_OFFLINE = hub.HF_HUB_OFFLINE, True
+    os.environ["HF_HOME"], home = str(tmp / "hf-home"), os.environ.get("HF_HOME")
+
+    def restore():
+        hub.HF_HUB_OFFLINE = before
+        os.environ.pop("HF_HOME") if home is None else os.environ.__setitem__("HF_HOME", home)
+    return restore
+
+
 def _empty_class(tmp, run):
     from PIL import Image
     for split in ("train", "test"):
@@ -238,6 +255,20 @@ CASES = [
     Case("evaluate --n 1", ["evaluate", "--run", "{run}", "--n", "1"], 2, "--n must be >= 2"),
     Case("evaluating a read-only run", ["evaluate", "--run", "{tmp}/ro", "--loops", "1"], 2, "cannot write to run "
          "folder", _read_only_run),
+    # a model outside its run folder
+    Case("--run at a folder that is neither a run nor an export", SAMPLE + ["--out", "{tmp}/s", "--run", "{tmp}/mine"],
+         2, "is not a run folder nor an exported model", _write("mine/notes.txt", "mine")),
+    Case("an export without its weights", SAMPLE[:1] + ["--run", "{tmp}/export"] + SAMPLE[3:] + ["--out", "{tmp}/s"],
+         2, "has no model.safetensors; export the run again", lambda tmp, run: _exported(tmp, run, "model.safetensors")),
+    Case("an ONNX backend on an export without graphs", SAMPLE[:1] + ["--run", "{tmp}/export", "--backend",
+                                                                      "onnxruntime"] + SAMPLE[3:] + ["--out", "{tmp}/s"],
+         2, "holds no ONNX graphs; write them with `elt export", _exported),
+    Case("an unknown backend", SAMPLE + ["--out", "{tmp}/s", "--backend", "tensorrt"], 2,
+         "invalid choice: 'tensorrt'"),
+    Case("an offline Hub id", SAMPLE[:1] + ["--run", "me/not-cached"] + SAMPLE[3:] + ["--out", "{tmp}/s"], 2,
+         "the Hugging Face Hub is out of reach (offline)", _offline_hub),
+    Case("ONNX loop counts with --format hub", ["export", "--run", "{run}", "--out", "{tmp}/e", "--loops", "1,2"], 2,
+         "add --format onnx"),
 ]
 
 

@@ -24,6 +24,36 @@ from .utils.atomic import write_text
 SEED_LIMIT = 2 ** 63  # torch and numpy generators take seeds below this
 
 
+# One value's checks, shared by the command line's arguments, the Python API and the HTTP service: each
+# returns the value as its type or raises ValueError("must be ..., got ...") for the caller to prefix.
+
+def check_count(value) -> int:
+    """A count of samples, steps or loops: an integer >= 1 (a bool is not a count)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"must be an integer >= 1, got {value!r}")
+    if value < 1:
+        raise ValueError(f"must be >= 1, got {value}")
+    return value
+
+
+def check_seed(value) -> int:
+    """A sampling or training seed: an integer in 0 … 2⁶³−1 (what torch's and numpy's generators take)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"must be an integer in 0..{SEED_LIMIT - 1}, got {value!r}")
+    if not 0 <= value < SEED_LIMIT:
+        raise ValueError(f"must be in 0..{SEED_LIMIT - 1}, got {value}")
+    return value
+
+
+def check_guidance(value) -> float:
+    """A guidance scale s of uncond + s·(cond − uncond): a finite number >= 0 (1 = no guidance)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"must be a finite number >= 0 (1 = no guidance), got {value!r}")
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"must be a finite number >= 0 (1 = no guidance), got {value}")
+    return float(value)
+
+
 def _finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 

@@ -54,14 +54,15 @@ class Service:
     """One run, its latency model, the scheduler and the worker thread; the HTTP layer only submits."""
 
     def __init__(self, run_dir, slo_ms: float | None = None, loops: int | None = None, max_batch: int = 32,
-                 max_queue: int = 256, device: str = "cpu", progress: bool = True):
-        from ..engine.run import load_run
+                 max_queue: int = 256, device: str = "cpu", progress: bool = True, backend: str = "torch"):
+        from .model import load
 
         if slo_ms is not None and slo_ms <= 0:
             raise ValueError(f"--slo-ms must be positive, got {slo_ms:g}")
         if max_batch < 1 or max_queue < max_batch:
             raise ValueError(f"--max-queue ({max_queue}) must be at least --max-batch ({max_batch}) and both ≥ 1")
-        self.run = load_run(run_dir, device, overrides=[f"sample.batch_size={max_batch}"])
+        self.model = load(run_dir, device, backend, overrides=[f"sample.batch_size={max_batch}"])
+        self.run = self.model.run
         m = self.run.cfg.model
         self.min_loops, self.max_loops = m.min_loops, m.max_loops
         if loops is not None and not 1 <= loops <= m.max_loops:
@@ -312,14 +313,14 @@ def build_app(service: Service):
 
 def serve_api(run_dir, host: str = "127.0.0.1", port: int = 8000, slo_ms: float | None = None,
               loops: int | None = None, max_batch: int = 32, max_queue: int = 256, device: str = "cpu",
-              progress: bool = True) -> None:
+              progress: bool = True, backend: str = "torch") -> None:
     """Load the run, measure its latencies, serve until SIGTERM/Ctrl-C (then answer what is queued)."""
     try:
         import uvicorn
     except ImportError:
         raise ValueError("the HTTP service needs fastapi, uvicorn and prometheus-client: "
                          "pip install -e '.[api]'") from None
-    service = Service(run_dir, slo_ms, loops, max_batch, max_queue, device, progress)
+    service = Service(run_dir, slo_ms, loops, max_batch, max_queue, device, progress, backend)
     app = build_app(service)
     how = (f"fixed L={service.fixed}" if service.fixed is not None
            else f"SLO {slo_ms:g} ms, L = {service.min_loops} … {service.max_loops}")

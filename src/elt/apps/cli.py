@@ -1,4 +1,5 @@
-"""The `elt` command: train | sample | evaluate | schedules | demo | api | serve | presets | bench | extract | fid | fvd.
+"""The `elt` command: train | sample | evaluate | schedules | demo | api | serve | export | push | presets | bench |
+extract | fid | fvd.
 
 Each verb is a `cmd_*` function (argparse dispatches with `set_defaults(func=...)`) that checks its input
 and calls the engine; nothing here imports torch until a command runs, so every `--help` answers at once.
@@ -13,6 +14,8 @@ import sys
 from pathlib import Path
 
 from ..choices import DEVICES, OBJECTIVES, SCHEDULE_SYNTAX, SPLITS
+
+BACKENDS = ("torch", "onnxruntime")  # what runs the network (apps.model.BACKENDS; kept here: --help imports no torch)
 
 log = logging.getLogger("elt")
 
@@ -42,36 +45,36 @@ _int_list = _list_of(int, "integers")
 _float_list = _list_of(float, "numbers")
 
 
+def _checked(parse, check, what: str):
+    """An argparse type: `parse` the text (a wrong kind: "expected WHAT"), then the shared value check."""
+    def convert(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        try:
+            return check(value)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return convert
+
+
 def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
+    from ..config import check_count
+
+    return _checked(int, check_count, "an integer")(text)
 
 
 def _guidance(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not v >= 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0 (1 = no guidance), got {text}")
-    return v
+    from ..config import check_guidance
+
+    return _checked(float, check_guidance, "a number")(text)
 
 
 def _seed(text: str) -> int:
-    from ..config import SEED_LIMIT
+    from ..config import check_seed
 
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if not 0 <= v < SEED_LIMIT:
-        raise argparse.ArgumentTypeError(f"must be in 0..{SEED_LIMIT - 1}, got {v}")
-    return v
+    return _checked(int, check_seed, "an integer")(text)
 
 
 def _schedule(text: str):
@@ -114,9 +117,14 @@ def _add_config(p: argparse.ArgumentParser, default: str | None, training: bool 
         p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
 
 
-def _add_run(p: argparse.ArgumentParser) -> None:
+def _add_run(p: argparse.ArgumentParser, backend: bool = True) -> None:
     p.add_argument("--run", "--run-dir", dest="run", required=True,
-                   help="run folder written by `elt train` (under torchrun spell it --run-dir)")
+                   help="a run folder (`elt train --out`), an exported folder (`elt export --out`) or a Hugging Face "
+                        "Hub id ORG/NAME (downloaded once into its cache); under torchrun spell it --run-dir")
+    if backend:
+        p.add_argument("--backend", choices=BACKENDS, default="torch",
+                       help="what runs the network: torch (default), or onnxruntime (the ONNX graphs of an exported "
+                            "folder, one per loop count: `elt export --format onnx`)")
 
 
 def _add_sampling(p: argparse.ArgumentParser, n_help: str, n_default: int | None = None,
@@ -239,6 +247,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p, "training, sampling (and a tokenizer elt trains)")
 
     verb("presets", cmd_presets, help="list presets with parameters and GFLOPs per forward pass")
+
+    p = verb("export", cmd_export, help="write a run as a Hugging Face model folder (config.json, model.safetensors, "
+                                        "a model card with its any-time table), and ONNX graphs per loop count")
+    _add_run(p, backend=False)
+    p.add_argument("--out", required=True, help="the folder to write (a Hub model repository's layout)")
+    p.add_argument("--format", choices=("hub", "onnx"), default="hub",
+                   help="hub (default): config, weights, tokenizer and model card; onnx: also one ONNX graph per "
+                        "--loops (extra elt[onnx])")
+    p.add_argument("--loops", type=_int_list, help="loop counts of the ONNX graphs, e.g. 1,4,8 (default: 1..Lmax)")
+    p.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA weights")
+    _add_overwrite(p, "an existing --out folder (replaced whole once the new one is written)")
+
+    p = verb("push", cmd_push, help="upload a run (exported first) or an exported folder to the Hugging Face Hub")
+    _add_run(p, backend=False)
+    p.add_argument("--repo-id", required=True, metavar="ORG/NAME", help="the Hub model repository (created if missing)")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--no-ema", action="store_true", help="upload the raw weights instead of the EMA weights")
 
     p = verb("bench", cmd_bench, help="speed and memory: ILSD vs vanilla step, sampling time per L, looped vs "
                                       "flat throughput, training FLOP/s and MFU (see benchmarks/README.md)")
@@ -375,7 +400,7 @@ def cmd_demo(args) -> None:
 
 
 def cmd_sample(args) -> None:
-    from ..engine.sampling import choose_policy, write_samples
+    from ..engine.sampling import write_samples
 
     base = _check_out_file(args.out, (".npz", ".png", ".gif", ".mp4"), args.overwrite) if args.out is not None else None
     if args.export_frames:
@@ -385,11 +410,12 @@ def cmd_sample(args) -> None:
     if args.folder and Path(args.folder).exists() and not Path(args.folder).is_dir():
         raise ValueError(f"--folder {args.folder} is a file; give a folder (it is created when missing)")
     device, main_rank = _run_ranks(args.device)
-    run = _load(args, device)
-    if args.export_frames and not run.video:
+    model = _load(args, device)
+    if args.export_frames and not model.run.video:
         raise ValueError(f"--export-frames is for video runs; {args.run} makes images (drop --export-frames)")
-    policy, how = choose_policy(run, args.loops if args.loops is not None else args.schedule, args.adaptive,
-                                args.budget_gflops, args.budget_ms, progress=not args.quiet)
+    run, policy, how, _ = model.request(args.classes, args.n, args.loops if args.loops is not None else args.schedule,
+                                        args.adaptive, args.budget_gflops, args.budget_ms, seed=args.seed,
+                                        progress=not args.quiet)
     written, settings = write_samples(run, policy, how, args.n, args.seed, args.classes, base,
                                       Path(args.folder) if args.folder else None, args.shard_size,
                                       args.export_frames, progress=not args.quiet)
@@ -398,12 +424,13 @@ def cmd_sample(args) -> None:
 
 
 def _load(args, device: str):
-    """The run of `--run`, with the sampling settings the command line gives (--steps, --guidance,
-    --no-ema, --set sample.*) resolved once."""
-    from ..engine.run import load_run
+    """The model of `--run` (the Python API's object), with the sampling settings the command line gives
+    (--steps, --guidance, --no-ema, --set sample.*, --backend) resolved once."""
+    from .model import load
 
-    return load_run(args.run, device, ema=False if getattr(args, "no_ema", False) else None,
-                    steps=getattr(args, "steps", None), guidance=getattr(args, "guidance", None), overrides=args.set)
+    return load(args.run, device, getattr(args, "backend", "torch"), ema=False if getattr(args, "no_ema", False)
+                else None, steps=getattr(args, "steps", None), guidance=getattr(args, "guidance", None),
+                overrides=getattr(args, "set", None))
 
 
 def cmd_evaluate(args) -> None:
@@ -413,7 +440,7 @@ def cmd_evaluate(args) -> None:
     if args.loops is not None and (not args.loops or min(args.loops) < 1):
         raise ValueError("--loops needs loop counts >= 1, e.g. --loops 1,2,4")
     device, main_rank = _run_ranks(args.device)
-    run = _load(args, device)
+    run = _load(args, device).run
     report = evaluate(run, args.loops, args.n, args.seed, progress=not args.quiet and main_rank)
     if main_rank:
         print(format_table(report))
@@ -425,7 +452,7 @@ def cmd_schedules(args) -> None:
     from ..metrics.anytime import format_schedules
 
     device, main_rank = _run_ranks(args.device)
-    run = _load(args, device)
+    run = _load(args, device).run
     budgets = args.budgets or [float(L) for L in range(2, run.cfg.model.max_loops + 1)]
     report = search_schedules(run, budgets, args.thresholds, args.n, args.seed, args.max_loops,
                               progress=not args.quiet and main_rank)
@@ -453,7 +480,8 @@ def cmd_serve(args) -> None:
 
     _check_port(args.host, args.port)
     device, _ = _run_ranks(args.device)
-    serve(args.run, host=args.host, port=args.port, n=args.n, device=device, sample_overrides=args.set)
+    serve(args.run, host=args.host, port=args.port, n=args.n, device=device, sample_overrides=args.set,
+          backend=args.backend)
 
 
 def cmd_api(args) -> None:
@@ -466,7 +494,28 @@ def cmd_api(args) -> None:
         torch.set_num_threads(args.threads)
     device, _ = _run_ranks(args.device)
     serve_api(args.run, args.host, args.port, args.slo_ms, args.loops, args.max_batch, args.max_queue, device,
-              progress=not args.quiet)
+              progress=not args.quiet, backend=args.backend)
+
+
+def cmd_export(args) -> None:
+    from .export import export
+
+    loops = args.loops
+    if args.format == "hub" and loops:
+        raise ValueError("--loops names the ONNX graphs' loop counts; add --format onnx (or drop --loops)")
+    if args.format == "onnx" and loops is None:
+        from ..engine.run import stored
+        loops = list(range(1, stored(Path(args.run)).cfg.model.max_loops + 1))
+    out = export(args.run, args.out, ema=not args.no_ema, onnx_loops=loops if args.format == "onnx" else None,
+                 overwrite=args.overwrite, progress=not args.quiet)
+    print(f"wrote {out} (load it with elt.load({str(out)!r}), or --run {out})")
+
+
+def cmd_push(args) -> None:
+    from .export import push
+
+    url = push(args.run, args.repo_id, ema=not args.no_ema, private=args.private, progress=not args.quiet)
+    print(f"pushed {args.run} to {args.repo_id}: {url}")
 
 
 def cmd_presets(args) -> None:

@@ -32,11 +32,13 @@ class Generator:
 
     SLIDER = "the loop-count slider"
 
-    def __init__(self, run_dir, n: int = 4, device: str = "cpu", sample_overrides: list[str] | None = None):
-        from ..engine.run import load_run
+    def __init__(self, run_dir, n: int = 4, device: str = "cpu", sample_overrides: list[str] | None = None,
+                 backend: str = "torch"):
         from ..engine.sampling import measured_policies
+        from .model import load
 
-        self.run = load_run(run_dir, device, overrides=sample_overrides)
+        self.model = load(run_dir, device, backend, overrides=sample_overrides)
+        self.run = self.model.run
         self.n = n
         self.max_loops = self.run.cfg.model.max_loops
         try:  # schedules measured by `elt evaluate` / `elt schedules`, offered as compute budgets
@@ -52,10 +54,8 @@ class Generator:
         """(image grid uint8, status text) for `n` samples of `class_name` at `loops` loops, or with
         the measured schedule `budget` names (one of `self.budgets`). A video run gives the path of an
         animated GIF (the clips side by side, looping) instead of the grid."""
-        import torch
-
         from ..core.loops import as_policy
-        from ..engine.sampling import generate, gflops_per_sample
+        from ..engine.sampling import gflops_per_sample
 
         names = self.run.class_names
         if class_name not in names:
@@ -69,9 +69,8 @@ class Generator:
             if not 1 <= loops <= self.max_loops + 2:
                 raise ValueError(f"loop count {loops} is outside 1..{self.max_loops + 2}")
             policy, what = loops, f"L={loops}"
-        labels = torch.full((self.n,), names.index(class_name), dtype=torch.long)
         tic = time.perf_counter()
-        images = generate(self.run, policy, labels, int(seed))
+        images = self.model.generate(classes=[class_name], n=self.n, loops=policy, seed=int(seed))
         seconds = time.perf_counter() - tic
         gflops = gflops_per_sample(self.run, policy)
         scale = max(1, 128 // images.shape[-2])
@@ -83,12 +82,13 @@ class Generator:
         return str(write_gif(_grid(images, scale), Path(self._clips.name) / name)), status
 
 
-def build_app(run_dir, n: int = 4, device: str = "cpu", sample_overrides: list[str] | None = None):
+def build_app(run_dir, n: int = 4, device: str = "cpu", sample_overrides: list[str] | None = None,
+              backend: str = "torch"):
     try:
         import gradio as gr
     except ImportError:
         raise ValueError("the web demo needs gradio: pip install -e '.[serve]' (or pip install gradio)") from None
-    gen = Generator(run_dir, n, device, sample_overrides)
+    gen = Generator(run_dir, n, device, sample_overrides, backend)
     names = gen.run.class_names
     cfg = gen.run.cfg
     with gr.Blocks(title=f"elt — {cfg.name}", analytics_enabled=False) as app:
@@ -113,12 +113,12 @@ def build_app(run_dir, n: int = 4, device: str = "cpu", sample_overrides: list[s
 
 
 def serve(run_dir, host: str = "127.0.0.1", port: int = 7860, n: int = 4, block: bool = True, device: str = "cpu",
-          sample_overrides: list[str] | None = None):
+          sample_overrides: list[str] | None = None, backend: str = "torch"):
     """Start the app on host:port (this machine only by default). Returns the app when not blocking."""
     import os
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from an offline machine
-    app = build_app(run_dir, n, device, sample_overrides)
+    app = build_app(run_dir, n, device, sample_overrides, backend)
     log.info("serving %s on http://%s:%d", run_dir, host, port)
     app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, share=False,
                show_error=True, quiet=not block)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import Config, ConfigError, SampleConfig, apply_overrides, read_config
+from ..config import Config, ConfigError, SampleConfig, apply_overrides, from_dict, read_config
 from ..utils.atomic import write_text
 from ..utils.files import check_writable
 from .build import build_model, build_sampler, make_tokenizer
@@ -36,6 +36,7 @@ from .devices import rank_world, resolve_precision
 
 CONFIG, DATA_SPEC, TOKENIZER, METRICS, REPORT = "config.yaml", "data.json", "tokenizer.safetensors", "metrics.jsonl", \
     "anytime.json"
+EXPORT_CONFIG, EXPORT_WEIGHTS = "config.json", "model.safetensors"  # an exported folder (`elt export`)
 LOCK_NAME = ".elt.lock"
 RUN_MARKERS = ("checkpoints", DATA_SPEC, LOCK_NAME)  # what a folder elt trains into holds from its start
 
@@ -220,7 +221,8 @@ def read_report(path: Path) -> dict:
 
 def settings_tag(sampling: dict, checkpoint_step: int, seed: int, n: int | None = None, loops=None) -> str:
     """The one name of a sampling setting, for report copies and sample folders alike: checkpoint, loops,
-    steps, guidance, the sampler's own settings, seed, count, and bf16 / raw weights where they apply."""
+    steps, guidance, the sampler's own settings, seed, count, and bf16 / the network's runtime / raw weights
+    where they apply."""
     s = sampling
     parts = [f"ckpt{checkpoint_step}"] + ([f"L{loops}"] if loops is not None else []) + [f"K{s['steps']}",
                                                                                          f"guidance{s['guidance']:g}"]
@@ -230,6 +232,7 @@ def settings_tag(sampling: dict, checkpoint_step: int, seed: int, n: int | None 
         parts += [f"temp{s['temp_base']:g}+{s['temp_anneal']:g}", f"choice{s['choice_temperature']:g}"]
     parts += [f"seed{seed}"] + ([f"n{n}"] if n is not None else [])
     parts += ["bf16"] if s.get("precision") == "bf16" else []
+    parts += [s["backend"]] if s.get("backend", "torch") != "torch" else []
     parts += ["raw"] if s.get("ema") is False else []
     return "_".join(str(p).replace("/", "-").replace(" ", "") for p in parts)
 
@@ -268,8 +271,10 @@ class Run:
     def settings(self) -> dict:
         """Every setting that changes the samples, for reports and output names: the sampler's own, the
         precision the network runs in, EMA or raw weights, the kind of device."""
-        return {**self.sampler.settings(), "precision": resolve_precision(self.sample.precision, self.device),
-                "ema": self.ema, "device": self.device.type}
+        settings = {**self.sampler.settings(), "precision": resolve_precision(self.sample.precision, self.device),
+                    "ema": self.ema, "device": self.device.type}
+        backend = getattr(type(self.model), "backend", "torch")  # the network's runtime (an ONNX graph: onnxruntime)
+        return settings if backend == "torch" else {**settings, "backend": backend}
 
     def tag(self, seed: int, n: int | None = None, loops=None) -> str:
         return settings_tag(self.settings(), self.step, seed, n, loops)
@@ -281,15 +286,79 @@ class Run:
         return dataclasses.replace(self, sample=sample, sampler=build_sampler(self.cfg, self.tokenizer, sample))
 
 
+@dataclass
+class Stored:
+    """Where a trained model's pieces are, in a run folder or an exported folder."""
+    cfg: Config
+    example_shape: tuple[int, ...]
+    class_names: list[str]
+    step: int
+    weights: dict[bool, Path]  # EMA (True) or raw (False) → the network's safetensors file, those present
+    tokenizer: Path
+    damaged: str               # the fix for a weight file that does not read
+    mismatch: str              # the fix for weights that read but do not fit the config's network
+
+
+def stored(path: Path) -> Stored:
+    """The pieces of a run folder (`config.yaml`, the last checkpoint) or of an exported folder (`config.json`,
+    `model.safetensors`: what `elt export` writes, in the Hugging Face Hub layout)."""
+    if (path / CONFIG).is_file():
+        cfg = read_config(path / CONFIG)
+        ckpt = find_checkpoint(path)
+        if ckpt is None:
+            raise FileNotFoundError(f"run folder {path} has no checkpoint yet; train it first (elt train --out {path})")
+        if not (path / DATA_SPEC).is_file():
+            raise FileNotFoundError(f"{path / DATA_SPEC} is missing (the example shape and class names); restore it "
+                                    f"from a run of the same config")
+        shape, names = load_data_spec(path / DATA_SPEC)
+        weights = {ema: ckpt / name for ema, name in ((True, "ema.safetensors"), (False, "model.safetensors"))
+                   if (ckpt / name).is_file()}
+        if not weights:
+            raise FileNotFoundError(f"checkpoint {ckpt} holds no weights file; {DAMAGED}")
+        return Stored(cfg, shape, names, int(read_state(ckpt)["step"]), weights, path / TOKENIZER, DAMAGED, EDITED)
+    if (path / EXPORT_CONFIG).is_file():
+        meta = read_export(path)
+        weights = path / EXPORT_WEIGHTS
+        if not weights.is_file():  # a large model is saved in shards with an index
+            weights = path / f"{EXPORT_WEIGHTS}.index.json"
+        if not weights.is_file():
+            raise FileNotFoundError(f"exported folder {path} has no {EXPORT_WEIGHTS}; export the run again "
+                                    f"(elt export --run RUN --out {path} --overwrite)")
+        again = f"export the run again (elt export --run RUN --out {path} --overwrite)"
+        return Stored(meta["cfg"], meta["example_shape"], meta["class_names"], meta["step"],
+                      {meta["weights"] == "ema": weights}, path / TOKENIZER, again,
+                      f"its {EXPORT_CONFIG} builds another network than {EXPORT_WEIGHTS} holds; {again}")
+    what = "a file" if path.is_file() else "missing" if not path.exists() else "a folder without config.yaml or " \
+                                                                                 "config.json"
+    raise FileNotFoundError(f"{path} is not a run folder nor an exported model ({what}); pass the --out folder of "
+                            f"`elt train` or of `elt export`")
+
+
+def read_export(path: Path) -> dict:
+    """An exported folder's config.json: the config as trained, the data's shape and class names, the
+    checkpoint step and which weights it holds."""
+    file = Path(path) / EXPORT_CONFIG
+    try:
+        meta = json.loads(file.read_text())
+        if meta.get("library_name") != "elt":
+            raise ValueError(f"its library_name is {meta.get('library_name')!r}, not 'elt'")
+        return {"cfg": from_dict(meta["config"]).validate(), "example_shape": tuple(int(v) for v in meta["example_shape"]),
+                "class_names": [str(c) for c in meta["class_names"]], "step": int(meta["checkpoint_step"]),
+                "weights": meta["weights"], "onnx": meta.get("onnx", {})}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{file} is not an elt model's config ({str(e).splitlines()[0][:200]}); export the run "
+                         f"again (elt export --run RUN --out {path})") from None
+
+
 def load_run(path: str | Path, device: torch.device | str = "cpu", ema: bool | None = None,
              steps: int | None = None, guidance: float | None = None, overrides: list[str] | None = None) -> Run:
-    """The run's network and tokenizer on `device`, from its last checkpoint, with its sampling settings
-    resolved once: the run's config, then `overrides` ("sample.key=value"), then `steps`/`guidance`/`ema`
-    when given (EMA weights unless `ema=False` or the config says so, or the run kept none)."""
+    """A trained model from a run folder or an exported folder, network and tokenizer on `device`, with its
+    sampling settings resolved once: the config's, then `overrides` ("sample.key=value"), then
+    `steps`/`guidance`/`ema` when given (EMA weights unless `ema=False` or the config says so; a run that
+    kept none samples its raw weights)."""
     path = Path(path)
-    if not (path / CONFIG).is_file():
-        raise FileNotFoundError(f"{path} is not a run folder (no {CONFIG}); pass the --out folder of `elt train`")
-    cfg = read_config(path / CONFIG)
+    where = stored(path)
+    cfg = where.cfg
     for item in overrides or []:
         if not item.strip().startswith("sample."):
             raise ValueError(f"--set {item}: only sample.* settings can change after training "
@@ -298,21 +367,29 @@ def load_run(path: str | Path, device: torch.device | str = "cpu", ema: bool | N
     wanted.sample = dataclasses.replace(wanted.sample, **{k: v for k, v in (("steps", steps), ("guidance", guidance))
                                                           if v is not None})
     sample = wanted.validate().sample
-    ckpt = find_checkpoint(path)
-    if ckpt is None:
-        raise FileNotFoundError(f"run folder {path} has no checkpoint yet; train it first (elt train --out {path})")
-    if not (path / DATA_SPEC).is_file():
-        raise FileNotFoundError(f"{path / DATA_SPEC} is missing (the example shape and class names); restore it "
-                                f"from a run of the same config")
-    example_shape, class_names = load_data_spec(path / DATA_SPEC)
-    tokenizer = make_tokenizer(cfg, example_shape)
+    use_ema = sample.use_ema if ema is None else ema
+    if use_ema not in where.weights:
+        if (path / CONFIG).is_file() or ema is None:  # a run that kept no EMA: its raw weights
+            use_ema = not use_ema
+        else:
+            held = "EMA" if True in where.weights else "raw"
+            raise ValueError(f"{path} holds the {held} weights only; sample them (drop --no-ema), or export the run "
+                             f"again with{'' if held == 'EMA' else 'out'} --no-ema")
+    tokenizer = make_tokenizer(cfg, where.example_shape)
     if tokenizer.learned:
-        load_weights(tokenizer, path / TOKENIZER, "tokenizer",
+        load_weights(tokenizer, where.tokenizer, "tokenizer",
                      "retrain the run, or copy tokenizer.safetensors from a run of the same config")
-    model = build_model(cfg, tokenizer.eval(), len(class_names))
-    use_ema = (sample.use_ema if ema is None else ema) and (ckpt / "ema.safetensors").is_file()
-    load_weights(model, ckpt / ("ema.safetensors" if use_ema else "model.safetensors"), "checkpoint", DAMAGED,
-                 mismatch=EDITED)
+    model = build_model(cfg, tokenizer.eval(), len(where.class_names))
+    what = "checkpoint" if (path / CONFIG).is_file() else "model"
+    if where.weights[use_ema].name.endswith(".index.json"):  # shards of an export: huggingface_hub's loader
+        from huggingface_hub import load_torch_model
+        try:
+            load_torch_model(model, path, strict=True, filename_pattern="model{suffix}.safetensors")
+        except Exception as e:  # its errors are safetensors', torch's and its own
+            raise ValueError(f"{what} shards in {path} do not load ({str(e).splitlines()[0][:200]}); "
+                             f"{where.damaged}") from None
+    else:
+        load_weights(model, where.weights[use_ema], what, where.damaged, mismatch=where.mismatch)
     sample = dataclasses.replace(sample, use_ema=use_ema)
-    return Run(path, cfg, model.eval().to(device), tokenizer.to(device), int(read_state(ckpt)["step"]), class_names,
-               example_shape, sample, build_sampler(cfg, tokenizer, sample))
+    return Run(path, cfg, model.eval().to(device), tokenizer.to(device), where.step, where.class_names,
+               where.example_shape, sample, build_sampler(cfg, tokenizer, sample))

@@ -150,7 +150,7 @@ def test_generate_answers_with_images_loops_time_and_gflops(client):
 @pytest.mark.parametrize("body, field", [
     ({"n": 2, "loops": 99}, "loops"),
     ({"n": 2, "loops": 0}, "loops"),
-    ({"classes": [12]}, "classes"),
+    ({"classes": [12]}, "classes.0"),
     ({"classes": [1], "n": 2}, "classes, n"),
     ({}, "classes, n"),
     ({"n": 100}, "n"),
@@ -266,3 +266,134 @@ def test_sigterm_answers_every_queued_request_then_exits(api_run):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+# ---- a service no request can take down ----
+
+@pytest.mark.parametrize("body, field", [
+    ({"n": True}, "n"), ({"classes": [1.5]}, "classes.0"), ({"classes": [True]}, "classes.0"),
+    ({"classes": ["1"]}, "classes.0"), ({"n": 2, "seed": -5}, "seed"), ({"n": 2, "seed": 2 ** 64}, "seed"),
+    ({"classes": []}, "classes"), ({"classes": None}, "classes"), ({"n": 2, "budget_gflops": "1"}, "budget_gflops"),
+])
+def test_strict_types_and_the_clis_ranges(client, body, field):
+    c, _ = client
+    r = c.post("/generate", json=body)
+    assert r.status_code == 422 and r.json()["detail"].startswith(field + ":"), r.json()
+
+
+def test_a_json_integer_may_be_written_1_0(client):
+    """1.0 is the integer 1 in JSON and in the published schema's own terms: served as it."""
+    c, _ = client
+    assert c.post("/generate", json={"classes": [1.0], "loops": 1.0}).json()["labels"] == [1]
+
+
+def test_sizes_are_bounded_before_anything_is_allocated(client):
+    c, service = client
+    for body, status, said in (({"n": 10 ** 12}, 422, "n: Input should be less than or equal to"),
+                               ({"classes": [0] * 200_000}, 413, "body: larger than")):  # 600 kB
+        tic = time.perf_counter()
+        r = c.post("/generate", json=body)
+        assert r.status_code == status and r.json()["detail"].startswith(said), r.json()
+        assert time.perf_counter() - tic < 1.0
+    r = c.post("/generate", json={"classes": [0] * (service.scheduler.max_batch + 1)})  # small, but too many
+    assert r.status_code == 422 and r.json()["detail"].startswith("classes: List should have at most")
+    big = b'{"n": 1, "pad": "' + b"x" * (21 * 2 ** 20) + b'"}'  # 21 MB: refused by its Content-Length
+    tic = time.perf_counter()
+    r = c.post("/generate", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "larger than" in r.json()["detail"] and time.perf_counter() - tic < 1.0
+
+    def chunks():  # no Content-Length: refused once the chunks pass the limit
+        yield b'{"n": 1, "pad": "'
+        for _ in range(100):
+            yield b"x" * 2 ** 16
+        yield b'"}'
+    assert c.post("/generate", content=chunks(), headers={"content-type": "application/json"}).status_code == 413
+
+
+def test_bad_json_is_one_clear_line(client):
+    c, _ = client
+    r = c.post("/generate", content=b'{"n": 2, "seed": }', headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"].startswith("body: not valid JSON (")
+    r = c.post("/generate", content=b"\xff\xfe{", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "not valid JSON" in r.json()["detail"]
+
+
+def test_the_published_schema_states_the_rules_and_every_response(client):
+    c, service = client
+    spec = c.get("/openapi.json").json()
+    req = spec["components"]["schemas"]["GenerateRequest"]
+    assert req["oneOf"] == [{"required": ["classes"]}, {"required": ["n"]}]
+    assert req["properties"]["n"]["maximum"] == service.scheduler.max_batch
+    assert req["properties"]["classes"]["maxItems"] == service.scheduler.max_batch
+    assert req["properties"]["seed"]["maximum"] == 2 ** 63 - 1 and req["additionalProperties"] is False
+    responses = spec["paths"]["/generate"]["post"]["responses"]
+    assert {"200", "413", "422", "500", "503"} <= set(responses) and "Retry-After" in responses["503"]["headers"]
+    assert responses["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/Problem")
+    assert "text/plain" in spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+
+
+@pytest.mark.parametrize("api_key", [None, "s3cret"])
+def test_schemathesis_with_all_its_checks_finds_nothing(api_run, api_key):
+    """The OpenAPI fuzzer in-process against the ASGI app: schema-valid and schema-invalid requests, every
+    check schemathesis has (server errors, status codes, content types, response schemas and headers,
+    rejected valid data, accepted invalid data, auth, methods)."""
+    schemathesis = pytest.importorskip("schemathesis", reason="the fuzzer is a dev dependency (make setup)")
+    from fastapi.testclient import TestClient
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis import GenerationMode
+    from schemathesis.checks import CHECKS, load_all_checks
+
+    from elt.apps.api import Service, build_app
+
+    load_all_checks()
+    checks = CHECKS.get_all()
+    service = Service(api_run, slo_ms=60_000, max_batch=4, max_queue=16, progress=False)
+    try:
+        app = build_app(service, api_key)
+        with TestClient(app):  # the app's lifespan: its worker drains on exit
+            schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+            headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+            calls = 0
+            for result in schema.get_all_operations():
+                op = result.ok()
+                strategy = op.as_strategy(GenerationMode.POSITIVE) | op.as_strategy(GenerationMode.NEGATIVE)
+
+                @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None,
+                          derandomize=True)
+                @given(case=strategy)
+                def fuzz(case):
+                    nonlocal calls
+                    calls += 1
+                    case.call_and_validate(checks=checks, headers=headers)
+                fuzz()
+            assert calls >= 60  # /generate alone had its examples
+            if api_key:
+                client = TestClient(app)
+                assert client.post("/generate", json={"n": 1}).status_code == 401
+                assert client.get("/metrics").status_code == 401 and client.get("/health").status_code == 200
+                wrong = client.post("/generate", json={"n": 1}, headers={"Authorization": "Bearer nope"})
+                assert wrong.status_code == 401 and wrong.headers["WWW-Authenticate"] == "Bearer"
+    finally:
+        service.stop()
+
+
+def test_the_latency_table_is_monotone_before_it_is_used():
+    from elt.apps.scheduler import monotone_envelope, nonmonotone
+
+    busy = {(1, 1): 1.0, (1, 2): 0.8, (2, 1): 0.9, (2, 2): 2.0, (4, 1): 1.5, (4, 2): 1.4}  # measured while busy
+    assert nonmonotone(busy) == [(1, 2), (2, 1), (4, 2)]
+    smooth = monotone_envelope(busy)
+    assert nonmonotone(smooth) == [] and all(smooth[k] >= busy[k] for k in busy)
+    assert smooth == {(1, 1): 1.0, (1, 2): 1.0, (2, 1): 1.0, (2, 2): 2.0, (4, 1): 1.5, (4, 2): 2.0}
+
+
+def test_an_open_service_on_a_public_address_says_what_anyone_can_do(api_run, caplog, monkeypatch):
+    import elt.apps.api as api
+
+    started = []
+    monkeypatch.setattr(api, "Service", lambda *a, **k: started.append(1) or (_ for _ in ()).throw(SystemExit))
+    for host, key, warned in (("0.0.0.0", None, True), ("0.0.0.0", "k", False), ("127.0.0.1", None, False)):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="elt"), pytest.raises(SystemExit):
+            api.serve_api(api_run, host=host, api_key=key)
+        assert ("anyone who reaches port" in caplog.text) == warned

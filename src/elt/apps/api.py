@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from .scheduler import Job, LatencyModel, Refusal, Scheduler
+from .scheduler import Job, LatencyModel, Refusal, Scheduler, monotone_envelope, nonmonotone
 
 log = logging.getLogger("elt")
 
@@ -87,11 +87,20 @@ class Service:
         sizes = sorted({min(2 ** k, max_batch) for k in range(max_batch.bit_length() + 1)})
         log.info("measuring sampling latency at batch sizes %s and L = %s (cached in %s)", sizes, loops,
                  self.run.path / LATENCY)
-        table = {}
-        for b in sizes:
-            ms = latencies(self.run, [str(L) for L in loops], progress=progress, batch=b)
-            table.update({(b, L): ms[str(L)] * b / 1000 for L in loops})
-        return table
+        table, again = {}, set()
+        for attempt in range(3):  # a table measured on a busy machine may not be monotone: measure those again
+            for b in sizes:
+                redo = tuple(str(L) for (b2, L) in again if b2 == b)
+                ms = latencies(self.run, [str(L) for L in loops], progress=progress, batch=b, again=redo)
+                table.update({(b, L): ms[str(L)] * b / 1000 for L in loops})
+            again = set(nonmonotone(table))
+            if not again:
+                return table
+            log.warning("the latency table is not monotone in L and batch size at %s: measuring those again",
+                        sorted(again))
+        log.warning("the latency table is still not monotone at %s: using its monotone upper envelope",
+                    sorted(again))
+        return monotone_envelope(table)
 
     def _gflops(self) -> dict[int, float]:
         from ..choices import BEYOND_LMAX
@@ -230,44 +239,193 @@ class _Metrics:
 # The HTTP layer
 # --------------------------------------------------------------------------------------------------
 
-def build_app(service: Service):
-    """The FastAPI app over `service`; its shutdown drains the queue."""
+MAX_BODY = 64 * 1024  # bytes: a request body is a few numbers; a larger one is refused (413) before it is read
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes is answered 413 at once — by its Content-Length
+    before anything is read, or, when it comes in chunks, as soon as the chunks pass the limit."""
+
+    def __init__(self, app, limit: int = MAX_BODY, on_refusal=None):
+        self.app, self.limit, self.on_refusal = app, limit, on_refusal
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            return await self._refuse(send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            await self._refuse(send)
+
+    async def _refuse(self, send):
+        import json
+
+        if self.on_refusal is not None:
+            self.on_refusal()
+        body = json.dumps({"detail": f"body: larger than {self.limit} bytes; a request is a few numbers"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(BaseException):
+    """Raised from inside the app's body reading; not an Exception, so that no handler on the way (FastAPI turns
+    a failed body read into a 400) stops it before `BodyLimit` answers 413."""
+
+
+def build_app(service: Service, api_key: str | None = None):
+    """The FastAPI app over `service`; its shutdown drains the queue. With `api_key`, every endpoint but
+    /health answers 401 without `Authorization: Bearer API_KEY`. The published OpenAPI schema states every
+    rule of a request it can (types, ranges, sizes, which fields go together) and every response."""
     import asyncio
+    import secrets
     from contextlib import asynccontextmanager
+    from typing import Annotated
 
     try:
-        from fastapi import FastAPI, Request
+        from fastapi import Depends, FastAPI, Request
         from fastapi.exceptions import RequestValidationError
         from fastapi.responses import JSONResponse, Response
-        from pydantic import BaseModel, ConfigDict, Field
+        from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+        from starlette.exceptions import HTTPException as StarletteHTTPException
+        from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
     except ImportError:
         raise ValueError("the HTTP service needs fastapi, uvicorn and prometheus-client: "
                          "pip install -e '.[api]'") from None
+    from ..config import SEED_LIMIT
+
+    num, batch, lmax = len(service.run.class_names), service.scheduler.max_batch, service.max_loops
+    cheapest = service.gflops[1]
+    def json_integer(value):
+        """A JSON integer: an int, or a number with no fractional part (1.0 is the integer 1 in JSON and in
+        the schema's own terms) — never a boolean, a string or a fraction."""
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 63:
+            return int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"must be an integer, got {value!r}")
+        return value
+
+    def json_number(value):
+        """A JSON number — never a boolean or a string."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"must be a number, got {value!r}")
+        return value
+
+    def absent(schema: dict) -> None:  # an optional field's default is its absence, not a null value
+        schema.pop("default", None)
+
+    def integer(lo: int, hi: int):  # the range first: the schema states it as minimum/maximum
+        return Annotated[int, Field(ge=lo, le=hi), BeforeValidator(json_integer)]
 
     class GenerateRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        classes: list[int] | None = Field(None, description="class ids, one sample each")
-        n: int | None = Field(None, ge=1, description="class-balanced samples (instead of classes)")
-        loops: int | None = Field(None, ge=1, description="pin the loop count (default: the service's choice)")
-        budget_gflops: float | None = Field(None, gt=0, description="largest loop count within this many GFLOPs")
-        seed: int = 0
+        """Exactly one of `classes` and `n`; at most one of `loops` and `budget_gflops`."""
+        model_config = ConfigDict(extra="forbid", json_schema_extra={
+            "oneOf": [{"required": ["classes"]}, {"required": ["n"]}],
+            "not": {"required": ["loops", "budget_gflops"]}})
+        # absent when not given (never null): a field the schema says is there holds a value
+        classes: list[integer(0, num - 1)] = Field(None, min_length=1, max_length=batch, json_schema_extra=absent,
+                                                   description=f"class ids (0..{num - 1}), one sample each")
+        n: integer(1, batch) = Field(None, json_schema_extra=absent,
+                                     description="class-balanced samples (instead of classes)")
+        loops: integer(1, lmax) = Field(None, json_schema_extra=absent,
+                                        description="pin the loop count (default: the service's choice)")
+        budget_gflops: Annotated[float, Field(ge=cheapest, le=1e12, allow_inf_nan=False),
+                                 BeforeValidator(json_number)] = Field(
+            None, json_schema_extra=absent,
+            description=f"the largest loop count within this many GFLOPs per sample (at least {cheapest:.4g}, L=1's)")
+        seed: integer(0, SEED_LIMIT - 1) = Field(0, description="same seed and batch, same samples")
+
+    class GenerateResponse(BaseModel):
+        images: list[str] = Field(description="base64 PNGs (images) or looping GIFs (video), one per sample")
+        format: str
+        labels: list[int]
+        loops: int
+        gflops_per_sample: float
+        queue_ms: float
+        compute_ms: float
+        total_ms: float
+        batch_size: int
+        batch_seed: int
+        checkpoint_step: int
+
+    class Problem(BaseModel):
+        detail: str = Field(description="what is wrong and how to fix it, in one line")
+
+    class Health(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        status: str
+        run: str
+        checkpoint_step: int
+        classes: list[str]
+
+    retry = {"Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "integer"}}}
+    problems = {413: {"model": Problem, "description": "the body is too large"},
+                422: {"model": Problem, "description": "a field is invalid (the detail names it)"},
+                500: {"model": Problem, "description": "the batch failed (the detail names the error)"},
+                503: {"model": Problem, "description": "refused at once: the queue is full, or even the "
+                                                       "smallest loop count cannot answer within the SLO",
+                      "headers": retry}}
+    if api_key:
+        problems[401] = {"model": Problem, "description": "missing or wrong API key (Authorization: Bearer KEY)"}
 
     @asynccontextmanager
     async def lifespan(app):
         yield
         await asyncio.get_running_loop().run_in_executor(None, service.stop)
 
-    app = FastAPI(title=f"elt — {service.run.cfg.name}", lifespan=lifespan)
+    app = FastAPI(title=f"elt — {service.run.cfg.name}", lifespan=lifespan,
+                  description="Class-conditional samples of one elastic looped transformer, at the loop count that "
+                              "keeps the latency SLO.")
     metrics = service.metrics
+    bearer = HTTPBearer(auto_error=False)
 
     def problem(status: int, detail: str, headers: dict | None = None):
         metrics.requests.labels(status=str(status)).inc()
         return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
+    class Unauthorized(Exception):
+        pass
+
+    async def authorized(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)):
+        if credentials is None or not secrets.compare_digest(credentials.credentials, api_key):
+            raise Unauthorized
+
+    guarded = [Depends(authorized)] if api_key else []  # the schema declares the bearer scheme only when it holds
+
+    @app.exception_handler(Unauthorized)
+    async def unauthorized(request: Request, exc: Unauthorized):
+        return problem(401, "missing or wrong API key; send the header Authorization: Bearer KEY",
+                       {"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400:  # a body FastAPI cannot even decode (not UTF-8 text): bad input, like bad JSON
+            return problem(422, "body: not valid JSON (not UTF-8 text); send an object such as {\"n\": 4}")
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        if first.get("type") == "json_invalid":
+            reason = (first.get("ctx") or {}).get("error", "")
+            return problem(422, f"body: not valid JSON ({reason or 'unreadable'} at character "
+                                f"{loc[0] if loc else '?'}); send an object such as {{\"n\": 4}}")
+        where = ".".join(loc) or "body"
         return problem(422, f"{where}: {first.get('msg', 'invalid')}")
 
     async def generate(req: GenerateRequest):
@@ -292,36 +450,57 @@ def build_app(service: Service):
         metrics.latency.observe(time.monotonic() - arrived)
         return result
 
-    # this module's annotations are strings (postponed evaluation) and the model class is local:
-    # give FastAPI the class itself, so it reads the request body into it
+    # this module's annotations are strings (postponed evaluation) and the models are local: give FastAPI
+    # the classes themselves, so it reads the request body into them
     generate.__annotations__["req"] = GenerateRequest
-    app.post("/generate")(generate)
+    app.post("/generate", response_model=GenerateResponse, responses=problems, dependencies=guarded)(generate)
 
-    @app.get("/health")
+    @app.get("/health", response_model=Health, description="Open: no API key needed.")
     async def health():
         return service.health()
 
-    @app.get("/metrics")
+    @app.get("/metrics", dependencies=guarded, response_class=Response,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                              "description": "Prometheus text format"},
+                        **({401: problems[401]} if api_key else {})})
     async def prometheus():
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         metrics.queue_depth.set(service.scheduler.depth())
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    def openapi():
+        """FastAPI's schema, with the request's properties as pydantic states them: FastAPI's own models hold
+        bounds as floats, which would publish the seed's largest value, 2⁶³−1, as 2⁶³."""
+        if app.openapi_schema is None:
+            spec = FastAPI.openapi(app)
+            spec["components"]["schemas"]["GenerateRequest"]["properties"] = \
+                GenerateRequest.model_json_schema()["properties"]
+        return app.openapi_schema
+
+    app.openapi = openapi
+    app.add_middleware(BodyLimit, on_refusal=lambda: metrics.requests.labels(status="413").inc())
     return app
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def serve_api(run_dir, host: str = "127.0.0.1", port: int = 8000, slo_ms: float | None = None,
               loops: int | None = None, max_batch: int = 32, max_queue: int = 256, device: str = "cpu",
-              progress: bool = True, backend: str = "torch") -> None:
+              progress: bool = True, backend: str = "torch", api_key: str | None = None) -> None:
     """Load the run, measure its latencies, serve until SIGTERM/Ctrl-C (then answer what is queued)."""
     try:
         import uvicorn
     except ImportError:
         raise ValueError("the HTTP service needs fastapi, uvicorn and prometheus-client: "
                          "pip install -e '.[api]'") from None
+    if host not in LOOPBACK and not api_key:
+        log.warning("serving on %s without an API key: anyone who reaches port %d can have this machine generate "
+                    "images (each request costs compute) and read its metrics; set --api-key (or ELT_API_KEY), or "
+                    "serve on 127.0.0.1", host, port)
     service = Service(run_dir, slo_ms, loops, max_batch, max_queue, device, progress, backend)
-    app = build_app(service)
+    app = build_app(service, api_key)
     how = (f"fixed L={service.fixed}" if service.fixed is not None
            else f"SLO {slo_ms:g} ms, L = {service.min_loops} … {service.max_loops}")
     log.info("serving %s on http://%s:%d (%s, batches up to %d, queue %d)", run_dir, host, port, how, max_batch,

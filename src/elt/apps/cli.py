@@ -230,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=_positive, default=32, help="samples per batch at most (default 32)")
     p.add_argument("--max-queue", type=_positive, default=256, help="samples waiting at most; beyond, 503 (default 256)")
     p.add_argument("--threads", type=_positive, help="CPU threads for the network (default: torch's)")
+    p.add_argument("--api-key", default=None, metavar="KEY",
+                   help="answer every endpoint but /health with 401 unless the request carries Authorization: Bearer "
+                        "KEY (default: $ELT_API_KEY; none: open to whoever reaches the port)")
     _add_device(p, "the network and the tokenizer")
 
     p = verb("serve", cmd_serve, help="local web demo (gradio): pick a class and a loop count, generate")
@@ -493,8 +496,10 @@ def cmd_api(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device, _ = _run_ranks(args.device)
+    import os
+
     serve_api(args.run, args.host, args.port, args.slo_ms, args.loops, args.max_batch, args.max_queue, device,
-              progress=not args.quiet, backend=args.backend)
+              progress=not args.quiet, backend=args.backend, api_key=args.api_key or os.environ.get("ELT_API_KEY"))
 
 
 def cmd_export(args) -> None:

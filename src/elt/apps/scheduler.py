@@ -38,6 +38,22 @@ class Refusal:
     retry_after: int  # whole seconds, ≥ 1
 
 
+def nonmonotone(table: dict[tuple[int, int], float]) -> list[tuple[int, int]]:
+    """The cells (batch, L) of a latency table that take less time than a cell of fewer loops at the same
+    batch, or than a smaller batch at the same loops: a table measured on a busy machine can hold such."""
+    return sorted({(b, L) for (b, L), t in table.items() for (b2, L2), t2 in table.items()
+                   if t < t2 and ((b2 == b and L2 < L) or (L2 == L and b2 < b))})
+
+
+def monotone_envelope(table: dict[tuple[int, int], float]) -> dict[tuple[int, int], float]:
+    """The smallest table above `table` that never gets faster with more loops or a larger batch."""
+    out = dict(table)
+    for (b, L) in sorted(out):  # ascending batch, then loops: both predecessors are final when a cell is visited
+        before = [out[k] for k in ((b, L - 1),) if k in out] + [out[k] for k in out if k[1] == L and k[0] < b]
+        out[(b, L)] = max([out[(b, L)], *before])
+    return out
+
+
 class LatencyModel:
     """Seconds to sample a batch of `b` at `L` loops: measured once per batch size (powers of two up to
     the largest batch) and loop count, linearly interpolated between measured sizes, and scaled by a

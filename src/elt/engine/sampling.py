@@ -135,10 +135,11 @@ def _machine_key(run: Run, batch: int) -> str:
             f"{where}|batch {batch}|{run.tag(seed=0)}")
 
 
-def latencies(run: Run, specs: list[str], progress: bool = True, batch: int | None = None) -> dict[str, float]:
+def latencies(run: Run, specs: list[str], progress: bool = True, batch: int | None = None,
+              again: tuple[str, ...] = ()) -> dict[str, float]:
     """Milliseconds per sample of each policy (a `LoopSchedule` spec) at the run's sampling batch (or
     `batch`), measured once on this machine and cached in RUN/latency.json (keyed by machine, threads,
-    batch, sampling settings and checkpoint)."""
+    batch, sampling settings and checkpoint); the specs in `again` are measured anew."""
     batch = batch or run.sample.batch_size
     path = run.path / LATENCY
     cache = {}
@@ -148,7 +149,7 @@ def latencies(run: Run, specs: list[str], progress: bool = True, batch: int | No
         except ValueError:
             log.warning("%s is unreadable; measuring the latencies again", path)
     table = cache.setdefault(_machine_key(run, batch), {})
-    missing = [s for s in specs if s not in table]
+    missing = [s for s in specs if s not in table or s in again]
     labels = balanced_labels(batch, run.num_classes)
     if missing:
         generate(run, 1, labels[:2], 0)  # warm-up

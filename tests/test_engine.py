@@ -22,8 +22,8 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     train(tiny_cfg(6), tmp_path / "straight", progress=False)
     real_save = engine_train.save_checkpoint
 
-    def crash_after_step_3(run, model, ema, opt, step, gen):
-        real_save(run, model, ema, opt, step, gen)
+    def crash_after_step_3(run, model, ema, opt, step, gen, config_text=""):
+        real_save(run, model, ema, opt, step, gen, config_text)
         if step == 3:
             raise KeyboardInterrupt("simulated crash")
 

@@ -20,6 +20,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -161,6 +162,28 @@ def _corrupt_optimizer(tmp, run):
     (run / "checkpoints" / "last" / "optimizer.pt").write_bytes(b"not a torch file")
 
 
+def _edited_lr(tmp, run):
+    import yaml
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["train"]["lr"] *= 2
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def _no_kept_copies(tmp, run):
+    (run / "checkpoints" / "last" / "state.json").write_text("{not json")
+
+
+def _bad_yaml(tmp, run):
+    (tmp / "bad.yaml").write_text("model:\n  width: 32\n  heads: [2\ntrain:\n  steps: 4\n")
+
+
+def _not_weights(tmp, run):
+    (tmp / "notes.pth").write_bytes(b"these are notes, not weights\n" * 10)
+    from elt.engine.media import export_adm_npz
+    import numpy as np
+    export_adm_npz(np.zeros((2, 8, 8, 3), np.uint8), tmp / "a.npz")
+
+
 def _exported(tmp, run, drop: str | None = None):
     assert main(["--quiet", "export", "--run", str(run), "--out", str(tmp / "export")]) == 0
     if drop:
@@ -205,8 +228,16 @@ CASES = [
     # lost or overwritten data
     Case("sample over an existing output", SAMPLE + ["--out", "{tmp}/s"], 2, "exists; choose another output name",
          _sampled),
-    Case("sample onto the run's own plot", SAMPLE + ["--out", "{run}/anytime"], 2, "pass --overwrite",
+    Case("sample onto the run's own plot", SAMPLE + ["--out", "{run}/anytime"], 2, "own files (anytime.png)",
          _write("run/anytime.png", "the evaluation's plot")),
+    Case("sample onto the run's own plot, --overwrite", SAMPLE + ["--out", "{run}/anytime", "--overwrite"], 2,
+         "even with --overwrite", _write("run/anytime.png", "the evaluation's plot")),
+    Case("samples inside the run's checkpoint", SAMPLE + ["--out", "{run}/checkpoints/last/s"], 2,
+         "own files (checkpoints/…)"),
+    Case("--resume after editing config.yaml (lr)", ["train", "--config", "{run}/config.yaml", "--out", "{run}",
+                                                     "--resume", "--steps", "8"], 2,
+         "differs from the config its checkpoint was trained with in train.lr", _edited_lr,
+         changes=("run/config.yaml",)),
     Case("a second writer on a run folder", TRAIN + ["--out", "{run}", "--resume", "--steps", "8"], 2,
          "in use by another elt process (pid", _held_lock),
     Case("every step non-finite (lr inf)", TRAIN + ["--out", "{tmp}/r", "--set", "train.lr=inf"], 2, "train.lr"),
@@ -218,6 +249,10 @@ CASES = [
     # exit 0 with garbage before
     Case("guidance nan", SAMPLE + ["--out", "{tmp}/g", "--guidance", "nan"], 2, "--guidance"),
     Case("guidance inf", SAMPLE + ["--out", "{tmp}/g", "--guidance", "inf"], 2, "--guidance"),
+    Case("guidance 1e308 (sample)", SAMPLE + ["--out", "{tmp}/g", "--guidance", "1e308"], 2,
+         "--guidance: must be a number in 0..1000"),
+    Case("guidance 1e308 (evaluate)", ["evaluate", "--run", "{run}", "--guidance", "1e308"], 2,
+         "--guidance: must be a number in 0..1000"),
     Case("negative min_lr_ratio", TRAIN + ["--out", "{tmp}/r", "--set", "train.min_lr_ratio=-1"], 2,
          "train.min_lr_ratio"),
     Case("negative weight decay", TRAIN + ["--out", "{tmp}/r", "--set", "train.weight_decay=-1"], 2,
@@ -267,6 +302,28 @@ CASES = [
          "invalid choice: 'tensorrt'"),
     Case("an offline Hub id", SAMPLE[:1] + ["--run", "me/not-cached"] + SAMPLE[3:] + ["--out", "{tmp}/s"], 2,
          "the Hugging Face Hub is out of reach (offline)", _offline_hub),
+    # messages
+    Case("a YAML error", ["train", "--config", "{tmp}/bad.yaml", "--out", "{tmp}/r"], 2,
+         "is not valid YAML at line 4, column 6", _bad_yaml),
+    Case("an output folder that is a file", SAMPLE + ["--out", "{tmp}/afile/s"], 2, "afile is a file, not a folder",
+         _write("afile", "x")),
+    Case("extract --out at a file", ["extract", "--config", "digits-maskgit", "--out", "{tmp}/afile"], 2,
+         "is a file; give a folder", _write("afile", "x")),
+    Case("a NaN budget", SAMPLE[:3] + ["--budget-gflops", "nan", "--n", "4", "--out", "{tmp}/s"], 2,
+         "--budget-gflops: must be a finite number > 0"),
+    Case("a negative budget", SAMPLE[:3] + ["--budget-gflops", "-1", "--n", "4", "--out", "{tmp}/s"], 2,
+         "--budget-gflops: must be a finite number > 0"),
+    Case("--budget-ms 0", SAMPLE[:3] + ["--budget-ms", "0", "--n", "4", "--out", "{tmp}/s"], 2,
+         "--budget-ms: must be a finite number > 0"),
+    Case("decoding steps above the token count", SAMPLE + ["--out", "{tmp}/s", "--steps", "65"], 2,
+         "65 decoding steps (--steps, sample.steps) are more than the 64 tokens"),
+    Case("a damaged checkpoint, no kept copies", SAMPLE + ["--out", "{tmp}/s"], 2, "keeps no step_N copies",
+         _no_kept_copies, changes=("run/checkpoints/last/state.json",)),
+    Case("train.ema for train.ema_decay", TRAIN + ["--out", "{tmp}/r", "--set", "train.ema=0.9"], 2,
+         "did you mean 'ema_decay'"),
+    Case("a file that is not Inception weights", ["fid", "--samples", "{tmp}/a.npz", "--ref", "{tmp}/a.npz",
+                                                  "--inception", "{tmp}/notes.pth"],
+         2, "is not the FID Inception state dict", _not_weights),
     Case("ONNX loop counts with --format hub", ["export", "--run", "{run}", "--out", "{tmp}/e", "--loops", "1,2"], 2,
          "add --format onnx"),
 ]
@@ -289,6 +346,8 @@ def test_fault(case, masked_run, run_copy, monkeypatch):
     assert code == case.code, (code, lines)
     assert len(lines) == 1 and "Traceback" not in lines[0], lines
     assert case.needle in lines[0], lines[0]
+    if not case.tags:  # docs/engine.md shows this very line (`python tests/test_faults.py --table` writes the table)
+        assert docs_rows().get(case.name) == row(case, tmp_path, code, lines)
 
 
 def test_disk_full_leaves_no_temporary_folder_and_the_checkpoint_intact(masked_run, run_copy, tmp_path):
@@ -370,14 +429,138 @@ def test_a_long_sampling_job_says_how_long(caplog):
     assert "about 2.3 days" in caplog.text and caplog.records[-1].levelname == "WARNING"
 
 
+def test_report_copies_merge_from_their_own_file(masked_run, run_copy):
+    """Evaluate L=1, then L=2, then another setting (--no-ema), then L=3 at the first setting: its copy and
+    anytime.json hold L = 1, 2, 3; the raw weights' copy keeps its own."""
+    run = run_copy(masked_run)
+    for extra in (["--loops", "1"], ["--loops", "2"], ["--loops", "1", "--no-ema"], ["--loops", "3"]):
+        assert main(["--quiet", "evaluate", "--run", str(run), "--n", "10", *extra]) == 0
+    report = json.loads((run / "anytime.json").read_text())
+    assert list(report["loops"]) == ["1", "2", "3"] and report["sampling"]["ema"] is True
+    copies = {p.stem: json.loads(p.read_text()) for p in (run / "eval").glob("*.json")}
+    assert sorted(list(r["loops"]) for r in copies.values()) == [["1"], ["1", "2", "3"]]
+    assert copies[report["tag"]] == report
+
+
+def test_sample_folders_of_two_runs_of_one_name_never_mix(masked_run, tmp_path):
+    """Two runs both called `run`, same checkpoint step and settings: two folders, each knowing its weights."""
+    from conftest import TINY, tiny_cfg
+    from elt.engine.train import train
+
+    other = tmp_path / "b" / "run"
+    train(tiny_cfg(4, ["train.seed=1"]), other, progress=False)
+    args = ["--quiet", "sample", "--loops", "2", "--n", "6", "--folder", str(tmp_path / "s"), "--shard-size", "3"]
+    assert main([*args, "--run", str(masked_run)]) == 0 and main([*args, "--run", str(other)]) == 0
+    folders = sorted((tmp_path / "s").iterdir())
+    assert len(folders) == 2 and all(f.name.startswith("run_ckpt4_") for f in folders)
+    made = {json.loads((f / "manifest.json").read_text())["settings"]["run"] for f in folders}
+    assert made == {str(masked_run.absolute()), str(other.absolute())}
+    with np.load(folders[0] / "samples.npz") as a, np.load(folders[1] / "samples.npz") as b:
+        assert not np.array_equal(a["images"], b["images"])
+
+
+def test_a_trailing_slash_means_a_folder(masked_run, tmp_path):
+    (tmp_path / "o").mkdir()
+    assert main(["--quiet", "sample", "--run", str(masked_run), "--loops", "1", "--n", "4", "--out",
+                 f"{tmp_path / 'o'}/"]) == 0
+    assert (tmp_path / "o" / "samples.npz").is_file() and not (tmp_path / "o.npz").exists()
+    assert main(["--quiet", "sample", "--run", str(masked_run), "--loops", "1", "--n", "4", "--out",
+                 str(tmp_path / "L1.5x")]) == 0  # a dot in the name is kept, not taken for a suffix
+    assert (tmp_path / "L1.5x.npz").is_file() and (tmp_path / "L1.5x.png").is_file()
+
+
+def test_held_out_images_never_train_however_few_a_class_has(tmp_path):
+    from PIL import Image
+
+    from elt.data.folder import list_image_folder
+    for c, count in (("a", 3), ("b", 12)):
+        d = tmp_path / "train" / c
+        d.mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (8, 8)).save(d / f"{i:02d}.png")
+    train, _ = list_image_folder(tmp_path, "train")
+    test, _ = list_image_folder(tmp_path, "test")
+    assert not {p for p, _ in train} & {p for p, _ in test}
+    assert sorted(p.name for p, _ in test) == ["02.png", "09.png"] and len(train) == 3 + 12 - 2
+    (tmp_path / "train" / "c").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "train" / "c" / "only.png")
+    with pytest.raises(ValueError, match="holds one image"):
+        list_image_folder(tmp_path, "train")
+
+
+def test_sigterm_exits_143_and_debug_keeps_the_exit_code(tmp_path):
+    """The shell's conventions: 128 + the signal (143 for SIGTERM); --debug adds the traceback, not another code."""
+    import signal
+    import time
+
+    from conftest import sets
+    cmd = [sys.executable, "-m", "elt", "--quiet", "train", "--config", "digits-maskgit", "--out", str(tmp_path / "r"),
+           *sets(TINY + ["train.steps=100000", "train.ckpt_every=100000"])]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "r" / "metrics.jsonl").is_file() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "SIGTERM at step" in err, err[-2000:]
+    code, err = run_cli(["--debug", "sample", "--run", str(tmp_path / "missing"), "--loops", "1", "--n", "2", "--out",
+                         str(tmp_path / "s")])
+    assert code == 2 and "Traceback" in err and err.strip().splitlines()[-1].startswith("elt: error:")
+
+
+def test_sample_captions_name_the_run_in_plain_words():
+    from elt.engine.media import caption_text
+
+    text = caption_text("digits-maskgit-2Nx4L (run), checkpoint step 4",
+                        {"loops": "2", "budget_gflops": 0.5, "chosen": {"name": "L2", "gflops_per_sample": 0.25},
+                         "guidance": 2.0, "ema": True})
+    assert text == ("digits-maskgit-2Nx4L (run), checkpoint step 4: loops 2, budget_gflops 0.5, chosen name=L2 "
+                    "gflops_per_sample=0.25, guidance 2, ema True")
+    assert "{" not in text and "'" not in text
+
+
 # ----------------------------------------------------------------------------------- the docs table
+
+
+HEADER = ["| what goes wrong | command | exit | stderr (one line) |", "|---|---|---|---|"]
+
+
+def row(case: Case, tmp: Path, code: int, lines: list[str]) -> str:
+    """The docs table's row of a case as it ran in `tmp` (paths shown relative to it, pids as N)."""
+    import re
+
+    argv = [a for i, a in enumerate(case.argv) if a not in TINY and not (a == "--set" and i + 1 < len(case.argv)
+                                                                        and case.argv[i + 1] in TINY)]
+    shown = " ".join(_fill(argv, Path("."), Path("run"))).replace("./", "")
+    shown = shown if len(shown) < 90 else shown[:87] + "…"
+    line = lines[0].replace(str(tmp) + "/", "").replace(str(tmp), ".") if lines else ""
+    line = re.sub(r"pid \d+", "pid N", line)  # what the machine has at the time, not what the case does
+    line = re.sub(r"has [\d.,]+ GiB free", "has N GiB free", line)
+    return f"| {case.name} | `elt {shown}` | {code} | {line.replace('|', '/')} |"
+
+
+def docs_rows() -> dict[str, str]:
+    """The rows of docs/engine.md's bad-input table, by case name."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "engine.md").read_text()
+    start = text.index(HEADER[0])
+    rows = {}
+    for line in text[start:].splitlines()[2:]:
+        if not line.startswith("| "):
+            break
+        rows[line.split(" | ")[0][2:]] = line
+    return rows
+
+
+def test_the_docs_table_lists_every_case():
+    assert list(docs_rows()) == [c.name for c in CASES if not c.tags]
 
 
 def table(tmp_root: Path) -> str:
     """Run every case; the markdown table docs/engine.md shows."""
     run = tmp_root / "masked_run"
     assert main(["--quiet", *TRAIN, "--out", str(run), "--steps", "4"]) == 0
-    rows = ["| what goes wrong | command | exit | stderr (one line) |", "|---|---|---|---|"]
+    rows = list(HEADER)
     for case in CASES:
         if case.tags:
             continue
@@ -386,12 +569,7 @@ def table(tmp_root: Path) -> str:
         shutil.copytree(run, tmp / "run")
         with contextlib.redirect_stdout(io.StringIO()):
             code, lines = play(case, tmp, tmp / "run")
-        argv = [a for i, a in enumerate(case.argv) if a not in TINY and not (a == "--set" and i + 1 < len(case.argv)
-                                                                            and case.argv[i + 1] in TINY)]
-        shown = " ".join(_fill(argv, Path("."), Path("run"))).replace("./", "")
-        shown = shown if len(shown) < 90 else shown[:87] + "…"
-        line = lines[0].replace(str(tmp) + "/", "").replace(str(tmp), ".") if lines else ""
-        rows.append(f"| {case.name} | `elt {shown}` | {code} | {line.replace('|', '/')} |")
+        rows.append(row(case, tmp, code, lines))
     return "\n".join(rows)
 
 

@@ -45,12 +45,17 @@ def check_seed(value) -> int:
     return value
 
 
+GUIDANCE_MAX = 1000.0  # far above the useful 1–10; s·(cond − uncond) must stay far inside float32 and bf16
+
+
 def check_guidance(value) -> float:
-    """A guidance scale s of uncond + s·(cond − uncond): a finite number >= 0 (1 = no guidance)."""
+    """A guidance scale s of uncond + s·(cond − uncond): a number in 0 … 1000 (1 = no guidance). Useful scales
+    are 1–10; beyond 1000 the guided output only amplifies noise, and at ~1e36 it overflows float32."""
+    said = f"must be a number in 0..{GUIDANCE_MAX:g} (1 = no guidance; useful scales are 1-10)"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"must be a finite number >= 0 (1 = no guidance), got {value!r}")
-    if not (value >= 0 and math.isfinite(value)):
-        raise ValueError(f"must be a finite number >= 0 (1 = no guidance), got {value}")
+        raise ValueError(f"{said}, got {value!r}")
+    if not (0 <= value <= GUIDANCE_MAX):
+        raise ValueError(f"{said}, got {value}")
     return float(value)
 
 
@@ -217,9 +222,12 @@ class Config:
                    if getattr(self.ilsd, f.name) != f.default]
         return f"ilsd[{', '.join(changed)}]" if changed else "ilsd"
 
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
     def save(self, path: str | Path) -> None:
         """Atomic: readers (other ranks, a resumed run) never see a half-written file."""
-        write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+        write_text(path, self.to_yaml())
 
     def validate(self) -> "Config":
         """Every value range-checked before any work; the error names the key and the fix."""
@@ -308,7 +316,8 @@ class Config:
             (t.keep_every >= 0, "train.keep_every", "must be >= 0 (0: keep none)"),
             (t.max_nonfinite >= 0, "train.max_nonfinite", "must be >= 0"),
             (sp.steps >= 1, "sample.steps", "must be >= 1"),
-            (_finite(sp.guidance) and sp.guidance >= 0, "sample.guidance", "must be a finite number >= 0 (1: no guidance)"),
+            (_finite(sp.guidance) and 0 <= sp.guidance <= GUIDANCE_MAX, "sample.guidance",
+             f"must be a number in 0..{GUIDANCE_MAX:g} (1: no guidance; useful scales are 1-10)"),
             (sp.batch_size >= 1, "sample.batch_size", "must be >= 1"),
             (_pos(sp.temp_base), "sample.temp_base", "must be > 0 (the last step samples at it)"),
             (_finite(sp.temp_anneal) and sp.temp_anneal >= 0, "sample.temp_anneal", "must be >= 0"),
@@ -339,7 +348,11 @@ class Config:
 
 
 def suggest(key: str, options) -> str:
-    close = difflib.get_close_matches(key, list(options), n=1)
+    """" (did you mean 'x'?)" for the closest of `options` — by spelling, or a name that holds `key` whole
+    (train.ema → ema_decay) — else the list of options."""
+    options = list(options)
+    close = difflib.get_close_matches(key, options, n=1) or sorted(
+        (o for o in options if key and (o.startswith(key) or key in o.split("_"))), key=len)[:1]
     return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(options)})"
 
 
@@ -420,7 +433,11 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
             raise ConfigError(f"override {item!r} is not of the form section.key=value (e.g. train.lr=3e-4)")
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
-        value = yaml.safe_load(raw) if raw.strip() else None
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not a YAML value ({getattr(e, 'problem', None) or e}); "
+                              f"quote it or fix it, e.g. --set eval.loops=[1,2,4]") from None
         data: dict = {}
         node = data
         for p in parts[:-1]:
@@ -444,7 +461,11 @@ def read_config(path: str | Path) -> Config:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}; fix that line (a preset name "
+                          f"or a run's config.yaml are valid --config values)") from None
     if data is None:
         raise ConfigError(f"config file {path} is empty; give a preset name, or a YAML file with the sections to set "
                           f"(e.g. a run's config.yaml)")

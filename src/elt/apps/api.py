@@ -82,7 +82,8 @@ class Service:
         self._worker.start()
 
     def _measure(self, loops: list[int], max_batch: int, progress: bool) -> dict:
-        from ..engine.sampling import LATENCY, latencies
+        from ..engine.run import LATENCY
+        from ..engine.sampling import latencies
 
         sizes = sorted({min(2 ** k, max_batch) for k in range(max_batch.bit_length() + 1)})
         log.info("measuring sampling latency at batch sizes %s and L = %s (cached in %s)", sizes, loops,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -75,6 +76,19 @@ def _seed(text: str) -> int:
     from ..config import check_seed
 
     return _checked(int, check_seed, "an integer")(text)
+
+
+def _real(low: float, strict: bool, meaning: str):
+    """An argparse type for a finite number above `low` (strictly, or at least)."""
+    def check(value: float) -> float:
+        if not (math.isfinite(value) and (value > low if strict else value >= low)):
+            raise ValueError(f"must be a finite number {'>' if strict else '>='} {low:g} ({meaning}), got {value}")
+        return value
+    return _checked(float, check, "a number")
+
+
+_budget = _real(0, True, "a budget per sample")
+_threshold = _real(0, False, "the change between loops at which a sample stops looping")
 
 
 def _schedule(text: str):
@@ -168,13 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--loops", type=_positive, help="loop count L used at every sampling step")
     how.add_argument("--schedule", type=_schedule, help="one loop count per sampling step: " + SCHEDULE_SYNTAX)
-    how.add_argument("--adaptive", type=float, metavar="THRESHOLD",
+    how.add_argument("--adaptive", type=_threshold, metavar="THRESHOLD",
                      help="adaptive halting: per sample and step, stop looping when the output changes by at most "
                           "THRESHOLD between loops (masked: KL in nats; diffusion: relative RMS), within Lmin..Lmax")
-    how.add_argument("--budget-gflops", type=float, metavar="X",
+    how.add_argument("--budget-gflops", type=_budget, metavar="X",
                      help="the best schedule measured by `elt schedules`/`elt evaluate` that needs at most X GFLOPs "
                           "per sample")
-    how.add_argument("--budget-ms", type=float, metavar="X",
+    how.add_argument("--budget-ms", type=_budget, metavar="X",
                      help="the best measured schedule that takes at most X ms per sample on this machine (latency "
                           "measured once per schedule and cached in the run folder)")
     where = p.add_mutually_exclusive_group(required=True)
@@ -346,19 +360,26 @@ def _config_from_args(args):
 
 
 def _check_out_file(out: str, suffixes=(), overwrite: bool = False) -> Path:
-    """The output path without its suffix, once its folder is known writable and none of BASE+suffixes
-    exists (unless --overwrite)."""
-    from ..utils.files import check_writable, refuse_existing
+    """The output path without its suffix (OUT/samples when OUT ends with a slash or is a folder), once its
+    folder is known writable, none of BASE+suffixes is a run's own file, and none exists (unless --overwrite)."""
+    import os
+
+    from ..engine.run import refuse_own_files
+    from ..utils.files import check_writable, refuse_existing, with_ext
 
     if not str(out).strip():
         raise ValueError("--out is empty; give an output path, e.g. --out samples/first")
     path = Path(out)
     if len(path.name) > 200:
         raise ValueError(f"the output name {path.name[:40]}… is {len(path.name)} characters long; use at most 200")
+    if str(out).endswith(("/", os.sep)) or path.is_dir():  # a folder: the files go inside it
+        path = path / "samples"
     if path.suffix in (".npz", ".png", ".gif", ".mp4", ".json"):
         path = path.with_suffix("")
     check_writable(path.parent, "output folder")
-    refuse_existing([path.with_suffix(s) for s in suffixes], overwrite)
+    outputs = [with_ext(path, s) for s in suffixes]
+    refuse_own_files(outputs, "--out")
+    refuse_existing(outputs, overwrite)
     return path
 
 
@@ -372,8 +393,10 @@ def _run_ranks(device: str) -> tuple[str, bool]:
 
 
 def _check_json(path: str, overwrite: bool) -> None:
+    from ..engine.run import refuse_own_files
     from ..utils.files import check_writable, refuse_existing
 
+    refuse_own_files([path], "--json")
     refuse_existing([path], overwrite)
     check_writable(Path(path).parent, "--json folder")
 
@@ -406,12 +429,17 @@ def cmd_sample(args) -> None:
     from ..engine.sampling import write_samples
 
     base = _check_out_file(args.out, (".npz", ".png", ".gif", ".mp4"), args.overwrite) if args.out is not None else None
+    from ..engine.run import refuse_own_files
+
     if args.export_frames:
         from ..utils.files import check_writable, refuse_existing
+        refuse_own_files([Path(args.export_frames) / "x"], "--export-frames")
         refuse_existing([args.export_frames], args.overwrite)
         check_writable(Path(args.export_frames).parent, "--export-frames folder's parent")
     if args.folder and Path(args.folder).exists() and not Path(args.folder).is_dir():
         raise ValueError(f"--folder {args.folder} is a file; give a folder (it is created when missing)")
+    if args.folder:
+        refuse_own_files([Path(args.folder) / "x"], "--folder")
     device, main_rank = _run_ranks(args.device)
     model = _load(args, device)
     if args.export_frames and not model.run.video:
@@ -559,6 +587,11 @@ def cmd_extract(args) -> None:
     from ..engine.devices import resolve_device, setup
     from ..engine.extract import extract
 
+    from ..engine.run import refuse_own_files
+
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a file; give a folder for the shards (it is created when missing)")
+    refuse_own_files([Path(args.out) / "manifest.json"], "--out")
     setup("cpu")  # the process group (torchrun) for shard splitting; the tokenizer runs on --device
     out = extract(_config_from_args(args), args.out, args.split, args.shard_size, args.flip,
                   args.tokenizer_examples, resolve_device(args.device), progress=not args.quiet)
@@ -601,36 +634,35 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     finished = False
+
+    def fail(text: str, code: int) -> int:
+        """One line on stderr (and, with --debug, the traceback first); the exit code stays the error's."""
+        if args.debug:
+            import traceback
+            traceback.print_exc()
+        print(f"elt: {text}", file=sys.stderr)
+        return code
+
     try:
         args.func(args)
         finished = True
-    except (ValueError, FileNotFoundError, PermissionError) as e:
-        if args.debug:
-            raise
-        msg = str(e)
-        if len(msg) >= 2 and msg[0] == msg[-1] and msg[0] in "'\"":  # a message that is one quoted repr
-            msg = msg[1:-1]
-        print(f"elt: error: {msg or type(e).__name__}", file=sys.stderr)
-        return 2
-    except OSError as e:  # the machine, not the input: a full disk, a name too long, ...
-        if args.debug:
-            raise
-        hint = {28: "free disk space and run it again", 36: "use a shorter output name"}.get(e.errno, "")
-        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-        print(f"elt: error: {e.strerror or e}{where}{'; ' + hint if hint else ''}", file=sys.stderr)
-        return 1
-    except FloatingPointError as e:  # training diverged: a runtime failure, not bad input
-        if args.debug:
-            raise
-        print(f"elt: error: {e}", file=sys.stderr)
-        return 1
     except BrokenPipeError:  # e.g. `elt presets | head`: the reader left; stop quietly
         import os
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except KeyboardInterrupt as e:
-        print(f"elt: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
-        return 130
+    except (ValueError, FileNotFoundError, PermissionError) as e:  # bad input
+        msg = str(e)
+        if len(msg) >= 2 and msg[0] == msg[-1] and msg[0] in "'\"":  # a message that is one quoted repr
+            msg = msg[1:-1]
+        return fail(f"error: {msg or type(e).__name__}", 2)
+    except OSError as e:  # the machine, not the input: a full disk, a name too long, ...
+        hint = {28: "free disk space and run it again", 36: "use a shorter output name"}.get(e.errno, "")
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        return fail(f"error: {e.strerror or e}{where}{'; ' + hint if hint else ''}", 1)
+    except FloatingPointError as e:  # training diverged: a runtime failure, not bad input
+        return fail(f"error: {e}", 1)
+    except KeyboardInterrupt as e:  # the shell's convention: 128 + the signal (130 SIGINT, 143 SIGTERM)
+        return fail(f"interrupted{': ' + str(e) if str(e) else ''}", 128 + getattr(e, "signum", 2))
     finally:  # torchrun sample/evaluate: every rank waits for rank 0 to finish writing
         if "torch" in sys.modules:
             from ..engine.devices import teardown

@@ -44,10 +44,12 @@ def list_image_folder(root: str | None, split: str) -> tuple[list[tuple[Path, in
         if not files:
             raise ValueError(f"class folder {base / name} holds no images ({', '.join(sorted(EXTENSIONS))}); add "
                              f"images or move the folder out of {base}")
-        if hold_out == "test":
-            files = files[HELD_OUT - 1::HELD_OUT] or files[:1]
-        elif hold_out == "train" and len(files) > 1:
-            files = [f for i, f in enumerate(files) if i % HELD_OUT != HELD_OUT - 1]
+        if hold_out:  # every HELD_OUT-th image of the class (its last one when it has fewer), never trained on
+            if len(files) < 2:
+                raise ValueError(f"class folder {base / name} holds one image: without a test/ or val/ folder, one "
+                                 f"image of every class is held out for the test split; add images, or a test/ folder")
+            held = set(files[HELD_OUT - 1::HELD_OUT] or files[-1:])
+            files = [f for f in files if (f in held) == (hold_out == "test")]
         items += [(f, idx) for f in files]
     if hold_out == "test":
         log.warning("%s has no test/ or val/ folder: one image in %d of every class of train/ is held out as the "

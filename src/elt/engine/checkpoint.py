@@ -78,8 +78,18 @@ def save_weights(module: torch.nn.Module, path: Path) -> None:
 # ---------------------------------------------------------------------------------- checkpoints
 
 
-DAMAGED = ("the checkpoint is damaged: move checkpoints/last aside and copy a kept checkpoints/step_N in its "
-           "place (nothing is deleted)")
+def damaged(checkpoint: Path) -> str:
+    """The fix for a damaged checkpoint folder: the run's newest kept copy when it has one, else what it can do
+    without one (nothing is deleted either way)."""
+    folder = Path(checkpoint).parent
+    kept = sorted(p.name for p in folder.glob("step_*") if p.is_dir() and p != Path(checkpoint))
+    if kept:
+        return (f"the checkpoint is damaged: move {Path(checkpoint).name} aside and copy the kept {folder.name}/"
+                f"{kept[-1]} in its place (nothing is deleted)")
+    return ("the checkpoint is damaged and the run keeps no step_N copies (train.keep_every=0): restore it from a "
+            "backup, or train the run again (nothing is deleted)")
+
+
 # A checkpoint that reads but does not fit the network its config.yaml builds: the config was edited.
 EDITED = ("the run's config.yaml builds another network than the one trained (was config.yaml edited?); restore "
           "its model and tokenizer values — the checkpoint itself is fine")
@@ -101,10 +111,13 @@ def _tensors(state: dict) -> dict:
     return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
 
 
+CHECKPOINT_CONFIG = "config.yaml"  # the config the checkpoint was trained with (a resume is checked against it)
+
+
 def save_checkpoint(run: Path, model_state: dict, ema_state: dict | None, optim_state: dict, step: int,
-                    generator: torch.Generator) -> Path:
-    """Write full (unsharded) states; see `distributed.full_state` for FSDP runs. A failed write (a full
-    disk) leaves the previous checkpoint as it was and no temporary folder behind."""
+                    generator: torch.Generator, config_text: str = "") -> Path:
+    """Write full (unsharded) states and the config they were trained with; see `devices.full_state` for FSDP
+    runs. A failed write (a full disk) leaves the previous checkpoint as it was and no temporary folder behind."""
     final = ckpt_dir(run)
     tmp = final.with_name(f"last.tmp{os.getpid()}")
     for stale in final.parent.glob("last.tmp*"):  # ours, or left by a process that was killed
@@ -115,6 +128,8 @@ def save_checkpoint(run: Path, model_state: dict, ema_state: dict | None, optim_
         if ema_state is not None:
             save_file(_tensors(ema_state), str(tmp / "ema.safetensors"))
         torch.save(optim_state, tmp / "optimizer.pt")
+        if config_text:
+            (tmp / CHECKPOINT_CONFIG).write_text(config_text)
         (tmp / "state.json").write_text(json.dumps({
             "step": step,
             "generator": generator.get_state().tolist(),
@@ -142,7 +157,7 @@ def read_state(path: Path) -> dict:
         int(state["step"])
         return state
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"checkpoint file {path / 'state.json'} is unreadable ({e}); {DAMAGED}") from None
+        raise ValueError(f"checkpoint file {path / 'state.json'} is unreadable ({e}); {damaged(path)}") from None
 
 
 def keep_copy(run: Path, step: int) -> Path:
@@ -160,17 +175,17 @@ def load_checkpoint(path: Path, model, ema=None, optimizer=None, generator: torc
     """Restore into the given objects; return the step. Errors name the file and the fix."""
     state = read_state(path)
     step = int(state["step"])
-    load_weights(model, path / "model.safetensors", "checkpoint", DAMAGED, lambda s: like(s, model.state_dict()),
+    load_weights(model, path / "model.safetensors", "checkpoint", damaged(path), lambda s: like(s, model.state_dict()),
                  EDITED)
     if ema is not None:
-        load_weights(ema, path / "ema.safetensors", "checkpoint EMA", DAMAGED, mismatch=EDITED)
+        load_weights(ema, path / "ema.safetensors", "checkpoint EMA", damaged(path), mismatch=EDITED)
     if optimizer is not None:
         try:
             full = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
             optimizer.load_state_dict(optimizer_state_like(full, optimizer))
         except Exception as e:  # torch's own message is lines of advice about torch.load; its type says enough
             raise ValueError(f"checkpoint file {path / 'optimizer.pt'} is unreadable ({type(e).__name__}); "
-                             f"{DAMAGED}") from None
+                             f"{damaged(path)}") from None
     if generator is not None:
         generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
         torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))

@@ -187,18 +187,22 @@ def same_measurement(a: dict, b: dict) -> bool:
 
 
 def existing_report(run_dir: Path, report: dict) -> dict | None:
-    """The run's anytime.json when it was measured like `report`, else None."""
-    try:
-        old = read_report(Path(run_dir) / REPORT)
-    except (OSError, ValueError):
-        return None
-    return old if same_measurement(old, report) else None
+    """What the run already measured like `report`: its own copy under eval/ (named after those settings),
+    else anytime.json when it holds the same measurement; None when neither does."""
+    for path in (Path(run_dir) / "eval" / f"{report['tag']}.json", Path(run_dir) / REPORT):
+        try:
+            old = read_report(path)
+        except (OSError, ValueError):
+            continue
+        if same_measurement(old, report):
+            return old
+    return None
 
 
 def write_report(report: dict, run_dir: Path) -> dict:
-    """anytime.json/.png in the run folder and eval/<tag>.json/.png, merged with what the run's anytime.json of
-    the same measurement holds and `report` lacks (loop counts it did not measure, the schedule search).
-    Returns the merged report."""
+    """anytime.json/.png in the run folder and eval/<tag>.json/.png, merged with what the run measured before
+    with the same settings (its eval/ copy, which another setting's evaluation never replaces) and `report`
+    lacks: loop counts it did not measure, the schedule search. Returns the merged report."""
     run_dir = Path(run_dir)
     old = existing_report(run_dir, report)
     if old is not None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..utils.atomic import atomic_path, write_bytes
+from ..utils.files import with_ext
 from .checkpoint import save_arrays
 
 
@@ -127,7 +128,7 @@ def save_video_grid(clips: np.ndarray, rows: int, cols: int, path: Path, scale: 
         import av
     except ImportError:
         return written
-    mp4 = path.with_suffix(".mp4")
+    mp4 = with_ext(Path(path).parent / Path(path).stem, ".mp4")
     with atomic_path(mp4) as tmp, av.open(str(tmp), "w", format="mp4") as out:
         stream = out.add_stream("libx264", rate=fps)
         stream.width, stream.height = (frames[0].width + 1) // 2 * 2, (frames[0].height + 1) // 2 * 2  # even sides
@@ -189,23 +190,33 @@ def export_adm_npz(images: np.ndarray, path: str | Path, labels: np.ndarray | No
     return path
 
 
+def caption_text(title: str, settings: dict) -> str:
+    """"TITLE: key value, key value, ..." with nested values as key=value (no Python dict syntax)."""
+    def text(v):
+        if isinstance(v, dict):
+            return " ".join(f"{k}={text(x)}" for k, x in v.items())
+        return f"{v:g}" if isinstance(v, float) else str(v)
+    return f"{title}: " + ", ".join(f"{k} {text(v)}" for k, v in settings.items())
+
+
 def save_samples(base: Path, images: np.ndarray, labels: np.ndarray, settings: dict, class_names: list[str],
-                 columns: int) -> list[Path]:
+                 columns: int, title: str = "samples") -> list[Path]:
     """`elt sample`'s files: BASE.npz (images, labels, the settings as text) and a grid of `columns`
-    columns headed by their class names with the settings in a caption strip — BASE.png, or BASE.gif
-    (and BASE.mp4) for clips. Every file is written atomically. Returns the files written."""
+    columns headed by their class names with `title` (the run) and the settings in a caption strip —
+    BASE.png, or BASE.gif (and BASE.mp4) for clips. Every file is written atomically. Returns the files
+    written."""
     base = Path(base)
-    save_arrays(base.with_suffix(".npz"), images=images, labels=np.asarray(labels, np.int64),
+    save_arrays(with_ext(base, ".npz"), images=images, labels=np.asarray(labels, np.int64),
                 settings=np.array(str(settings)))
     cols = max(1, min(columns, len(images)))
     rows = len(images) // cols
-    caption = ", ".join(f"{k} {v}" for k, v in settings.items())
+    caption = caption_text(title, settings)
     labels_ = Labels(cols=[class_names[int(c)] for c in labels[:cols]], caption=caption)
     shown = images[: rows * cols]
     if images.ndim == 5:
-        grids = save_video_grid(shown, rows, cols, base.with_suffix(".gif"), scale=2 if images.shape[2] <= 64 else 1,
+        grids = save_video_grid(shown, rows, cols, with_ext(base, ".gif"), scale=2 if images.shape[2] <= 64 else 1,
                                 labels=labels_)
     else:
-        grids = [save_grid(shown, rows, cols, base.with_suffix(".png"), scale=2 if images.shape[1] <= 32 else 1,
+        grids = [save_grid(shown, rows, cols, with_ext(base, ".png"), scale=2 if images.shape[1] <= 32 else 1,
                            labels=labels_)]
-    return [base.with_suffix(".npz"), *grids]
+    return [with_ext(base, ".npz"), *grids]

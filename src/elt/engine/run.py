@@ -23,6 +23,7 @@ import os
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -31,14 +32,48 @@ from ..config import Config, ConfigError, SampleConfig, apply_overrides, from_di
 from ..utils.atomic import write_text
 from ..utils.files import check_writable
 from .build import build_model, build_sampler, make_tokenizer
-from .checkpoint import DAMAGED, EDITED, find_checkpoint, load_weights, read_state
+from .checkpoint import EDITED, damaged, find_checkpoint, hash_weights, load_weights, read_state
 from .devices import rank_world, resolve_precision
 
 CONFIG, DATA_SPEC, TOKENIZER, METRICS, REPORT = "config.yaml", "data.json", "tokenizer.safetensors", "metrics.jsonl", \
     "anytime.json"
+LATENCY = "latency.json"
 EXPORT_CONFIG, EXPORT_WEIGHTS = "config.json", "model.safetensors"  # an exported folder (`elt export`)
 LOCK_NAME = ".elt.lock"
 RUN_MARKERS = ("checkpoints", DATA_SPEC, LOCK_NAME)  # what a folder elt trains into holds from its start
+# A run's and an export's own files and folders: never an output path, whatever --overwrite says.
+OWN = {"run": ({CONFIG, DATA_SPEC, TOKENIZER, METRICS, REPORT, "anytime.png", "anytime_grid.png", "anytime_grid.gif",
+                "anytime_grid.mp4", "timing.json", LATENCY, LOCK_NAME}, {"checkpoints", "eval", "tensorboard"}),
+       "export": ({EXPORT_CONFIG, EXPORT_WEIGHTS, TOKENIZER, "README.md", REPORT, "anytime.png", "anytime_grid.png",
+                   "anytime_grid.gif", "anytime_grid.mp4", LATENCY}, {"onnx", "eval"})}
+
+
+def folder_kind(path: Path) -> str | None:
+    """"run" for a run folder elt trains into, "export" for an exported folder, else None."""
+    if (path / CONFIG).is_file() and any((path / m).exists() for m in RUN_MARKERS):
+        return "run"
+    if (path / EXPORT_CONFIG).is_file() and (path / EXPORT_WEIGHTS).exists():
+        return "export"
+    return None
+
+
+def refuse_own_files(paths, what: str = "output") -> None:
+    """One clear error when an output path is one of a run's (or an export's) own files or lies in its
+    checkpoints, eval or tensorboard folder: those belong to the run (a checkpoint replaces its folder
+    whole, a report its plot), with or without --overwrite."""
+    for given in paths:
+        path = Path(given).absolute()
+        for parent in path.parents:
+            kind = folder_kind(parent)
+            if kind is None:
+                continue
+            files, folders = OWN[kind]
+            rel = path.relative_to(parent).parts
+            if rel[0] in folders or (len(rel) == 1 and rel[0] in files):
+                raise ValueError(f"{what} {given} is one of the {kind} folder {parent}'s own files "
+                                 f"({rel[0]}{'/…' if rel[0] in folders else ''}); elt never writes an output there, "
+                                 f"even with --overwrite: choose another path (e.g. {parent}/samples/…)")
+            break
 
 
 # ---------------------------------------------------------------------------------- one writer
@@ -142,16 +177,31 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def check_resume_config(cfg: Config, out: Path) -> None:
-    """A resumed run must keep its config; only train.steps may grow."""
+def _differ(a: Config, b: Config) -> list[str]:
+    """The keys two configs differ in, train.steps aside (a resume may train longer)."""
+    x, y = _flat(a.to_dict()), _flat(b.to_dict())
+    return [k for k in x.keys() | y.keys() if k != "train.steps" and x.get(k) != y.get(k)]
+
+
+def check_resume_config(cfg: Config, out: Path, checkpoint: Path) -> None:
+    """A resumed run keeps the config its checkpoint was trained with (stored with the checkpoint; RUN/config.yaml
+    for runs from before), only train.steps may grow; and RUN/config.yaml, which a user may edit, must still be
+    that config."""
+    from .checkpoint import CHECKPOINT_CONFIG
+
     saved_path = Path(out) / CONFIG
-    if not saved_path.is_file():
+    trained_path = checkpoint / CHECKPOINT_CONFIG if (checkpoint / CHECKPOINT_CONFIG).is_file() else saved_path
+    if not trained_path.is_file():
         return
-    saved, new = _flat(read_config(saved_path).to_dict()), _flat(cfg.to_dict())
-    diff = [k for k in new if k != "train.steps" and new[k] != saved.get(k)]
+    trained = read_config(trained_path)
+    if saved_path.is_file() and trained_path != saved_path and (edited := _differ(read_config(saved_path), trained)):
+        raise ConfigError(f"{saved_path} differs from the config its checkpoint was trained with in "
+                          f"{', '.join(sorted(edited))}: it was edited; restore it (the checkpoint's copy is "
+                          f"{trained_path}) before resuming")
+    diff = _differ(cfg, trained)
     if diff:
-        raise ConfigError(f"--resume with a config that differs from {saved_path} in {', '.join(diff)}; "
-                          f"resume with --config {saved_path} (only --steps may change)")
+        raise ConfigError(f"--resume with a config that differs from the one the checkpoint was trained with in "
+                          f"{', '.join(sorted(diff))}; resume with --config {saved_path} (only --steps may change)")
 
 
 class MetricsLog:
@@ -268,6 +318,12 @@ class Run:
     def ema(self) -> bool:
         return self.sample.use_ema
 
+    @cached_property
+    def weights_digest(self) -> str:
+        """A short digest of the network's weights: which run and checkpoint made a set of samples."""
+        net = getattr(self.model, "meta", self.model)  # an ONNX backend: the network it was exported from
+        return hash_weights(net).hexdigest()[:12]
+
     def settings(self) -> dict:
         """Every setting that changes the samples, for reports and output names: the sampler's own, the
         precision the network runs in, EMA or raw weights, the kind of device."""
@@ -283,7 +339,16 @@ class Run:
         """The same weights under other sampling settings (`sample.*` fields), checked like the config."""
         sample = dataclasses.replace(self.sample, **changes)
         dataclasses.replace(self.cfg, sample=sample).validate()
+        check_steps(self.cfg, self.model, sample)
         return dataclasses.replace(self, sample=sample, sampler=build_sampler(self.cfg, self.tokenizer, sample))
+
+
+def check_steps(cfg: Config, model, sample: SampleConfig) -> None:
+    """Masked decoding fixes at least one token per step: more steps than a sample has tokens cannot run."""
+    if cfg.framework == "masked" and sample.steps > model.num_tokens:
+        raise ValueError(f"{sample.steps} decoding steps (--steps, sample.steps) are more than the {model.num_tokens} "
+                         f"tokens of a sample: masked decoding fixes at least one token per step; use at most "
+                         f"{model.num_tokens}")
 
 
 @dataclass
@@ -314,8 +379,9 @@ def stored(path: Path) -> Stored:
         weights = {ema: ckpt / name for ema, name in ((True, "ema.safetensors"), (False, "model.safetensors"))
                    if (ckpt / name).is_file()}
         if not weights:
-            raise FileNotFoundError(f"checkpoint {ckpt} holds no weights file; {DAMAGED}")
-        return Stored(cfg, shape, names, int(read_state(ckpt)["step"]), weights, path / TOKENIZER, DAMAGED, EDITED)
+            raise FileNotFoundError(f"checkpoint {ckpt} holds no weights file; {damaged(ckpt)}")
+        return Stored(cfg, shape, names, int(read_state(ckpt)["step"]), weights, path / TOKENIZER, damaged(ckpt),
+                      EDITED)
     if (path / EXPORT_CONFIG).is_file():
         meta = read_export(path)
         weights = path / EXPORT_WEIGHTS
@@ -380,6 +446,7 @@ def load_run(path: str | Path, device: torch.device | str = "cpu", ema: bool | N
         load_weights(tokenizer, where.tokenizer, "tokenizer",
                      "retrain the run, or copy tokenizer.safetensors from a run of the same config")
     model = build_model(cfg, tokenizer.eval(), len(where.class_names))
+    check_steps(cfg, model, sample)
     what = "checkpoint" if (path / CONFIG).is_file() else "model"
     if where.weights[use_ema].name.endswith(".index.json"):  # shards of an export: huggingface_hub's loader
         from huggingface_hub import load_torch_model

@@ -26,10 +26,9 @@ from ..utils.progress import bar
 from .checkpoint import claim_manifest, save_arrays
 from .devices import autocast, rank_world
 from .media import export_adm_npz, export_stylegan_v, save_samples
-from .run import REPORT, Run, read_report
+from .run import LATENCY, REPORT, Run, read_report
 
 log = logging.getLogger("elt")
-LATENCY = "latency.json"
 
 
 # ---------------------------------------------------------------------------------- generation
@@ -203,10 +202,10 @@ def choose_policy(run: Run, loops=None, adaptive: float | None = None, budget_gf
 # ---------------------------------------------------------------------------------- what `elt sample` writes
 
 
-def recorded_settings(run: Run, how: dict, seed: int, **more) -> dict:
+def recorded_settings(of: Run, how: dict, seed: int, **more) -> dict:
     """What a sample file or folder records of how it was made: how the policy was chosen, every sampling
     setting of the run, the seed and the checkpoint step (and `more`)."""
-    return {**how, **run.settings(), "seed": seed, "checkpoint_step": run.step, **more}
+    return {**how, **of.settings(), "seed": seed, "checkpoint_step": of.step, **more}
 
 
 def write_samples(run: Run, policy, how: dict, n: int, seed: int, classes: list[int] | None = None,
@@ -231,15 +230,17 @@ def write_samples(run: Run, policy, how: dict, n: int, seed: int, classes: list[
     if rank_world()[0] != 0:
         return [], settings
     columns = run.num_classes if classes is None else len(classes)
-    written = save_samples(out, images, labels.numpy(), settings, run.class_names, columns)
+    written = save_samples(out, images, labels.numpy(), settings, run.class_names, columns,
+                           title=f"{run.cfg.name} ({run.path.name}), checkpoint step {run.step}")
     if export_frames:
         written.append(export_stylegan_v(images, export_frames))
     return written, settings
 
 
 def folder_name(run: Run, how: dict, seed: int, n: int) -> str:
-    """`<run>_<settings tag>`: the run's folder name, then every setting of the samples."""
-    return f"{run.path.name}_{run.tag(seed, n, how['loops'])}"
+    """`<run>_<settings tag>_w<weights digest>`: the run's folder name, every setting of the samples, and which
+    weights made them (two runs of one name never share a folder)."""
+    return f"{run.path.name}_{run.tag(seed, n, how['loops'])}_w{run.weights_digest[:8]}"
 
 
 def _shard_ok(path: Path, n: int) -> bool:
@@ -262,7 +263,8 @@ def sample_folder(run: Run, policy, how: dict, out_root: str | Path, n: int, see
     every setting. When all shards exist, rank 0 joins them into `samples.npz` (`images`, `labels`) and,
     for images, the ADM evaluator's `samples_adm.npz` (`arr_0`, `arr_1`)."""
     rank, world = rank_world()
-    settings = recorded_settings(run, how, seed, n=n, shard_size=shard_size, classes=classes)
+    settings = recorded_settings(run, how, seed, n=n, shard_size=shard_size, classes=classes,
+                                 run=str(run.path.absolute()), weights_digest=run.weights_digest)
     folder = Path(out_root) / folder_name(run, how, seed, n)
     manifest = folder / "manifest.json"
     labels = balanced_labels(n, run.num_classes, classes)
@@ -272,8 +274,8 @@ def sample_folder(run: Run, policy, how: dict, out_root: str | Path, n: int, see
     if rank == 0:
         folder.mkdir(parents=True, exist_ok=True)
         claim_manifest(manifest, meta, lambda old, new: old.get("settings") == new["settings"],
-                       f"{folder} holds samples made with other settings; choose another --folder (or move that one "
-                       f"aside)")
+                       f"{folder} holds samples made with other settings or by another run (its manifest.json says "
+                       f"which); choose another --folder (or move that one aside)")
     if world > 1:
         dist.barrier()
     mine = [(i, lab) for i, lab in shards[rank::world] if not _shard_ok(folder / f"shard_{i:05d}.npz", len(lab))]

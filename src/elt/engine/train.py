@@ -30,7 +30,11 @@ log = logging.getLogger("elt")
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """SIGINT/SIGTERM arrived; the checkpoint of the last finished step was saved."""
+    """SIGINT/SIGTERM arrived; the checkpoint of the last finished step was saved. `signum` says which."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
 
 
 def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = True,
@@ -65,7 +69,7 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, prepared: Prepa
                           f"processes ({info.world_size}) x train.grad_accum ({t.grad_accum})")
     found = find_checkpoint(out) if resume else None
     if found is not None:
-        check_resume_config(cfg, out)
+        check_resume_config(cfg, out, found)
         done = int(read_state(found)["step"])
         if t.steps <= done:
             raise ValueError(f"{out} is already trained to step {done}; --steps {t.steps} adds nothing (give "
@@ -141,8 +145,8 @@ def _loop(state: TrainState, out: Path, metrics: MetricsLog | None, stop: dict, 
         if stop["signal"]:
             _checkpoint(state, out)
             pbar.close()
-            raise TrainingInterrupted(f"{stop['signal']} at step {state.step}: checkpoint saved in {out}; "
-                                      f"continue with --resume")
+            raise TrainingInterrupted(f"{signal.Signals(stop['signal']).name} at step {state.step}: checkpoint saved "
+                                      f"in {out}; continue with --resume", stop["signal"])
         r = train_step(state)
         step = state.step
         pbar.update(1)
@@ -188,7 +192,7 @@ def _checkpoint(state: TrainState, out: Path) -> None:
     states = full_state((state.model.state_dict(), state.ema.state_dict() if state.ema is not None else None,
                          state.optimizer.state_dict()))
     if state.info.is_main:
-        save_checkpoint(out, *states, state.step, state.gen)
+        save_checkpoint(out, *states, state.step, state.gen, state.cfg.to_yaml())
         if read_config(out / CONFIG) != state.cfg:  # a resume that grew train.steps: now it is so
             state.cfg.save(out / CONFIG)
     barrier(state.info)
@@ -202,7 +206,7 @@ def stop_requests():
     def handler(signum, frame):
         if flag["signal"] is not None:  # a second signal: stop at once
             raise KeyboardInterrupt
-        flag["signal"] = signal.Signals(signum).name
+        flag["signal"] = signum
 
     previous = {}
     try:

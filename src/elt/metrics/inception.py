@@ -216,9 +216,9 @@ class InceptionFeatures:
             try:
                 state = torch.load(file, map_location="cpu", weights_only=True)
                 self.net.load_state_dict(state)
-            except (RuntimeError, KeyError, ValueError) as e:
-                raise ValueError(f"{file} is not the FID Inception state dict ({str(e).splitlines()[0][:200]}); "
-                                 f"{WHERE}") from None
+            except Exception as e:  # torch.load raises pickle's, zipfile's and its own errors on a file of another kind
+                reason = str(e).splitlines()[0][:200] if str(e).strip() else type(e).__name__
+                raise ValueError(f"{file} is not the FID Inception state dict ({reason}); {WHERE}") from None
         else:
             raise ValueError(f"unknown Inception backend {backend!r}; choose auto, elt or torch-fidelity")
         self.net = self.net.to(self.device).eval()

@@ -40,9 +40,17 @@ def verify_file(path: str | Path | None, sha256: str | None, what: str, where: s
     return p
 
 
+def with_ext(base: str | Path, ext: str) -> Path:
+    """BASE + ext (".npz"), whatever dots BASE's name holds (Path.with_suffix would replace "L1.5"'s ".5")."""
+    base = Path(base)
+    return base.parent / f"{base.name}{ext}"
+
+
 def check_writable(folder: str | Path, what: str = "output folder") -> Path:
     """`folder` exists and a file can be created in it (checked by creating and removing one), before any work."""
     folder = Path(folder) if str(folder) else Path(".")
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{what} {folder} is a file, not a folder; choose a folder")
     if not folder.is_dir():
         raise ValueError(f"{what} {folder} does not exist; create it or choose another")
     probe = folder / f".elt-write-test-{os.getpid()}"

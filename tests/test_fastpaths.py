@@ -119,3 +119,27 @@ def test_bench_quick_writes_every_key(tmp_path, preset):
     assert set(r["looped_over_flat_inference_throughput"]) == {"1", "8", "64"}
     assert r["peak_memory_bytes"]["train"] > 0 and r["peak_memory_bytes"]["sampling"] > 0
     assert 0 < r["mfu"] < 1.5 and r["ilsd_over_vanilla_step"] > 0
+
+
+@pytest.mark.parametrize("framework", ["masked", "diffusion"])
+def test_guidance_at_fewer_loops_costs_what_the_flop_counter_counts(framework):
+    """GFLOPs count both halves of guidance as run: the conditional half at the step's L, the unconditional
+    half at --guidance-loops; the analytic count equals torch's FLOP counter."""
+    from conftest import tiny_dit
+    from elt.diffusion import DiffusionSampler, LogSNRSchedule
+
+    labels = torch.tensor([0, 1, 2])
+    if framework == "masked":
+        model = tiny_masked(tokens=16)
+        make = lambda k: MaskGITSampler(steps=4, guidance=2.0, guidance_loops=k)  # noqa: E731
+    else:
+        model = tiny_dit()
+        make = lambda k: DiffusionSampler(LogSNRSchedule(), steps=4, guidance=2.0, guidance_loops=k)  # noqa: E731
+    full, fewer = make(None), make(1)
+    counted = _counted_flops(lambda: fewer(model, labels, 3, torch.Generator().manual_seed(0)))
+    assert counted == pytest.approx(3 * fewer.flops(model, 3), rel=1e-9)
+    unguided = type(full)(**{**vars(full), "guidance": 1.0})
+    assert fewer.flops(model, 3) < full.flops(model, 3) == pytest.approx(2 * unguided.flops(model, 3))
+    assert fewer.settings()["guidance_loops"] == 1 and "guidance_loops" not in full.settings()
+    with pytest.raises(ValueError, match="--guidance-loops 4 is above the 3 loops"):
+        make(4)(model, labels, 3, torch.Generator().manual_seed(0))

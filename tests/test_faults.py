@@ -324,6 +324,17 @@ CASES = [
     Case("a file that is not Inception weights", ["fid", "--samples", "{tmp}/a.npz", "--ref", "{tmp}/a.npz",
                                                   "--inception", "{tmp}/notes.pth"],
          2, "is not the FID Inception state dict", _not_weights),
+    # the sampling frontier
+    Case("guidance loops above the loops", SAMPLE + ["--out", "{tmp}/s", "--guidance-loops", "2"], 2,
+         "--guidance-loops 2 is above the 1 loops of a sampling step"),
+    Case("guidance loops 0", SAMPLE + ["--out", "{tmp}/s", "--guidance-loops", "0"], 2,
+         "--guidance-loops: must be >= 1"),
+    Case("a solver that does not exist", SAMPLE + ["--out", "{tmp}/s", "--sampler", "euler"], 2,
+         "invalid choice: 'euler'"),
+    Case("DPM-Solver++ on a masked run", SAMPLE + ["--out", "{tmp}/s", "--sampler", "dpmpp2m"], 2,
+         "dpmpp2m is a diffusion solver"),
+    Case("a frontier solver that does not exist", ["schedules", "--run", "{run}", "--solvers", "euler"], 2,
+         "'euler' is not a solver elt has"),
     Case("ONNX loop counts with --format hub", ["export", "--run", "{run}", "--out", "{tmp}/e", "--loops", "1,2"], 2,
          "add --format onnx"),
 ]

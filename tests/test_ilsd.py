@@ -242,3 +242,27 @@ def test_config_section_reaches_the_objective_and_the_report_label(tmp_path):
         apply_overrides(get_preset("fmnist-dit"), ["ilsd.temperature=2"]).validate()
     renamed = apply_overrides(get_preset("fmnist-maskgit"), ["model.unique_layers=8", "model.max_loops=1"])
     assert renamed.name == "fmnist-maskgit-8Nx1L"
+
+
+def test_lint_drawn_in_proportion_to_compute_gives_every_exit_the_same_share():
+    """ilsd.lint_distribution=flops: p(L) ∝ 1/FLOPs(L), so p(L)·FLOPs(L) is the same for every exit; the
+    paper's uniform draw is unchanged (the same generator gives the same Lints as before)."""
+    from elt.config import apply_overrides
+    from elt.engine.build import build_objective, nominal_model
+    from elt.presets import get_preset
+
+    cfg = apply_overrides(get_preset("fmnist-maskgit"), ["ilsd.lint_distribution=flops"]).validate()
+    obj = build_objective(cfg)
+    flops = [nominal_model(cfg).flops(L) for L in range(1, cfg.model.max_loops)]
+    p = obj.lint_probabilities()
+    assert p.sum().item() == pytest.approx(1.0) and p[0] > p[-1]
+    shares = [pi * f for pi, f in zip(p.tolist(), flops)]
+    assert max(shares) == pytest.approx(min(shares), rel=1e-9)
+    draws = torch.tensor([obj.draw_lint(g) for g in [torch.Generator().manual_seed(0)] for _ in range(4000)])
+    freq = torch.bincount(draws - 1, minlength=len(p)).double() / len(draws)
+    assert torch.allclose(freq, p, atol=0.03)
+    uniform = ILSD(1, 4, 10)
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert [uniform.draw_lint(g1) for _ in range(20)] == [int(torch.randint(1, 4, (1,), generator=g2)) for _ in range(20)]
+    with pytest.raises(ValueError, match="needs the forward pass's FLOPs"):
+        ILSD(1, 4, 10, options=ILSDOptions(lint_distribution="flops"))

@@ -100,3 +100,16 @@ def test_flops_linear_in_loops():
     model = tiny_masked()
     f1, f2, f4 = model.flops(1), model.flops(2), model.flops(4)
     assert f4 - f2 == 2 * (f2 - f1)
+
+
+@pytest.mark.parametrize("kind", ["prenorm", "bert", "dit"])
+@pytest.mark.parametrize("loops", [[3, 1], [2, 2], [1, 4]])
+def test_groups_at_their_own_loop_counts_equal_separate_forwards(kind, loops):
+    """Guidance at fewer loops: one batch whose halves run different loop counts gives each half's own
+    forward pass (the halves share the loops they have in common, then the deeper one goes on alone)."""
+    model, inputs = _network(kind)
+    first, second = _network(kind)[1], tuple(x.flip(0) for x in inputs)  # two different halves
+    both = tuple(torch.cat([a, b]) for a, b in zip(first, second))
+    got = model.forward_groups(*both, loops=loops)
+    want = torch.cat([model(*first, loops=loops[0]), model(*second, loops=loops[1])])
+    assert torch.allclose(got, want, atol=1e-6, rtol=0)

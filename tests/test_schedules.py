@@ -179,3 +179,38 @@ def test_cli_schedules_budget_and_adaptive_on_digits(masked_run, run_copy, tmp_p
     with pytest.raises(SystemExit) as e:  # argparse: one line, exit 2
         main(["sample", "--run", str(run), "--schedule", "ramp:0:2", "--n", "4", "--out", str(tmp_path / "z")])
     assert e.value.code == 2 and "bad loop schedule 'ramp:0:2'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("shared", ["masked_run", "diffusion_run"])
+def test_frontier_of_loops_steps_guidance_loops_and_solvers(shared, request, run_copy, tmp_path, capsys):
+    """`elt schedules --steps-grid --guidance-loops-grid [--solvers]`: every combination measured with its
+    settings recorded, the Pareto frontier of quality against GFLOPs, a plot; a budget picks from it with the
+    steps, solver and guidance loops it was measured at."""
+    run = run_copy(request.getfixturevalue(shared))
+    solvers = ["--solvers", "ddim,dpmpp2m"] if shared == "diffusion_run" else []
+    assert main(["--quiet", "schedules", "--run", str(run), "--steps-grid", "2,4", "--loops-grid", "1,3",
+                 "--guidance-loops-grid", "1", "--n", "10", *solvers]) == 0
+    assert "<- frontier" in capsys.readouterr().out
+    report = json.loads((run / "frontier.json").read_text())
+    assert (run / "frontier.png").is_file()
+    combos = {(p["loops"], p["sample"]["steps"], p["sample"].get("sampler"), p["sample"]["guidance_loops"])
+              for p in report["points"]}
+    solver_names = ["ddim", "dpmpp2m"] if solvers else [None]
+    assert combos == {(L, k, s, g) for L in (1, 3) for k in (2, 4) for s in solver_names for g in (None, 1) if g is None
+                      or g < L}
+    fd = f"fd_{report['metric_extractor']}"
+    by_name = {p["name"]: p for p in report["points"]}
+    for name in report["frontier"]:  # nothing cheaper is better
+        p = by_name[name]
+        assert not any(q[fd] < p[fd] and q["gflops_per_sample"] <= p["gflops_per_sample"] for q in report["points"])
+    fewer = next(p for p in report["points"] if p["sample"]["guidance_loops"] == 1)
+    full = next(p for p in report["points"] if p["loops"] == fewer["loops"] and p["sample"]["steps"] ==
+                fewer["sample"]["steps"] and p["sample"].get("sampler") == fewer["sample"].get("sampler")
+                and p["sample"]["guidance_loops"] is None)
+    assert fewer["gflops_per_sample"] < full["gflops_per_sample"]  # guidance at fewer loops costs less, as run
+    cheapest = min(report["points"], key=lambda p: p["gflops_per_sample"])
+    out = tmp_path / "b"
+    assert main(["--quiet", "sample", "--run", str(run), "--budget-gflops", str(cheapest["gflops_per_sample"] * 1.0001),
+                 "--n", "4", "--out", str(out)]) == 0
+    settings = str(np.load(out.with_suffix(".npz"))["settings"])
+    assert f"'name': '{cheapest['name']}'" in settings and f"'steps': {cheapest['sample']['steps']}" in settings

@@ -11,6 +11,7 @@ PRECISIONS = ("fp32", "bf16", "auto")             # auto: bf16 where the hardwar
 PARALLEL = ("ddp", "fsdp")
 LR_SCHEDULES = ("cosine", "constant")
 LAMBDA_SCHEDULES = ("linear", "cosine", "constant")  # ILSD's λ(step); linear is the paper's
+LINT_DISTRIBUTIONS = ("uniform", "flops")         # ILSD's Lint: uniform (the paper's) or p(L) ∝ 1/FLOPs(L)
 LINT_MODES = ("step", "example")                  # ILSD's Lint draw: one per step (the paper's) or per example
 TOKENIZERS = {"masked": ("vqvae", "motionvq", "pixel", "torchscript", "maskgit_vqgan"),
               "diffusion": ("pixel", "klvae", "diffusers_vae")}
@@ -21,7 +22,7 @@ MOVING_LABELS = ("class", "motion")               # what a moving Fashion-MNIST 
 UCF101_FOLDS = (1, 2, 3)
 PREDICTIONS = ("v", "eps", "x0")                  # what a diffusion network predicts
 NOISE_SCHEDULES = ("shifted_cosine", "cosine")
-DIFFUSION_SAMPLERS = ("ddim", "ddpm")
+DIFFUSION_SAMPLERS = ("ddim", "ddpm", "dpmpp2m")
 
 # Sampling may loop at most this many times the trained Lmax (the paper: quality first improves a
 # little beyond Lmax, then degrades far above it); a larger count is almost always a typo.

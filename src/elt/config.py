@@ -15,9 +15,9 @@ from pathlib import Path
 
 import yaml
 
-from .choices import (BEYOND_LMAX, DATASETS, DEVICES, DIFFUSION_SAMPLERS, FRAMEWORKS, LAMBDA_SCHEDULES, LINT_MODES,
-                      LR_SCHEDULES, MASKED_ARCHS, MOVING_LABELS, NOISE_SCHEDULES, OBJECTIVES, PARALLEL, PRECISIONS,
-                      PREDICTIONS, TOKENIZERS, UCF101_FOLDS, VIDEO_DATASETS, one_of)
+from .choices import (BEYOND_LMAX, DATASETS, DEVICES, DIFFUSION_SAMPLERS, FRAMEWORKS, LAMBDA_SCHEDULES,
+                      LINT_DISTRIBUTIONS, LINT_MODES, LR_SCHEDULES, MASKED_ARCHS, MOVING_LABELS, NOISE_SCHEDULES,
+                      OBJECTIVES, PARALLEL, PRECISIONS, PREDICTIONS, TOKENIZERS, UCF101_FOLDS, VIDEO_DATASETS, one_of)
 from .utils.atomic import write_text
 
 
@@ -171,6 +171,7 @@ class ILSDConfig:
     student_gt: bool = True          # the student's ground-truth loss λ·L_GT(F_Lint)
     distill: bool = True             # the distillation (1-λ)·L_dist(F_Lint, stopgrad F_Lmax)
     lint_mode: str = "step"          # how Lint is drawn: step (one per training step, the paper's) | example
+    lint_distribution: str = "uniform"  # uniform (the paper's) | flops: p(L) ∝ 1/FLOPs(L), the same compute per exit
     temperature: float = 1.0         # distillation softmax temperature (masked framework; diffusion: 1)
 
 
@@ -179,7 +180,8 @@ class SampleConfig:
     steps: int = 12                  # decoding steps K (masked) or denoising steps (diffusion)
     guidance: float = 1.0            # classifier-free guidance s: uncond + s·(cond − uncond), both frameworks;
                                      # 1 = off (the conditional model alone), 0 = unconditional
-    sampler: str = "ddim"            # diffusion: ddim | ddpm
+    sampler: str = "ddim"            # diffusion: ddim | ddpm | dpmpp2m (DPM-Solver++ 2M, multistep)
+    guidance_loops: typing.Optional[int] = None  # the unconditional half of guidance at this many loops (None: L's)
     clip_denoised: bool = True       # diffusion in pixel space: clip the predicted x0 to [-1, 1]
     temp_base: float = 0.5           # STemp_k = temp_base + temp_anneal·(1 − ratio)
     temp_anneal: float = 0.8
@@ -256,6 +258,8 @@ class Config:
             (self.ilsd.teacher_gt or self.ilsd.student_gt or self.ilsd.distill, "ilsd.teacher_gt",
              "every ILSD term is off; turn on at least one of ilsd.teacher_gt, ilsd.student_gt, ilsd.distill"),
             (self.ilsd.lint_mode in LINT_MODES, "ilsd.lint_mode", f"choose {one_of(LINT_MODES)}"),
+            (self.ilsd.lint_distribution in LINT_DISTRIBUTIONS, "ilsd.lint_distribution",
+             f"choose {one_of(LINT_DISTRIBUTIONS)}"),
             (_pos(self.ilsd.temperature), "ilsd.temperature", "must be a number > 0 (1: the paper's)"),
             (self.ilsd.temperature == 1 or self.framework == "masked", "ilsd.temperature",
              "applies to the masked framework's logits; diffusion distils with an MSE: leave it at 1"),
@@ -324,6 +328,10 @@ class Config:
             (_finite(sp.choice_temperature) and sp.choice_temperature >= 0, "sample.choice_temperature",
              "must be >= 0 (0: no Gumbel noise)"),
             (sp.sampler in DIFFUSION_SAMPLERS, "sample.sampler", f"choose {one_of(DIFFUSION_SAMPLERS)}"),
+            (sp.sampler == "ddim" or self.framework == "diffusion", "sample.sampler",
+             f"{sp.sampler} is a diffusion solver; the masked framework decodes with MaskGIT's schedule (drop it)"),
+            (sp.guidance_loops is None or (isinstance(sp.guidance_loops, int) and sp.guidance_loops >= 1),
+             "sample.guidance_loops", "must be a loop count >= 1 (or null: the step's own)"),
             (sp.precision in PRECISIONS, "sample.precision", f"choose {one_of(PRECISIONS)}"),
             (ev.n >= 2, "eval.n", "must be >= 2 (Fréchet distance needs a covariance)"),
             (_pos(ev.classifier_epochs), "eval.classifier_epochs", "must be a finite number > 0"),

@@ -14,7 +14,7 @@ import math
 import sys
 from pathlib import Path
 
-from ..choices import DEVICES, OBJECTIVES, SCHEDULE_SYNTAX, SPLITS
+from ..choices import DEVICES, DIFFUSION_SAMPLERS as DIFFUSION_SAMPLER_NAMES, OBJECTIVES, SCHEDULE_SYNTAX, SPLITS
 
 BACKENDS = ("torch", "onnxruntime")  # what runs the network (apps.model.BACKENDS; kept here: --help imports no torch)
 
@@ -153,6 +153,11 @@ def _add_sampling(p: argparse.ArgumentParser, n_help: str, n_default: int | None
     p.add_argument("--guidance", type=_guidance,
                    help="classifier-free guidance s in uncond + s*(cond - uncond), both frameworks; 1 = off "
                         "(default: the run's sample.guidance)")
+    p.add_argument("--guidance-loops", type=_positive, metavar="K",
+                   help="run the unconditional half of guidance at K loops while the conditional half runs the "
+                        "policy's L (K <= L at every step; GFLOPs count both halves as run)")
+    p.add_argument("--sampler", choices=DIFFUSION_SAMPLER_NAMES,
+                   help="diffusion solver: ddim, ddpm or dpmpp2m (DPM-Solver++ 2M) (default: the run's sample.sampler)")
     p.add_argument("--set", action="append", default=[], metavar="sample.KEY=VALUE",
                    help="change a sampling setting of the run's config, e.g. --set sample.choice_temperature=2 "
                         "(repeatable; recorded in the report and the output names)")
@@ -228,6 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thresholds", type=_float_list, default=[],
                    help="adaptive-halting thresholds to measure too, e.g. 0.01,0.03,0.1 (default none)")
     p.add_argument("--max-loops", type=_positive, help="largest loop count a schedule may use (default Lmax+2)")
+    p.add_argument("--steps-grid", type=_int_list, metavar="K,K,...",
+                   help="the frontier of loops × steps × guidance loops (× solver): measure every constant L of "
+                        "--loops-grid at each of these sampling step counts; writes RUN/frontier.json and .png")
+    p.add_argument("--loops-grid", type=_int_list, metavar="L,L,...", help="the frontier's loop counts (default Lmin..Lmax)")
+    p.add_argument("--guidance-loops-grid", type=_int_list, default=[], metavar="K,K,...",
+                   help="the frontier: also run the unconditional half of guidance at each of these loop counts")
+    p.add_argument("--solvers", type=_list_of(str, "solver names"), default=[], metavar="NAME,NAME",
+                   help="the frontier (diffusion): the solvers to measure, e.g. ddim,dpmpp2m (default: the run's)")
     _add_sampling(p, "samples per point (default: the run's eval.n)")
 
     p = verb("api", cmd_api, help="HTTP JSON service (FastAPI): batches requests and spends fewer loops under load "
@@ -459,9 +472,14 @@ def _load(args, device: str):
     (--steps, --guidance, --no-ema, --set sample.*, --backend) resolved once."""
     from .model import load
 
+    overrides = list(getattr(args, "set", None) or [])
+    if getattr(args, "sampler", None):
+        overrides.append(f"sample.sampler={args.sampler}")
+    if getattr(args, "guidance_loops", None):
+        overrides.append(f"sample.guidance_loops={args.guidance_loops}")
     return load(args.run, device, getattr(args, "backend", "torch"), ema=False if getattr(args, "no_ema", False)
                 else None, steps=getattr(args, "steps", None), guidance=getattr(args, "guidance", None),
-                overrides=getattr(args, "set", None))
+                overrides=overrides)
 
 
 def cmd_evaluate(args) -> None:
@@ -479,11 +497,23 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_schedules(args) -> None:
-    from ..engine.schedules import search_schedules
-    from ..metrics.anytime import format_schedules
+    from ..engine.schedules import search_frontier, search_schedules
+    from ..metrics.anytime import format_frontier, format_schedules
 
+    bad = [s for s in args.solvers if s not in DIFFUSION_SAMPLER_NAMES]
+    if bad:
+        raise ValueError(f"--solvers: {bad[0]!r} is not a solver elt has; choose from {', '.join(DIFFUSION_SAMPLER_NAMES)}")
     device, main_rank = _run_ranks(args.device)
     run = _load(args, device).run
+    if args.steps_grid or args.loops_grid or args.guidance_loops_grid or args.solvers:
+        m = run.cfg.model
+        report = search_frontier(run, args.loops_grid or list(range(m.min_loops, m.max_loops + 1)),
+                                 args.steps_grid or [run.sample.steps], args.guidance_loops_grid, args.solvers,
+                                 args.n, args.seed, progress=not args.quiet and main_rank)
+        if main_rank:
+            print(format_frontier(report))
+            print(f"wrote {run.path / 'frontier.json'} and {run.path / 'frontier.png'}")
+        return
     budgets = args.budgets or [float(L) for L in range(2, run.cfg.model.max_loops + 1)]
     report = search_schedules(run, budgets, args.thresholds, args.n, args.seed, args.max_loops,
                               progress=not args.quiet and main_rank)

@@ -114,8 +114,9 @@ def write_hub_folder(run, folder: Path, onnx: dict) -> None:
         "source_run": str(run.path), "config": cfg.to_dict(), "onnx": onnx})
     # no tensor shares memory with another (the BERT layout ties its head to the embeddings): every name kept
     state = {k: v.detach().clone().contiguous() for k, v in run.model.state_dict().items()}
-    save_torch_state_dict(state, folder, filename_pattern="model{suffix}.safetensors",
-                          metadata={"format": "pt", "elt_weights": "ema" if run.ema else "raw"})
+    # no metadata beyond huggingface_hub's own "format": safetensors writes a header map in no fixed order, and one
+    # key keeps the file the same bytes every time (config.json says which weights it holds)
+    save_torch_state_dict(state, folder, filename_pattern="model{suffix}.safetensors")
     if run.tokenizer.learned:
         tok = {k: v.detach().clone().contiguous() for k, v in run.tokenizer.state_dict().items()}
         save_torch_state_dict(tok, folder, filename_pattern=TOKENIZER.replace(".safetensors", "{suffix}.safetensors"))

@@ -201,7 +201,7 @@ class ElasticModel:
             changes["guidance"] = _checked("guidance", check_guidance, guidance)
         if changes:
             run = run.with_sample(**changes)
-        policy, how = choose_policy(run, loops, adaptive, budget_gflops, budget_ms, progress=progress)
+        run, policy, how = choose_policy(run, loops, adaptive, budget_gflops, budget_ms, progress=progress)
         return run, policy, how, labels
 
     def _class_ids(self, classes) -> list[int]:
@@ -285,6 +285,15 @@ class OnnxNetwork:
             feed.append((torch.arange(t).expand(b, t) if positions is None else positions).cpu().numpy())
         out = session.run(None, dict(zip(names, feed)))[0]
         return torch.from_numpy(out).to(inputs[0].device)
+
+    def forward_groups(self, *inputs, loops: list[int], positions=None):
+        """Guidance at fewer loops: each group of the batch through its own loop count's graph."""
+        import torch
+
+        n = inputs[0].shape[0] // len(loops)
+        return torch.cat([self(*(x[g * n:(g + 1) * n] for x in inputs), loops=L,
+                               positions=None if positions is None else positions[g * n:(g + 1) * n])
+                          for g, L in enumerate(loops)])
 
     def forward_adaptive(self, *a, **k):
         raise ValueError("adaptive halting runs the network loop by loop: it needs backend torch (an ONNX graph is "

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..choices import LAMBDA_SCHEDULES, LINT_MODES, OBJECTIVES
+from ..choices import LAMBDA_SCHEDULES, LINT_DISTRIBUTIONS, LINT_MODES, OBJECTIVES
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class ILSDOptions:
     student_gt: bool = True          # λ·L_GT(F_Lint)
     distill: bool = True             # (1-λ)·L_dist(F_Lint, stopgrad(F_Lmax))
     lint_mode: str = "step"          # how Lint is drawn: step (one per step) | example (one per example)
+    lint_distribution: str = "uniform"  # uniform over Lmin..Lmax-1 (the paper's) | flops: p(L) ∝ 1/FLOPs(L)
     temperature: float = 1.0         # distillation temperature (the framework's dist_loss applies it)
 
     def __post_init__(self):
@@ -46,6 +47,8 @@ class ILSDOptions:
             raise ValueError(f"lambda_schedule must be one of {LAMBDA_SCHEDULES}, got {self.lambda_schedule!r}")
         if self.lint_mode not in LINT_MODES:
             raise ValueError(f"lint_mode must be one of {LINT_MODES}, got {self.lint_mode!r}")
+        if self.lint_distribution not in LINT_DISTRIBUTIONS:
+            raise ValueError(f"lint_distribution must be one of {LINT_DISTRIBUTIONS}, got {self.lint_distribution!r}")
         if not (self.teacher_gt or self.student_gt or self.distill):
             raise ValueError("every ILSD term is off; turn on at least one of teacher_gt, student_gt, distill")
 
@@ -57,12 +60,24 @@ class ILSD:
     total_steps: int
     objective: str = "ilsd"
     options: ILSDOptions = ILSDOptions()
+    costs: tuple[float, ...] | None = None  # FLOPs of a forward pass at L = 1 … Lmax (lint_distribution="flops")
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if not 1 <= self.min_loops <= self.max_loops:
             raise ValueError(f"need 1 <= min_loops <= max_loops, got {self.min_loops}, {self.max_loops}")
+        if self.options.lint_distribution == "flops" and (self.costs is None or len(self.costs) < self.max_loops):
+            raise ValueError("lint_distribution='flops' needs the forward pass's FLOPs at every L up to max_loops")
+
+    def lint_probabilities(self) -> torch.Tensor:
+        """p(Lint = L) for L = Lmin … Lmax-1: uniform, or ∝ 1/FLOPs(L) (every exit the same share of compute)."""
+        n = self.max_loops - self.min_loops
+        if self.options.lint_distribution == "uniform":
+            return torch.full((n,), 1.0 / n, dtype=torch.float64)
+        inverse = torch.tensor([1.0 / self.costs[L - 1] for L in range(self.min_loops, self.max_loops)],
+                               dtype=torch.float64)
+        return inverse / inverse.sum()
 
     @property
     def distills(self) -> bool:
@@ -89,9 +104,13 @@ class ILSD:
         LongTensor (batch,); None when nothing is distilled."""
         if not self.distills:
             return None
-        if self.options.lint_mode == "example":
-            return torch.randint(self.min_loops, self.max_loops, (batch,), generator=generator)
-        return int(torch.randint(self.min_loops, self.max_loops, (1,), generator=generator))
+        count = batch if self.options.lint_mode == "example" else 1
+        if self.options.lint_distribution == "uniform":
+            lint = torch.randint(self.min_loops, self.max_loops, (count,), generator=generator)
+        else:
+            lint = self.min_loops + torch.multinomial(self.lint_probabilities(), count, replacement=True,
+                                                      generator=generator)
+        return lint if self.options.lint_mode == "example" else int(lint)
 
     def exits(self, lint: int | torch.Tensor | None) -> tuple[int, ...]:
         if lint is None:

@@ -75,6 +75,36 @@ class LoopedModel(nn.Module):
         return self.forward_exits(*inputs, loops=loops, **head_kw)[loops]
 
     @torch.no_grad()
+    def forward_groups(self, *inputs, loops: list[int], **head_kw) -> torch.Tensor:
+        """The batch holds len(loops) equal groups back to back (e.g. guidance's conditional and unconditional
+        halves); group g runs loops[g] loops. The groups share the loops they have in common — each row runs
+        exactly its own count, and the shallower groups' rows leave the batch once they are done — so the
+        compute is that of each group at its own L. Every group's output equals a forward pass at its L.
+        Conditioning and head arguments must be batch-first."""
+        for L in loops:
+            check_loops(L)
+        h, cond = self.embed(*inputs)
+        b, groups = h.shape[0], len(loops)
+        if b % groups:
+            raise ValueError(f"batch {b} is not {groups} equal groups")
+        n = b // groups
+        take = lambda d, idx: {k: v[idx] if torch.is_tensor(v) and v.shape[:1] == (b,) else v for k, v in d.items()}  # noqa: E731
+        outs: list[torch.Tensor | None] = [None] * groups
+        active, done = list(range(groups)), 0
+        for g in sorted(range(groups), key=lambda g: loops[g]):
+            rows = torch.cat([torch.arange(k * n, (k + 1) * n, device=h.device) for k in active])
+            c = take(cond, rows)
+            x = h[rows]
+            for _ in range(loops[g] - done):
+                x = self.stack.block(x, **c)
+            h = h.index_copy(0, rows, x)
+            done = loops[g]
+            mine = torch.arange(g * n, (g + 1) * n, device=h.device)
+            outs[g] = self.head(h[mine], **take(cond, mine), **take(head_kw, mine))
+            active.remove(g)
+        return torch.cat(outs)
+
+    @torch.no_grad()
     def forward_adaptive(self, *inputs, min_loops: int, max_loops: int, threshold: float, change,
                          groups: int = 1, **head_kw):
         """Adaptive halting: loop each example until `change(prev_out, out)` (one value per example) is at

@@ -232,10 +232,14 @@ def per_step_counts(policy, steps: int) -> list[tuple[float, float]]:
     return [(float(L), 1.0) for L in as_policy(policy).per_step(steps)]
 
 
-def check_sampling_loops(policy, steps: int, lmax: int) -> None:
+def check_sampling_loops(policy, steps: int, lmax: int, guidance_loops: int | None = None) -> None:
     """One clear error for a `policy` (anything `as_policy` takes) that loops far beyond what the model was
-    trained for (a typo such as 40 for 4 would otherwise run ten times longer and give noise)."""
+    trained for (a typo such as 40 for 4 would otherwise run ten times longer and give noise), or whose steps
+    loop fewer times than the unconditional half of guidance would (`guidance_loops`)."""
     policy = as_policy(policy)
+    if guidance_loops is not None:
+        for L in ([policy] if isinstance(policy, AdaptiveLoops) else sorted(set(policy.per_step(steps)))):
+            check_guidance_loops(guidance_loops, L)
     most = policy.max_loops if isinstance(policy, AdaptiveLoops) else max(policy.per_step(steps))
     limit = BEYOND_LMAX * lmax
     if most > limit:
@@ -264,11 +268,15 @@ def loops_at(policy, step: int, steps: int) -> "int | AdaptiveLoops":
 
 def run_policy(model, inputs: tuple, step_policy, step: int = 0,
                change: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-               groups: int = 1, **head_kw) -> torch.Tensor:
+               groups: int = 1, guidance_loops: int | None = None, **head_kw) -> torch.Tensor:
     """The samplers' one call into the network at sampling step `step`: `step_policy` is what `loops_at`
     gives — a loop count, or adaptive halting (an AdaptiveLoops; `change(prev, cur)` gives one value per
     example). `groups` copies of each example lie in the batch back to back (guidance: conditional half,
-    unconditional half); they stop together."""
+    unconditional half); they stop together. `guidance_loops`: the unconditional half (the second group) runs
+    that many loops while the conditional half runs the step's; they share the loops they have in common."""
+    if guidance_loops is not None and groups == 2:
+        check_guidance_loops(guidance_loops, step_policy)
+        return model.forward_groups(*inputs, loops=[step_policy, guidance_loops], **head_kw)
     if not isinstance(step_policy, AdaptiveLoops):
         return model(*inputs, loops=step_policy, **head_kw)
     a = step_policy
@@ -276,6 +284,24 @@ def run_policy(model, inputs: tuple, step_policy, step: int = 0,
                                               threshold=a.threshold, change=change, groups=groups, **head_kw)
     step_policy.record(step, used, heads)
     return out
+
+
+def check_guidance_loops(guidance_loops: int, step_loops) -> None:
+    """Guidance at fewer loops: the unconditional half runs 1 … the step's own loop count."""
+    if isinstance(step_loops, AdaptiveLoops):
+        raise ValueError("--guidance-loops with adaptive halting: halting decides both halves' loops together; use "
+                         "a loop count or a schedule")
+    check_loops(guidance_loops)
+    if guidance_loops > step_loops:
+        raise ValueError(f"--guidance-loops {guidance_loops} is above the {step_loops} loops of a sampling step: the "
+                         f"unconditional half runs at most the conditional half's loops; give 1..{step_loops}")
+
+
+def guided_counts(policy, steps: int, guidance_loops: int | None) -> list[tuple[float, float]]:
+    """(loops, head evaluations) of every network evaluation of a guided sample: the conditional half's at
+    each step, and the unconditional half's — the step's own, or `guidance_loops`."""
+    counts = per_step_counts(policy, steps)
+    return counts + ([(float(guidance_loops), 1.0)] * steps if guidance_loops is not None else counts)
 
 
 def relative_rms_change(prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:

@@ -106,8 +106,12 @@ def build_framework(cfg: Config, num_classes: int, tokenizer):
 def build_objective(cfg: Config, objective: str | None = None) -> ILSD:
     """The training objective of `cfg` (ILSD with its switches, or vanilla looping)."""
     m, t = cfg.model, cfg.train
+    costs = None
+    if cfg.ilsd.lint_distribution == "flops":  # the network's forward FLOPs at every L, counted on the meta device
+        net = nominal_model(cfg)
+        costs = tuple(float(net.flops(L)) for L in range(1, m.max_loops + 1))
     return ILSD(m.min_loops, m.max_loops, t.steps, objective or t.objective,
-                ILSDOptions(**dataclasses.asdict(cfg.ilsd)))
+                ILSDOptions(**dataclasses.asdict(cfg.ilsd)), costs)
 
 
 def build_sampler(cfg: Config, tokenizer, sample: SampleConfig | None = None):
@@ -116,8 +120,8 @@ def build_sampler(cfg: Config, tokenizer, sample: SampleConfig | None = None):
     if cfg.framework == "diffusion":
         clip = 1.0 if s.clip_denoised and cfg.tokenizer.kind == "pixel" else None
         return DiffusionSampler(diffusion_schedule(cfg, tokenizer.latent_shape[-1]), s.steps, s.guidance, s.sampler,
-                                cfg.diffusion.prediction, clip)
-    return MaskGITSampler(s.steps, s.guidance, s.temp_base, s.temp_anneal, s.choice_temperature)
+                                cfg.diffusion.prediction, clip, guidance_loops=s.guidance_loops)
+    return MaskGITSampler(s.steps, s.guidance, s.temp_base, s.temp_anneal, s.choice_temperature, s.guidance_loops)
 
 
 def nominal_model(cfg: Config) -> torch.nn.Module:

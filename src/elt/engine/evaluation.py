@@ -29,7 +29,7 @@ from .devices import rank_world
 from .media import Labels, save_grid, save_video_grid
 from .prepare import Classifiers, Split, metric_classifiers
 from .run import REPORT, Run, read_report, run_writer
-from .sampling import balanced_labels, generate, gflops_per_sample
+from .sampling import balanced_labels, generate, gflops_per_sample, guided_loops
 
 log = logging.getLogger("elt")
 
@@ -154,7 +154,7 @@ def evaluate(run: Run, loops: list[int] | None = None, n: int | None = None, see
     loops = loops or c.eval.loops or list(range(1, c.model.max_loops + 3))
     n, seed = eval_n_seed(run, n, seed)
     for L in loops:  # every loop count checked before any work
-        check_sampling_loops(L, run.sampler.steps, c.model.max_loops)
+        check_sampling_loops(L, run.sampler.steps, c.model.max_loops, guided_loops(run))
     with run_writer(run.path, "elt evaluate"):
         judge = make_judge(run, classifiers, progress)
         labels = balanced_labels(n, run.num_classes)

@@ -7,6 +7,7 @@
     RUN/metrics.jsonl        one record per logged training step
     RUN/anytime.json, .png   the any-time report; RUN/eval/ a copy per sampling setting
     RUN/latency.json         measured milliseconds per sample (budgets, the HTTP service)
+    RUN/frontier.json, .png  `elt schedules`' frontier of loops × steps × guidance loops (× solver)
     RUN/.elt.lock            held by the one process writing the folder
 
 The rules: a new run goes into a new, empty or elt folder; `--resume` keeps the config (only the step count
@@ -37,13 +38,14 @@ from .devices import rank_world, resolve_precision
 
 CONFIG, DATA_SPEC, TOKENIZER, METRICS, REPORT = "config.yaml", "data.json", "tokenizer.safetensors", "metrics.jsonl", \
     "anytime.json"
-LATENCY = "latency.json"
+LATENCY, FRONTIER = "latency.json", "frontier.json"
 EXPORT_CONFIG, EXPORT_WEIGHTS = "config.json", "model.safetensors"  # an exported folder (`elt export`)
 LOCK_NAME = ".elt.lock"
 RUN_MARKERS = ("checkpoints", DATA_SPEC, LOCK_NAME)  # what a folder elt trains into holds from its start
 # A run's and an export's own files and folders: never an output path, whatever --overwrite says.
 OWN = {"run": ({CONFIG, DATA_SPEC, TOKENIZER, METRICS, REPORT, "anytime.png", "anytime_grid.png", "anytime_grid.gif",
-                "anytime_grid.mp4", "timing.json", LATENCY, LOCK_NAME}, {"checkpoints", "eval", "tensorboard"}),
+                "anytime_grid.mp4", "timing.json", LATENCY, FRONTIER, "frontier.png", LOCK_NAME},
+               {"checkpoints", "eval", "tensorboard"}),
        "export": ({EXPORT_CONFIG, EXPORT_WEIGHTS, TOKENIZER, "README.md", REPORT, "anytime.png", "anytime_grid.png",
                    "anytime_grid.gif", "anytime_grid.mp4", LATENCY}, {"onnx", "eval"})}
 
@@ -281,6 +283,7 @@ def settings_tag(sampling: dict, checkpoint_step: int, seed: int, n: int | None 
     if "temp_base" in s:  # masked: the sampling and choice temperatures
         parts += [f"temp{s['temp_base']:g}+{s['temp_anneal']:g}", f"choice{s['choice_temperature']:g}"]
     parts += [f"seed{seed}"] + ([f"n{n}"] if n is not None else [])
+    parts += [f"gl{s['guidance_loops']}"] if s.get("guidance_loops") is not None else []
     parts += ["bf16"] if s.get("precision") == "bf16" else []
     parts += [s["backend"]] if s.get("backend", "torch") != "torch" else []
     parts += ["raw"] if s.get("ema") is False else []

@@ -26,7 +26,7 @@ from ..utils.progress import bar
 from .checkpoint import claim_manifest, save_arrays
 from .devices import autocast, rank_world
 from .media import export_adm_npz, export_stylegan_v, save_samples
-from .run import LATENCY, REPORT, Run, read_report
+from .run import FRONTIER, LATENCY, REPORT, Run, read_report
 
 log = logging.getLogger("elt")
 
@@ -70,7 +70,7 @@ def generate(run: Run, policy, labels: torch.Tensor, seed: int = 0, progress: bo
 def sample_local(run: Run, policy, labels: torch.Tensor, gen: torch.Generator, progress: bool = False) -> np.ndarray:
     """This process's samples for `labels`, in batches of sample.batch_size, drawing from `gen`."""
     policy = as_policy(policy)
-    check_sampling_loops(policy, run.sampler.steps, run.cfg.model.max_loops)
+    check_sampling_loops(policy, run.sampler.steps, run.cfg.model.max_loops, guided_loops(run))
     out, bs, device = [], run.sample.batch_size, run.device
     tic = time.perf_counter()
     for i in bar(range(0, len(labels), bs), desc=f"sample {policy}", progress=progress, leave=False):
@@ -95,6 +95,11 @@ def say_duration(n: int, batch: int, first_batch_s: float) -> float:
     return total
 
 
+def guided_loops(run: Run) -> int | None:
+    """The unconditional half's loop count when guidance runs it at its own (`--guidance-loops`), else None."""
+    return run.sampler.guidance_loops if run.sampler.guided else None
+
+
 def gflops_per_sample(run: Run, policy) -> float:
     """Network GFLOPs of sampling one example (guidance doubles the batch); tokenizer decode excluded."""
     return run.sampler.flops(run.model, policy) / 1e9
@@ -103,27 +108,49 @@ def gflops_per_sample(run: Run, policy) -> float:
 # ---------------------------------------------------------------------------------- the loop policy
 
 
+AXES = ("steps", "sampler", "guidance_loops")  # what a frontier point may set besides its loop policy
+
+
+def _apart(settings: dict) -> dict:
+    """A run's sampling settings without the frontier's axes (what must match for a measurement to count)."""
+    return {k: v for k, v in settings.items() if k not in AXES}
+
+
 def measured_policies(run: Run) -> list[dict]:
-    """Every constant L and schedule measured for this run at its sampling settings (RUN/anytime.json), as
-    {name, spec, kind, gflops_per_sample, quality}; adaptive points are left out (their compute varies)."""
+    """Every measured way to sample this run that fits its settings, as {name, spec, kind, gflops_per_sample,
+    quality, sample}: the constant L and schedules of RUN/anytime.json (measured at exactly these settings;
+    `sample` = {}), and the points of `elt schedules`' frontier (RUN/frontier.json: measured at these settings
+    but for steps, the solver and the guidance loops, which `sample` then sets). Adaptive points are left out
+    (their compute varies)."""
+    out, said = [], []
     path = run.path / REPORT
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run `elt evaluate --run {run.path}` and "
-                                f"`elt schedules --run {run.path}` first, then sample within a budget")
-    report = read_report(path)
-    measured, now = report["sampling"], run.sampler.settings()
-    differ = {k: (measured[k], v) for k, v in now.items() if k in measured and measured[k] != v}
-    if differ:
-        said = ", ".join(f"{k}={a} (now {b})" for k, (a, b) in differ.items())
-        raise ValueError(f"{path} was measured with {said}; sample with those settings or re-run "
-                         "evaluate/schedules with these")
-    fd = f"fd_{report['metric_extractor']}"
-    out = [{"name": f"L{L}", "spec": str(L), "kind": "constant", "gflops_per_sample": r["gflops_per_sample"],
-            "quality": r[fd]} for L, r in report.get("loops", {}).items()]
-    for p in report.get("schedules", {}).get("points", []):
-        if p["kind"] == "schedule" or (p["kind"] == "constant" and not any(o["name"] == p["name"] for o in out)):
-            out.append({"name": p["name"], "spec": p.get("spec", p["name"][1:]), "kind": p["kind"],
-                        "gflops_per_sample": p["gflops_per_sample"], "quality": p[fd]})
+    if path.is_file():
+        report = read_report(path)
+        measured, now = report["sampling"], run.sampler.settings()
+        differ = {k: (measured[k], v) for k, v in now.items() if k in measured and measured[k] != v}
+        if differ:
+            said.append(f"{path} was measured with " + ", ".join(f"{k}={a} (now {b})" for k, (a, b) in differ.items()))
+        else:
+            fd = f"fd_{report['metric_extractor']}"
+            out = [{"name": f"L{L}", "spec": str(L), "kind": "constant", "gflops_per_sample": r["gflops_per_sample"],
+                    "quality": r[fd], "sample": {}} for L, r in report.get("loops", {}).items()]
+            for p in report.get("schedules", {}).get("points", []):
+                if p["kind"] == "schedule" or (p["kind"] == "constant" and not any(o["name"] == p["name"] for o in out)):
+                    out.append({"name": p["name"], "spec": p.get("spec", p["name"][1:]), "kind": p["kind"],
+                                "gflops_per_sample": p["gflops_per_sample"], "quality": p[fd], "sample": {}})
+    path = run.path / FRONTIER
+    if path.is_file():
+        frontier = json.loads(path.read_text())
+        if _apart(frontier["base"]) != _apart(run.settings()):
+            said.append(f"{path} was measured with other settings ({_apart(frontier['base'])})")
+        else:
+            out += [{k: p[k] for k in ("name", "spec", "kind", "gflops_per_sample", "quality", "sample")}
+                    for p in frontier["points"]]
+    if not out:
+        raise (ValueError if said else FileNotFoundError)(
+            ("; ".join(said) + ": sample with those settings, or measure these") if said else
+            f"{run.path} has no measurements to choose from: run `elt evaluate --run {run.path}` (and `elt schedules "
+            f"--run {run.path}` for the frontier of loops, steps and guidance) first, then sample within a budget")
     return out
 
 
@@ -162,41 +189,47 @@ def latencies(run: Run, specs: list[str], progress: bool = True, batch: int | No
 
 
 def pick_for_budget(run: Run, gflops: float | None = None, ms: float | None = None, progress: bool = True) -> dict:
-    """The measured policy with the best Fréchet distance whose GFLOPs (or measured ms per sample) fit the
-    budget; raises naming the cheapest one when none fits."""
+    """The measured way to sample with the best Fréchet distance whose GFLOPs (or measured ms per sample) fit
+    the budget; raises naming the cheapest one when none fits."""
     if (gflops is None) == (ms is None):
         raise ValueError("give exactly one budget: --budget-gflops or --budget-ms")
     candidates = measured_policies(run)
     if ms is not None:
-        lat = latencies(run, [p["spec"] for p in candidates], progress)
+        by_settings: dict[str, list[dict]] = {}
         for p in candidates:
-            p["ms_per_sample"] = lat[p["spec"]]
+            by_settings.setdefault(json.dumps(p["sample"], sort_keys=True), []).append(p)
+        for key, group in by_settings.items():
+            view = run.with_sample(**json.loads(key)) if json.loads(key) else run
+            lat = latencies(view, [p["spec"] for p in group], progress)
+            for p in group:
+                p["ms_per_sample"] = lat[p["spec"]]
     cost, budget, unit = ("gflops_per_sample", gflops, "GFLOPs") if gflops is not None else ("ms_per_sample", ms, "ms")
     fitting = [p for p in candidates if p[cost] <= budget]
     if not fitting:
         cheapest = min(candidates, key=lambda p: p[cost])
-        raise ValueError(f"no measured loop schedule fits {budget:g} {unit} per sample; the cheapest, "
+        raise ValueError(f"no measured way to sample fits {budget:g} {unit} per sample; the cheapest, "
                          f"{cheapest['name']}, needs {cheapest[cost]:.4g}: raise the budget")
     return min(fitting, key=lambda p: p["quality"])
 
 
 def choose_policy(run: Run, loops=None, adaptive: float | None = None, budget_gflops: float | None = None,
-                  budget_ms: float | None = None, progress: bool = True) -> tuple[object, dict]:
-    """(the loop policy, how it was chosen) from exactly one of: `loops` (a loop count, a schedule or its
-    spec), an adaptive-halting threshold, a GFLOPs or a latency budget (the best measured policy that
-    fits it)."""
+                  budget_ms: float | None = None, progress: bool = True) -> tuple[Run, object, dict]:
+    """(the run with the settings chosen, the loop policy, how it was chosen) from exactly one of: `loops` (a
+    loop count, a schedule or its spec), an adaptive-halting threshold, a GFLOPs or a latency budget (the best
+    measured policy that fits it, with the steps, solver and guidance loops it was measured at)."""
     m = run.cfg.model
     if loops is not None:
         policy = as_policy(loops)
-        return policy, {"loops": loops if isinstance(loops, int) else policy.spec()}
+        return run, policy, {"loops": loops if isinstance(loops, int) else policy.spec()}
     if adaptive is not None:
         policy = AdaptiveLoops(adaptive, m.min_loops, m.max_loops)
-        return policy, {"loops": repr(policy)}
+        return run, policy, {"loops": repr(policy)}
     best = pick_for_budget(run, budget_gflops, budget_ms, progress=progress)
     budget = {"budget_gflops": budget_gflops} if budget_gflops is not None else {"budget_ms": budget_ms}
     chosen = {k: best[k] for k in ("name", "gflops_per_sample", "ms_per_sample") if k in best}
     log.info("budget %s: using %s (%s)", budget, best["name"], chosen)
-    return as_policy(best["spec"]), {"loops": best["spec"], **budget, "chosen": chosen}
+    view = run.with_sample(**best["sample"]) if best["sample"] else run
+    return view, as_policy(best["spec"]), {"loops": best["spec"], **budget, "chosen": chosen}
 
 
 # ---------------------------------------------------------------------------------- what `elt sample` writes

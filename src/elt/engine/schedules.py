@@ -88,3 +88,62 @@ def search_schedules(run: Run, budgets: list[float], thresholds: list[float] = (
                    "frontier": pareto(points + table, "gflops_per_sample", fd), "comparison": comparison}
         report["schedules"] = section
         return write_report(report, run.path)
+
+
+# ---------------------------------------------------------------------------------- loops × steps × guidance × solver
+
+
+def search_frontier(run: Run, loops: list[int], steps: list[int], guidance_loops: list[int] = (),
+                    solvers: list[str] = (), n: int | None = None, seed: int | None = None,
+                    progress: bool = True) -> dict:
+    """Measure every constant L of `loops` at every sampling step count of `steps`, with the unconditional half of
+    guidance at the step's loops and at each of `guidance_loops` (below L), and — diffusion — with each solver
+    of `solvers` (default: the run's); the Pareto frontier of quality against GFLOPs per sample over all of
+    them. Writes RUN/frontier.json and RUN/frontier.png; `elt sample --budget-gflops/--budget-ms`, the Python
+    API and `elt api` pick from it. Every point records its settings."""
+    from ..metrics.anytime import plot_frontier
+    from ..utils.atomic import write_bytes, write_json
+    from .run import FRONTIER
+
+    c = run.cfg
+    n, seed = eval_n_seed(run, n, seed)
+    solvers = list(solvers) or ([run.sample.sampler] if c.framework == "diffusion" else [None])
+    if c.framework == "masked" and solvers != [None]:
+        raise ValueError("--solvers are diffusion solvers; the masked framework decodes with MaskGIT's schedule")
+    for L in loops:
+        check_sampling_loops(L, run.sampler.steps, c.model.max_loops)
+    grid = []
+    for solver in solvers:
+        for k in steps:
+            for g in [None, *sorted(set(guidance_loops))]:
+                sample = {"steps": k, **({"sampler": solver} if solver else {}), "guidance_loops": g}
+                view = run.with_sample(**sample)
+                if g is not None and not view.sampler.guided:
+                    continue  # no guidance, no unconditional half
+                for L in loops:
+                    if g is None or g < L:
+                        grid.append((sample, view, L))
+    with run_writer(run.path, "elt schedules"):
+        judge = make_judge(run, progress=progress)
+        labels = balanced_labels(n, run.num_classes)
+        points = []
+        for sample, view, L in bar(grid, desc="frontier", progress=progress):
+            r = measure(view, judge, L, labels, seed)
+            name = (f"L{L}_K{sample['steps']}" + (f"_{sample['sampler']}" if "sampler" in sample else "")
+                    + (f"_gl{sample['guidance_loops']}" if sample["guidance_loops"] is not None else ""))
+            points.append({"name": name, "kind": "constant", "spec": str(L), "loops": L, "sample": sample, **r})
+            log.info("%s %s", name, r)
+        fd = f"fd_{judge.prefix}"
+        for p in points:
+            p["quality"] = p[fd]
+        lmax = c.model.max_loops
+        default = next((p["name"] for p in points if p["loops"] == lmax and p["sample"]["steps"] == run.sample.steps
+                        and p["sample"].get("sampler", run.sample.sampler) == run.sample.sampler
+                        and p["sample"]["guidance_loops"] == run.sample.guidance_loops), None)
+        report = {"run": str(run.path), "config": c.name, "framework": c.framework, "checkpoint_step": run.step,
+                  "metric_extractor": judge.prefix, "base": run.settings(), "n": n, "seed": seed,
+                  "default": default, "points": points,
+                  "frontier": pareto(points, "gflops_per_sample", fd)}
+        write_json(run.path / FRONTIER, report)
+        write_bytes(run.path / "frontier.png", plot_frontier(report))
+    return report

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.loops import as_policy, logits_kl_change, loops_at, per_step_counts, run_policy
+from ..core.loops import as_policy, guided_counts, logits_kl_change, loops_at, per_step_counts, run_policy
 
 
 def gumbel(shape, generator: torch.Generator | None) -> torch.Tensor:
@@ -39,6 +39,7 @@ class MaskGITSampler:
     temp_base: float = 0.5
     temp_anneal: float = 0.8
     choice_temperature: float = 4.5
+    guidance_loops: int | None = None  # the unconditional half at this many loops (None: the step's own)
 
     def __post_init__(self):
         if self.steps < 1:
@@ -52,8 +53,9 @@ class MaskGITSampler:
 
     def settings(self) -> dict:
         """Every setting that changes the samples (for reports and output names)."""
-        return {"steps": self.steps, "guidance": self.guidance, "temp_base": self.temp_base, "temp_anneal": self.temp_anneal,
-                "choice_temperature": self.choice_temperature}
+        out = {"steps": self.steps, "guidance": self.guidance, "temp_base": self.temp_base,
+               "temp_anneal": self.temp_anneal, "choice_temperature": self.choice_temperature}
+        return out if self.guidance_loops is None or not self.guided else {**out, "guidance_loops": self.guidance_loops}
 
     def masked_after(self, step: int, num_tokens: int) -> int:
         """How many positions stay masked after decoding step `step` (0-based), before clamping."""
@@ -67,14 +69,25 @@ class MaskGITSampler:
         return min(max(1, self.masked_after(step, num_tokens)), masked - 1)
 
     def flops(self, model, policy) -> float:
-        """Transformer FLOPs of decoding one sample (x2 with guidance): every layer at every step, the head
-        only at the positions still masked. Adaptive halting: the loops and heads it ran, on average."""
-        t, masked, total = model.num_tokens, model.num_tokens, 0.0
-        for k, (L, heads) in enumerate(per_step_counts(policy, self.steps)):
+        """Transformer FLOPs of decoding one sample: every layer at every step, the head only at the positions
+        still masked; with guidance the unconditional half too, at its own loops (`guidance_loops`) or the
+        step's. Adaptive halting: the loops and heads it ran, on average."""
+        counts = per_step_counts(policy, self.steps)
+        if self.guided:
+            counts = guided_counts(policy, self.steps, self.guidance_loops)
+        t, total = model.num_tokens, 0.0
+        for k, (L, heads) in enumerate(counts):
+            masked = self.masked_before(k % self.steps, t)
             layers = model.flops(L, heads=0)
             total += layers + (model.flops(L, heads=heads) - layers) * masked / t
-            masked = self.keep_masked(k, t, masked)
-        return total * (2 if self.guided else 1)
+        return total
+
+    def masked_before(self, step: int, num_tokens: int) -> int:
+        """How many positions are masked when decoding step `step` begins."""
+        masked = num_tokens
+        for k in range(step):
+            masked = self.keep_masked(k, num_tokens, masked)
+        return masked
 
     def logits(self, model, tokens, labels, step_policy, positions: torch.Tensor | None = None, step: int = 0) -> torch.Tensor:
         """Guided logits (B, T, V), or (B, n, V) at `positions` (B, n) only; `step_policy` a loop count or an
@@ -83,7 +96,7 @@ class MaskGITSampler:
             return run_policy(model, (tokens, labels), step_policy, step, logits_kl_change, positions=positions).float()
         null = torch.full_like(labels, model.null_class)
         both = run_policy(model, (torch.cat([tokens, tokens]), torch.cat([labels, null])), step_policy, step,
-                          logits_kl_change, groups=2,
+                          logits_kl_change, groups=2, guidance_loops=self.guidance_loops,
                           positions=None if positions is None else torch.cat([positions, positions])).float()
         cond, uncond = both.chunk(2)
         return torch.lerp(uncond, cond, self.guidance)  # uncond + s·(cond − uncond) in one pass

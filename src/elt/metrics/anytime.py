@@ -103,3 +103,63 @@ def format_schedules(report: dict) -> str:
                      f"constant {c['constant']} fd {c.get('constant_fd_' + p) or float('nan'):.2f} vs best schedule "
                      f"{c['best_schedule']} fd {c['schedule_fd_' + p]:.2f}")
     return "\n".join(lines)
+
+
+def plot_frontier(report: dict) -> bytes:
+    """`elt schedules`' frontier as PNG bytes: quality against GFLOPs per sample for every point (colour: the
+    sampling steps; marker: the solver; hollow: guidance at fewer loops), the Pareto frontier dashed, the
+    run's default settings starred."""
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fd = f"fd_{report['metric_extractor']}"
+    points = report["points"]
+    steps = sorted({p["sample"]["steps"] for p in points})
+    solvers = sorted({p["sample"].get("sampler") or "maskgit" for p in points})
+    markers = dict(zip(solvers, "osD^v"))
+    colours = plt.get_cmap("viridis")
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for p in points:
+        k = p["sample"]["steps"]
+        colour = colours(steps.index(k) / max(1, len(steps) - 1))
+        hollow = p["sample"].get("guidance_loops") is not None
+        ax.scatter(p["gflops_per_sample"], p[fd], marker=markers[p["sample"].get("sampler") or "maskgit"], s=28,
+                   facecolors="none" if hollow else colour, edgecolors=colour, zorder=3)
+    front = sorted((p for p in points if p["name"] in report["frontier"]), key=lambda p: p["gflops_per_sample"])
+    ax.plot([p["gflops_per_sample"] for p in front], [p[fd] for p in front], "k--", lw=0.8, label="frontier")
+    default = next((p for p in points if p["name"] == report.get("default")), None)
+    if default is not None:
+        ax.scatter(default["gflops_per_sample"], default[fd], marker="*", s=160, c="crimson", zorder=4,
+                   label=f"default ({default['name']})")
+    for solver, m in markers.items():
+        ax.scatter([], [], marker=m, c="grey", label=solver)
+    for k in steps:
+        ax.scatter([], [], marker="s", color=colours(steps.index(k) / max(1, len(steps) - 1)), label=f"{k} steps")
+    ax.scatter([], [], marker="o", facecolors="none", edgecolors="grey", label="guidance at fewer loops")
+    ax.set_xlabel("GFLOPs per sample")
+    ax.set_ylabel(fd)
+    ax.set_title(f"{report['config']}: loops × steps × guidance loops, checkpoint {report['checkpoint_step']}, "
+                 f"n {report['n']}", fontsize=9)
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def format_frontier(report: dict) -> str:
+    """The frontier's points as a text table, cheapest first; the frontier marked."""
+    fd, acc = f"fd_{report['metric_extractor']}", f"acc_{report['metric_extractor']}"
+    lines = [f"{report['config']}: {len(report['points'])} points, n {report['n']}, seed {report['seed']}",
+             f"{'point':<26} {'GFLOPs':>8} {acc:>16} {fd:>14} {'s/sample':>9}"]
+    for p in sorted(report["points"], key=lambda p: p["gflops_per_sample"]):
+        mark = " <- frontier" if p["name"] in report["frontier"] else ""
+        mark += " (default)" if p["name"] == report.get("default") else ""
+        lines.append(f"{p['name']:<26} {p['gflops_per_sample']:>8.3f} {p.get(acc, float('nan')):>16.3f} "
+                     f"{p[fd]:>14.2f} {p['seconds_per_sample']:>9.4f}{mark}")
+    return "\n".join(lines)

@@ -46,6 +46,20 @@ def test_validation_names_the_key(override, key):
         apply_overrides(get_preset("digits-maskgit"), [override]).validate()
 
 
+@pytest.mark.parametrize("preset,override,match", [
+    ("digits-maskgit", "train.motion_loss_weight=4", "has none"),       # no motionvq tokenizer here
+    ("digits-maskgit", "sample.motion_order=last", "has none"),
+    ("mfmnist-video", "train.motion_loss_weight=0", "finite number > 0"),
+    ("mfmnist-video", "train.motion_loss_weight=.nan", "finite number > 0"),
+    ("mfmnist-video", "sample.motion_order=middle", "choose"),
+])
+def test_motion_settings_are_checked(preset, override, match):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"{key}.*{match}"):
+        apply_overrides(get_preset(preset), [override]).validate()
+    apply_overrides(get_preset("mfmnist-video"), ["train.motion_loss_weight=4", "sample.motion_order=last"]).validate()
+
+
 def test_preset_names_carry_n_and_l():
     for name in PRESETS:
         if name in ALIASES:

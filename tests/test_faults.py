@@ -455,7 +455,7 @@ def test_report_copies_merge_from_their_own_file(masked_run, run_copy):
 
 def test_sample_folders_of_two_runs_of_one_name_never_mix(masked_run, tmp_path):
     """Two runs both called `run`, same checkpoint step and settings: two folders, each knowing its weights."""
-    from conftest import TINY, tiny_cfg
+    from conftest import tiny_cfg
     from elt.engine.train import train
 
     other = tmp_path / "b" / "run"

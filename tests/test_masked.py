@@ -119,11 +119,59 @@ def test_loop_schedule_per_step_is_used():
     assert seen == [3, 2, 1]
 
 
+def test_position_weights_weigh_the_mean_and_one_is_the_plain_mean():
+    """A motion token at weight w counts as w tokens in both losses and in the batch split; weights of 1
+    are the unweighted mean exactly."""
+    logits, teacher = torch.randn(3, 5, 7), torch.randn(3, 5, 7)
+    target = torch.randint(0, 7, (3, 5))
+    mask = torch.rand(3, 5) < 0.6
+    mask[:, -1] = True
+    plain = MaskedFramework(codebook_size=7, num_classes=2)
+    ones = MaskedFramework(codebook_size=7, num_classes=2, position_weights=torch.ones(5))
+    for loss in ("gt_loss", "dist_loss"):
+        a = getattr(plain, loss)(logits, target if loss == "gt_loss" else teacher, mask)
+        assert torch.allclose(a, getattr(ones, loss)(logits, target if loss == "gt_loss" else teacher, mask))
+    w = torch.tensor([1.0, 1, 1, 1, 4])
+    heavy = MaskedFramework(codebook_size=7, num_classes=2, label_smoothing=0.0, position_weights=w)
+    per = F.cross_entropy(logits[mask], target[mask], reduction="none")
+    ww = w[mask.nonzero()[:, 1]]
+    assert torch.allclose(heavy.gt_loss(logits, target, mask), (per * ww).sum() / ww.sum())
+    assert heavy.loss_weight(mask) == pytest.approx(float(ww.sum()))
+    fused, gt, dist = heavy.student_loss(logits, teacher, target, mask, lam=0.3)
+    assert torch.allclose(gt, heavy.gt_loss(logits, target, mask), atol=1e-6)
+    assert torch.allclose(dist, heavy.dist_loss(logits, teacher, mask), atol=1e-6)
+    assert torch.allclose(fused, 0.3 * gt + 0.7 * dist, atol=1e-6)
+
+
+@pytest.mark.parametrize("order", ["joint", "first", "last"])
+def test_trailing_positions_draw_their_own_ids_in_their_order(order):
+    """A motionvq clip: the last position takes ids from the last 3 of the vocabulary only, the others never;
+    `first` decodes it at step 0, `last` at the final step, joint whenever its confidence says."""
+    model = tiny_masked(tokens=16, codebook=11)
+    s = MaskGITSampler(steps=6, trailing=1, trailing_order=order, trailing_vocab=3)
+    seen = []
+    out = s(model, torch.arange(3) % 3, 2, torch.Generator().manual_seed(0),
+            callback=lambda k, t: seen.append((t[:, -1] != model.mask_id).clone()))
+    assert (out[:, -1] >= 8).all() and (out[:, :-1] < 8).all()
+    if order == "first":
+        assert seen[0].all()
+    if order == "last":
+        assert not any(d.any() for d in seen[:-1]) and seen[-1].all()
+    plain = MaskGITSampler(steps=6)
+    assert [s.masked_before(k, 16) for k in range(6)] == [plain.masked_before(k, 16) for k in range(6)]
+    assert s.flops(model, 2) == plain.flops(model, 2)
+    assert ("motion_order" in s.settings()) == (order != "joint")
+
+
 def test_bad_sampler_settings():
     with pytest.raises(ValueError, match="steps"):
         MaskGITSampler(steps=0)
     with pytest.raises(ValueError, match="guidance"):
         MaskGITSampler(guidance=-1)
+    with pytest.raises(ValueError, match="trailing_order"):
+        MaskGITSampler(trailing=1, trailing_order="middle")
+    with pytest.raises(ValueError, match="trailing"):
+        MaskGITSampler(trailing_vocab=3)
 
 
 def test_categorical_draws_follow_the_softmax():

@@ -214,3 +214,18 @@ def test_frontier_of_loops_steps_guidance_loops_and_solvers(shared, request, run
                  "--n", "4", "--out", str(out)]) == 0
     settings = str(np.load(out.with_suffix(".npz"))["settings"])
     assert f"'name': '{cheapest['name']}'" in settings and f"'steps': {cheapest['sample']['steps']}" in settings
+
+
+def test_frontier_grows_over_calls_of_the_same_settings(masked_run, run_copy):
+    """A second `elt schedules --steps-grid` of the same checkpoint, n and seed keeps the first call's points
+    (re-measuring only its own, to the same numbers); another n starts afresh."""
+    run = run_copy(masked_run)
+    base = ["--quiet", "schedules", "--run", str(run), "--loops-grid", "1", "--n", "6"]
+    assert main([*base, "--steps-grid", "2"]) == 0
+    first = json.loads((run / "frontier.json").read_text())["points"]
+    assert main([*base, "--steps-grid", "2,3"]) == 0
+    grown = {p["name"]: p for p in json.loads((run / "frontier.json").read_text())["points"]}
+    same = ("sample", "gflops_per_sample", "quality")  # its time is measured again
+    assert set(grown) == {"L1_K2", "L1_K3"} and all(grown["L1_K2"][k] == first[0][k] for k in same)
+    assert main([*base[:-1], "5", "--steps-grid", "3"]) == 0
+    assert [p["name"] for p in json.loads((run / "frontier.json").read_text())["points"]] == ["L1_K3"]

@@ -18,6 +18,7 @@ TOKENIZERS = {"masked": ("vqvae", "motionvq", "pixel", "torchscript", "maskgit_v
 DATASETS = ("fmnist", "digits", "folder", "mfmnist", "ucf101", "extracted")  # extracted: `elt extract` shards
 VIDEO_DATASETS = ("mfmnist", "ucf101")
 SPLITS = ("train", "test")
+MOTION_ORDERS = ("joint", "first", "last")       # when MaskGIT decodes a motionvq clip's motion tokens
 MOVING_LABELS = ("class", "motion")               # what a moving Fashion-MNIST clip's label is
 UCF101_FOLDS = (1, 2, 3)
 PREDICTIONS = ("v", "eps", "x0")                  # what a diffusion network predicts

@@ -16,8 +16,9 @@ from pathlib import Path
 import yaml
 
 from .choices import (BEYOND_LMAX, DATASETS, DEVICES, DIFFUSION_SAMPLERS, FRAMEWORKS, LAMBDA_SCHEDULES,
-                      LINT_DISTRIBUTIONS, LINT_MODES, LR_SCHEDULES, MASKED_ARCHS, MOVING_LABELS, NOISE_SCHEDULES,
-                      OBJECTIVES, PARALLEL, PRECISIONS, PREDICTIONS, TOKENIZERS, UCF101_FOLDS, VIDEO_DATASETS, one_of)
+                      LINT_DISTRIBUTIONS, LINT_MODES, LR_SCHEDULES, MASKED_ARCHS, MOTION_ORDERS, MOVING_LABELS,
+                      NOISE_SCHEDULES, OBJECTIVES, PARALLEL, PRECISIONS, PREDICTIONS, TOKENIZERS, UCF101_FOLDS,
+                      VIDEO_DATASETS, one_of)
 from .utils.atomic import write_text
 
 
@@ -147,6 +148,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     label_smoothing: float = 0.1
     label_dropout: float = 0.1
+    motion_loss_weight: float = 1.0  # motionvq: a motion token's weight in the masked losses (1: the paper's)
     ema_decay: float = 0.999         # 0 disables EMA
     grad_accum: int = 1              # micro-batches per step; batch_size is the global batch
     device: str = "auto"             # auto | cpu | cuda
@@ -186,6 +188,8 @@ class SampleConfig:
     temp_base: float = 0.5           # STemp_k = temp_base + temp_anneal·(1 − ratio)
     temp_anneal: float = 0.8
     choice_temperature: float = 4.5  # Gumbel noise scale on confidences, annealed to 0
+    motion_order: str = "joint"      # motionvq: its motion tokens decoded by confidence like the rest (joint),
+                                     # all at the first step (first) or kept for the last step (last)
     batch_size: int = 250
     use_ema: bool = True
     precision: str = "fp32"          # fp32 | bf16 (autocast) | auto (bf16 where the hardware has it)
@@ -267,6 +271,13 @@ class Config:
              "video data needs the masked framework with a vqvae (3D), motionvq or torchscript tokenizer"),
             (tk.kind != "motionvq" or d.dataset in VIDEO_DATASETS, "tokenizer.kind",
              "motionvq codes clips; use vqvae for images"),
+            (_finite(t.motion_loss_weight) and t.motion_loss_weight > 0, "train.motion_loss_weight",
+             "must be a finite number > 0 (1: a motion token counts as any token)"),
+            (t.motion_loss_weight == 1 or tk.kind == "motionvq", "train.motion_loss_weight",
+             "weighs a motionvq tokenizer's motion tokens; this run has none (leave it at 1)"),
+            (sp.motion_order in MOTION_ORDERS, "sample.motion_order", f"choose {one_of(MOTION_ORDERS)}"),
+            (sp.motion_order == "joint" or tk.kind == "motionvq", "sample.motion_order",
+             "orders a motionvq tokenizer's motion tokens; this run has none (leave it at joint)"),
             (d.image_size is None or d.image_size >= 8, "data.image_size", "must be >= 8 pixels (or null: the data's own)"),
             (d.dataset != "mfmnist" or d.image_size is None or d.image_size >= 28, "data.image_size",
              "a moving Fashion-MNIST canvas must hold a 28×28 garment: use 28 or more"),

@@ -100,7 +100,18 @@ def build_framework(cfg: Config, num_classes: int, tokenizer):
         return DiffusionFramework(diffusion_schedule(cfg, tokenizer.latent_shape[-1]), num_classes,
                                   cfg.diffusion.prediction, cfg.diffusion.weight_bias, cfg.train.label_dropout)
     return MaskedFramework(tokenizer.codebook_size, num_classes, cfg.train.label_dropout, cfg.train.label_smoothing,
-                           cfg.ilsd.temperature)
+                           cfg.ilsd.temperature, position_weights=_motion_weights(cfg, tokenizer))
+
+
+def _motion_weights(cfg: Config, tokenizer) -> torch.Tensor | None:
+    """The masked losses' position weights: a motionvq clip's motion tokens (its last ones) at
+    train.motion_loss_weight, every other token 1; None (the plain mean) at weight 1."""
+    w = cfg.train.motion_loss_weight
+    if w == 1:
+        return None
+    weights = torch.ones(tokenizer.num_tokens)
+    weights[-cfg.tokenizer.motion_tokens:] = w
+    return weights
 
 
 def build_objective(cfg: Config, objective: str | None = None) -> ILSD:
@@ -121,7 +132,10 @@ def build_sampler(cfg: Config, tokenizer, sample: SampleConfig | None = None):
         clip = 1.0 if s.clip_denoised and cfg.tokenizer.kind == "pixel" else None
         return DiffusionSampler(diffusion_schedule(cfg, tokenizer.latent_shape[-1]), s.steps, s.guidance, s.sampler,
                                 cfg.diffusion.prediction, clip, guidance_loops=s.guidance_loops)
-    return MaskGITSampler(s.steps, s.guidance, s.temp_base, s.temp_anneal, s.choice_temperature, s.guidance_loops)
+    motion = cfg.tokenizer.kind == "motionvq"  # its motion tokens come last, with ids of their own
+    return MaskGITSampler(s.steps, s.guidance, s.temp_base, s.temp_anneal, s.choice_temperature, s.guidance_loops,
+                          trailing=cfg.tokenizer.motion_tokens if motion else 0, trailing_order=s.motion_order,
+                          trailing_vocab=cfg.tokenizer.motion_codes if motion else 0)
 
 
 def nominal_model(cfg: Config) -> torch.nn.Module:

@@ -21,7 +21,7 @@ import torch
 from ..core.loops import AdaptiveLoops, check_sampling_loops
 from ..metrics.anytime import plot_report
 from ..metrics.frechet import feature_stats, frechet_distance
-from ..metrics.video import frame_views
+from ..metrics.video import border_frames, frame_views
 from ..utils.arrays import to_float, to_uint8
 from ..utils.atomic import write_bytes, write_json
 from ..utils.progress import bar
@@ -61,6 +61,8 @@ class Judge:
         out = {f"fd_{self.prefix}": frechet_distance(*feature_stats(feats), *self.ref_stats)} if fd else {}
         if labels is not None:
             out = {f"acc_{self.prefix}": float((pred == labels).mean()), **out}
+        if video:  # how often the object reaches the canvas border (real clips set the level)
+            out["border_frames"] = border_frames(images)
         if c.frames is not None:
             f, p = c.frames.features_and_predictions(to_float(frame_views(images, c.crop)))
             if labels is not None and c.same_labels:

@@ -126,11 +126,14 @@ def search_frontier(run: Run, loops: list[int], steps: list[int], guidance_loops
     with run_writer(run.path, "elt schedules"):
         judge = make_judge(run, progress=progress)
         labels = balanced_labels(n, run.num_classes)
-        points = []
+        same = {"checkpoint_step": run.step, "metric_extractor": judge.prefix, "base": run.settings(), "n": n,
+                "seed": seed}
+        points = _earlier_points(run.path / FRONTIER, same)
         for sample, view, L in bar(grid, desc="frontier", progress=progress):
             r = measure(view, judge, L, labels, seed)
             name = (f"L{L}_K{sample['steps']}" + (f"_{sample['sampler']}" if "sampler" in sample else "")
                     + (f"_gl{sample['guidance_loops']}" if sample["guidance_loops"] is not None else ""))
+            points = [p for p in points if p["name"] != name]
             points.append({"name": name, "kind": "constant", "spec": str(L), "loops": L, "sample": sample, **r})
             log.info("%s %s", name, r)
         fd = f"fd_{judge.prefix}"
@@ -140,10 +143,27 @@ def search_frontier(run: Run, loops: list[int], steps: list[int], guidance_loops
         default = next((p["name"] for p in points if p["loops"] == lmax and p["sample"]["steps"] == run.sample.steps
                         and p["sample"].get("sampler", run.sample.sampler) == run.sample.sampler
                         and p["sample"]["guidance_loops"] == run.sample.guidance_loops), None)
-        report = {"run": str(run.path), "config": c.name, "framework": c.framework, "checkpoint_step": run.step,
-                  "metric_extractor": judge.prefix, "base": run.settings(), "n": n, "seed": seed,
+        report = {"run": str(run.path), "config": c.name, "framework": c.framework, **same,
                   "default": default, "points": points,
                   "frontier": pareto(points, "gflops_per_sample", fd)}
         write_json(run.path / FRONTIER, report)
         write_bytes(run.path / "frontier.png", plot_frontier(report))
     return report
+
+
+def _earlier_points(path, same: dict) -> list[dict]:
+    """The points of an earlier `elt schedules` frontier of the same checkpoint, metric, base settings, count
+    and seed (a frontier grows over several calls); none when anything differs or there is none."""
+    from .run import read_report
+
+    try:
+        earlier = read_report(path) if path.exists() else None
+    except ValueError:
+        log.warning("%s is not readable JSON: measuring afresh (it will be replaced)", path.name)
+        return []
+    if not earlier or any(earlier.get(k) != v for k, v in same.items()):
+        if earlier:
+            log.info("%s holds another checkpoint's or setting's frontier: measuring afresh", path.name)
+        return []
+    log.info("keeping %d earlier points of %s (same checkpoint and settings)", len(earlier["points"]), path.name)
+    return list(earlier["points"])

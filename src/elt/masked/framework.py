@@ -1,7 +1,8 @@
 """Masked-token training: cosine mask schedule, corruption, and the two ILSD loss terms.
 
 Training mask (MaskGIT's, which the paper keeps): per example r ~ U[0,1), γ(r) = cos(πr/2), ceil(γ·T) random positions
-become [MASK]; 10% of labels become the null class; losses are means over masked positions.
+become [MASK]; 10% of labels become the null class; losses are means over masked positions — weighted means where
+some positions count more (`position_weights`: a video's one motion token among its appearance tokens).
 """
 from __future__ import annotations
 
@@ -20,12 +21,15 @@ def cosine_mask_ratio(r: torch.Tensor | float):
 
 class MaskedFramework:
     def __init__(self, codebook_size: int, num_classes: int, label_dropout: float = 0.1,
-                 label_smoothing: float = 0.1, temperature: float = 1.0):
+                 label_smoothing: float = 0.1, temperature: float = 1.0,
+                 position_weights: torch.Tensor | None = None):
         self.mask_id = codebook_size
         self.null_class = num_classes
         self.label_dropout = label_dropout
         self.label_smoothing = label_smoothing
         self.temperature = temperature  # of the distillation softmaxes (1: the paper's)
+        # (T,) weight of each position in the losses' means (None: every masked token counts once, the paper's)
+        self.position_weights = position_weights
 
     def corrupt(self, tokens: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None):
         """Mask ceil(γ(r)·T) random positions per example and drop labels.
@@ -44,8 +48,19 @@ class MaskedFramework:
         return (inputs, labels_in), tokens, mask
 
     def loss_weight(self, mask: torch.Tensor) -> float:
-        """How many terms the losses average over (masked tokens): splits a batch exactly."""
-        return float(mask.sum())
+        """How many terms the losses average over (masked tokens, weighted): splits a batch exactly."""
+        return float(mask.sum() if self.position_weights is None else self._weights(mask).sum())
+
+    def _weights(self, mask: torch.Tensor) -> torch.Tensor:
+        """The weight of each masked position, row-major as the head decodes them: (M,)."""
+        return self.position_weights.to(mask.device)[mask.nonzero()[:, 1]]
+
+    def _mean(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The mean over masked positions of per-position losses (M,), weighted by `position_weights`."""
+        if self.position_weights is None:
+            return values.mean()
+        w = self._weights(mask).to(values.dtype)
+        return (values * w).sum() / w.sum()
 
     def head_kwargs(self, mask: torch.Tensor) -> dict:
         """The losses only read masked positions: the head decodes only those (see `head`)."""
@@ -57,7 +72,10 @@ class MaskedFramework:
 
     def gt_loss(self, logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Cross-entropy (label-smoothed) on masked positions, mean over masked tokens."""
-        return F.cross_entropy(_at(logits, mask), targets[mask], label_smoothing=self.label_smoothing)
+        if self.position_weights is None:
+            return F.cross_entropy(_at(logits, mask), targets[mask], label_smoothing=self.label_smoothing)
+        return self._mean(F.cross_entropy(_at(logits, mask), targets[mask], label_smoothing=self.label_smoothing,
+                                          reduction="none"), mask)
 
     def dist_loss(self, student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Soft cross-entropy against the teacher's full softmax on masked positions; at temperature
@@ -65,8 +83,7 @@ class MaskedFramework:
         gradient keeps the scale of T = 1."""
         T = self.temperature
         p_teacher = (_at(teacher, mask) / T).softmax(dim=-1)
-        return -(p_teacher * (_at(student, mask) / T).log_softmax(dim=-1)).sum(dim=-1).mean() * T * T
-
+        return self._mean(-(p_teacher * (_at(student, mask) / T).log_softmax(dim=-1)).sum(dim=-1), mask) * T * T
 
     def student_loss(self, student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
                      lam: float):
@@ -83,10 +100,10 @@ class MaskedFramework:
         eps, vocab = self.label_smoothing, logp.shape[-1]
         q = ((1 - lam) * p_teacher + lam * eps / vocab).scatter_add_(1, y, torch.full(y.shape, lam * (1 - eps),
                                                                                         dtype=logp.dtype, device=logp.device))
-        combined = -(q * logp).sum(-1).mean()
+        combined = self._mean(-(q * logp).sum(-1), mask)
         with torch.no_grad():
-            gt = -((1 - eps) * logp.gather(1, y)[:, 0] + eps * logp.mean(-1)).mean()
-            dist = -(p_teacher * logp).sum(-1).mean()
+            gt = self._mean(-((1 - eps) * logp.gather(1, y)[:, 0] + eps * logp.mean(-1)), mask)
+            dist = self._mean(-(p_teacher * logp).sum(-1), mask)
         return combined, gt, dist
 
 

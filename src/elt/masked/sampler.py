@@ -6,6 +6,9 @@ At step k of K, ratio = (k+1)/K:
      decoded tokens are final (only masked positions are candidates);
   3. keep floor(T·cos(π/2·ratio)) lowest-confidence positions masked (≥1 and ≤ #masked−1 while
      steps remain), so every position is decoded after K steps.
+Tokens of two kinds (a motionvq clip's appearance tokens, then its motion tokens, each kind with its own ids):
+`trailing` last positions drawing from the `trailing_vocab` last ids alone, decoded by confidence with the
+rest, first, or last (`trailing_order`).
 Guidance (both frameworks' convention): logits = uncond + s·(cond − uncond) with the null class (the
 paper's (1+w)·cond − w·uncond is s = 1 + w); s = 1 runs the conditional model only.
 """
@@ -40,12 +43,20 @@ class MaskGITSampler:
     temp_anneal: float = 0.8
     choice_temperature: float = 4.5
     guidance_loops: int | None = None  # the unconditional half at this many loops (None: the step's own)
+    trailing: int = 0                  # the sequence's last `trailing` positions (a video's motion tokens) ...
+    trailing_order: str = "joint"      # ... decoded by confidence like the rest (joint), at the first step (as
+                                       # many as it decodes), or at the last step, given everything else
+    trailing_vocab: int = 0            # the last ids of the vocabulary belong to the trailing positions alone
 
     def __post_init__(self):
         if self.steps < 1:
             raise ValueError(f"decoding steps must be >= 1, got {self.steps}")
         if not self.guidance >= 0:
             raise ValueError(f"guidance scale must be >= 0 (1 = no guidance), got {self.guidance}")
+        if self.trailing_vocab and not self.trailing:
+            raise ValueError("trailing_vocab needs trailing positions (trailing >= 1)")
+        if self.trailing_order not in ("joint", "first", "last"):
+            raise ValueError(f"trailing_order must be joint, first or last, got {self.trailing_order!r}")
 
     @property
     def guided(self) -> bool:
@@ -55,6 +66,8 @@ class MaskGITSampler:
         """Every setting that changes the samples (for reports and output names)."""
         out = {"steps": self.steps, "guidance": self.guidance, "temp_base": self.temp_base,
                "temp_anneal": self.temp_anneal, "choice_temperature": self.choice_temperature}
+        if self.trailing and self.trailing_order != "joint":
+            out["motion_order"] = self.trailing_order
         return out if self.guidance_loops is None or not self.guided else {**out, "guidance_loops": self.guidance_loops}
 
     def masked_after(self, step: int, num_tokens: int) -> int:
@@ -66,7 +79,10 @@ class MaskGITSampler:
         """Positions left masked after step `step` when `masked` were masked before it."""
         if step == self.steps - 1:
             return 0
-        return min(max(1, self.masked_after(step, num_tokens)), masked - 1)
+        keep = min(max(1, self.masked_after(step, num_tokens)), masked - 1)
+        if self.trailing_order == "last":  # room for the trailing positions to wait for the last step
+            keep = max(keep, min(self.trailing, masked))
+        return keep
 
     def flops(self, model, policy) -> float:
         """Transformer FLOPs of decoding one sample: every layer at every step, the head only at the positions
@@ -117,12 +133,22 @@ class MaskGITSampler:
             n = int(unknown[0].sum())
             where = unknown.nonzero()[:, 1].view(b, n)  # the masked positions of each row, ascending
             logits = self.logits(model, tokens, labels, loops_at(policy, k, self.steps), where, k)
+            if self.trailing_vocab:  # each position draws from its own part of the vocabulary only
+                late = where >= t - self.trailing
+                own = torch.arange(logits.shape[-1], device=logits.device) >= logits.shape[-1] - self.trailing_vocab
+                logits = logits.masked_fill(late[..., None] != own, -math.inf)
             stemp = self.temp_base + self.temp_anneal * (1 - ratio)
             logp = logits.log_softmax(-1)
             sampled = categorical(logp / stemp, generator)  # softmax(logp/T) = softmax(logits/T)
             logp = logp.gather(-1, sampled[..., None])[..., 0]
             tau = self.choice_temperature * (1 - ratio)
             confidence = logp + tau * gumbel(logp.shape, generator).to(logp.device)
+            if self.trailing and self.trailing_order != "joint" and k < self.steps - 1:
+                late = where >= t - self.trailing  # the trailing positions still masked
+                if self.trailing_order == "last":  # kept masked until the last step: decoded given everything else
+                    confidence = confidence.masked_fill(late, -math.inf)
+                elif k == 0:  # decoded at the first step: everything else is decoded given them
+                    confidence = confidence.masked_fill(late, math.inf)
             tokens = tokens.scatter(1, where, sampled)
             n_keep = self.keep_masked(k, t, n)
             if n_keep > 0:  # exactly n_keep lowest-confidence positions per row stay masked

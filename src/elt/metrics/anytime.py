@@ -7,12 +7,12 @@ def quality_keys(report: dict) -> list[str]:
     report holds (video: the image classifier's, on every frame)."""
     p = report["metric_extractor"]
     first = next(iter(report["loops"].values()), {})
-    extra = sorted(k for k in first if k.startswith(("acc_", "fd_")) and k not in (f"acc_{p}", f"fd_{p}"))
+    extra = sorted(k for k in first if k.startswith(("acc_", "fd_", "border_")) and k not in (f"acc_{p}", f"fd_{p}"))
     return [k for k in (f"acc_{p}", f"fd_{p}") if k in first or not first] + extra
 
 
 def _cell(key: str, value) -> str:
-    return f"{value:.3f}" if key.startswith("acc_") else f"{value:.2f}"
+    return f"{value:.3f}" if key.startswith(("acc_", "border_")) else f"{value:.2f}"
 
 
 def format_table(report: dict) -> str:

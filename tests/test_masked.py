@@ -161,6 +161,8 @@ def test_trailing_positions_draw_their_own_ids_in_their_order(order):
     assert [s.masked_before(k, 16) for k in range(6)] == [plain.masked_before(k, 16) for k in range(6)]
     assert s.flops(model, 2) == plain.flops(model, 2)
     assert ("motion_order" in s.settings()) == (order != "joint")
+    from elt.engine.run import settings_tag
+    assert (f"_motion{order}" in settings_tag(s.settings(), 10, 0)) == (order != "joint")  # in output names too
 
 
 def test_bad_sampler_settings():

@@ -234,7 +234,8 @@ def anytime_grid(run: Run, loops: list[int], seed: int, path: Path) -> Path:
         cols=list(run.class_names),
         caption=f"{run.cfg.name} ({run.cfg.objective_label()}), checkpoint step {run.step}: rows L = loops per "
                 f"sampling step, columns classes; {s.steps} steps, guidance {s.guidance:g}, seed {seed} "
-                f"in every row, {'EMA' if run.ema else 'raw'} weights")
+                f"in every row, {'EMA' if run.ema else 'raw'} weights"
+                + (f", motion token {s.motion_order}" if "motion_order" in run.sampler.settings() else ""))
     if rows.ndim == 5:
         path = path.with_suffix(".gif")
         save_video_grid(rows, len(loops), run.num_classes, path, scale=2 if rows.shape[2] <= 64 else 1, labels=captions)

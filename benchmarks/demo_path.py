@@ -61,13 +61,18 @@ def trace(preset: str) -> dict[str, set]:
 
 
 def main() -> None:
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    entries = trace(args[0] if args else "fmnist-maskgit")
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("preset", nargs="?", default="fmnist-maskgit")
+    ap.add_argument("--show", action="store_true", help="list every call that enters each file")
+    args = ap.parse_args()
+    entries = trace(args.preset)
     print(f"{'engine file':<16} entries  (calling function -> called function)")
     for file in sorted(entries, key=lambda f: (-len({c[:2] for c in entries[f]}), f)):
         callers = sorted({c[:2] for c in entries[file]})
         print(f"{file:<16} {len(callers):>7}  " + ", ".join(f"{a}:{b}" for a, b in callers))
-        if "--show" in sys.argv:
+        if args.show:
             for a, b, c in sorted(entries[file]):
                 print(f"{'':<26}{a}:{b} -> {c}")
 

@@ -12,7 +12,7 @@ import logging
 from ..core.loops import AdaptiveLoops, LoopSchedule, check_sampling_loops, schedule_family
 from ..utils.progress import bar
 from .evaluation import eval_n_seed, existing_report, make_judge, measure, new_report, write_report
-from .run import Run, run_writer
+from .run import FRONTIER, Run, read_report, run_writer
 from .sampling import balanced_labels
 
 log = logging.getLogger("elt")
@@ -103,7 +103,6 @@ def search_frontier(run: Run, loops: list[int], steps: list[int], guidance_loops
     API and `elt api` pick from it. Every point records its settings."""
     from ..metrics.anytime import plot_frontier
     from ..utils.atomic import write_bytes, write_json
-    from .run import FRONTIER
 
     c = run.cfg
     n, seed = eval_n_seed(run, n, seed)
@@ -154,8 +153,6 @@ def search_frontier(run: Run, loops: list[int], steps: list[int], guidance_loops
 def _earlier_points(path, same: dict) -> list[dict]:
     """The points of an earlier `elt schedules` frontier of the same checkpoint, metric, base settings, count
     and seed (a frontier grows over several calls); none when anything differs or there is none."""
-    from .run import read_report
-
     try:
         earlier = read_report(path) if path.exists() else None
     except ValueError:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..choices import MOTION_ORDERS
 from ..core.loops import as_policy, guided_counts, logits_kl_change, loops_at, per_step_counts, run_policy
 
 
@@ -55,8 +56,8 @@ class MaskGITSampler:
             raise ValueError(f"guidance scale must be >= 0 (1 = no guidance), got {self.guidance}")
         if self.trailing_vocab and not self.trailing:
             raise ValueError("trailing_vocab needs trailing positions (trailing >= 1)")
-        if self.trailing_order not in ("joint", "first", "last"):
-            raise ValueError(f"trailing_order must be joint, first or last, got {self.trailing_order!r}")
+        if self.trailing_order not in MOTION_ORDERS:
+            raise ValueError(f"trailing_order must be one of {', '.join(MOTION_ORDERS)}, got {self.trailing_order!r}")
 
     @property
     def guided(self) -> bool:
@@ -133,8 +134,8 @@ class MaskGITSampler:
             n = int(unknown[0].sum())
             where = unknown.nonzero()[:, 1].view(b, n)  # the masked positions of each row, ascending
             logits = self.logits(model, tokens, labels, loops_at(policy, k, self.steps), where, k)
+            late = where >= t - self.trailing if self.trailing else None  # the trailing positions still masked
             if self.trailing_vocab:  # each position draws from its own part of the vocabulary only
-                late = where >= t - self.trailing
                 own = torch.arange(logits.shape[-1], device=logits.device) >= logits.shape[-1] - self.trailing_vocab
                 logits = logits.masked_fill(late[..., None] != own, -math.inf)
             stemp = self.temp_base + self.temp_anneal * (1 - ratio)
@@ -144,7 +145,6 @@ class MaskGITSampler:
             tau = self.choice_temperature * (1 - ratio)
             confidence = logp + tau * gumbel(logp.shape, generator).to(logp.device)
             if self.trailing and self.trailing_order != "joint" and k < self.steps - 1:
-                late = where >= t - self.trailing  # the trailing positions still masked
                 if self.trailing_order == "last":  # kept masked until the last step: decoded given everything else
                     confidence = confidence.masked_fill(late, -math.inf)
                 elif k == 0:  # decoded at the first step: everything else is decoded given them

@@ -115,6 +115,7 @@ def border_frames(clips: np.ndarray, threshold: int = 64) -> float:
     """The fraction of frames of uint8 clips (N, T, H, W, C) whose object reaches the canvas border: a pixel of
     the 1-pixel outer ring at `threshold` or brighter. Moving Fashion-MNIST's garments never leave the canvas,
     so real clips set the level a generator should not exceed (an object leaving the frame is cut by it)."""
-    frames = np.asarray(clips).reshape(-1, *np.asarray(clips).shape[2:])           # (N·T, H, W, C)
+    clips = np.asarray(clips)
+    frames = clips.reshape(-1, *clips.shape[2:])                                    # (N·T, H, W, C)
     ring = np.concatenate([frames[:, 0], frames[:, -1], frames[:, :, 0], frames[:, :, -1]], axis=1)
     return float((ring >= threshold).any(axis=(1, 2)).mean())

@@ -60,6 +60,15 @@ def check_guidance(value) -> float:
     return float(value)
 
 
+def check_finite(value, low: float = 0.0, strict: bool = True, meaning: str | None = None) -> float:
+    """A finite number above `low` (strictly, or at least): a budget, a halting threshold (a bool is not one)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            math.isfinite(value) and (value > low if strict else value >= low)):
+        raise ValueError(f"must be a finite number {'>' if strict else '>='} {low:g}"
+                         f"{f' ({meaning})' if meaning else ''}, got {value!r}")
+    return value
+
+
 def _finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 

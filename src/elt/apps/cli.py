@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 from pathlib import Path
 
@@ -80,11 +79,9 @@ def _seed(text: str) -> int:
 
 def _real(low: float, strict: bool, meaning: str):
     """An argparse type for a finite number above `low` (strictly, or at least)."""
-    def check(value: float) -> float:
-        if not (math.isfinite(value) and (value > low if strict else value >= low)):
-            raise ValueError(f"must be a finite number {'>' if strict else '>='} {low:g} ({meaning}), got {value}")
-        return value
-    return _checked(float, check, "a number")
+    from ..config import check_finite
+
+    return _checked(float, lambda value: check_finite(value, low, strict, meaning), "a number")
 
 
 _budget = _real(0, True, "a budget per sample")

@@ -15,7 +15,6 @@ through the ONNX graphs `elt export --format onnx` wrote (one per loop count), t
 from __future__ import annotations
 
 import logging
-import math
 import re
 import sys
 from pathlib import Path
@@ -170,7 +169,7 @@ class ElasticModel:
                 guidance: float | None = None, seed: int = 0, ema: bool | None = None, progress: bool = False):
         """(the run with this call's settings, the loop policy, how it was chosen, the labels) — every value
         checked, one clear error naming the argument otherwise."""
-        from ..config import check_count, check_guidance, check_seed
+        from ..config import check_count, check_finite, check_guidance, check_seed
         from ..engine.sampling import balanced_labels, choose_policy
 
         _checked("seed", check_seed, seed)
@@ -187,10 +186,8 @@ class ElasticModel:
         if not chosen:
             loops = self.loops[1]
         for name, value in (("adaptive", adaptive), ("budget_gflops", budget_gflops), ("budget_ms", budget_ms)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or not math.isfinite(value) or value < 0 or (value == 0 and name != "adaptive")):
-                raise ValueError(f"{name} must be a finite number {'>= 0' if name == 'adaptive' else '> 0'}, got "
-                                 f"{value!r}")
+            if value is not None:
+                _checked(name, lambda v: check_finite(v, 0, strict=name != "adaptive"), value)
         if isinstance(loops, bool) or (isinstance(loops, int) and loops < 1):
             raise ValueError(f"loops must be a loop count >= 1 or a schedule such as 'ramp:1:8', got {loops!r}")
         run = self._run(ema)

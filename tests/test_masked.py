@@ -165,6 +165,32 @@ def test_trailing_positions_draw_their_own_ids_in_their_order(order):
     assert (f"_motion{order}" in settings_tag(s.settings(), 10, 0)) == (order != "joint")  # in output names too
 
 
+def test_trailing_temperature_draws_the_motion_token_alone_at_its_own_temperature():
+    """Decoded last, the motion token sees everything else; its temperature changes it alone (the other
+    tokens are the same draws), and near zero it is the argmax of its own ids given the rest."""
+    model = tiny_masked(tokens=16, codebook=11)
+    labels = torch.arange(6) % 3
+    draw = lambda **kw: MaskGITSampler(steps=6, trailing=1, trailing_order="last", trailing_vocab=3, **kw)(  # noqa: E731
+        model, labels, 2, torch.Generator().manual_seed(0))
+    base, cold = draw(), draw(trailing_temperature=1e-6)
+    assert torch.equal(base[:, :-1], cold[:, :-1])
+    given = cold.clone()
+    given[:, -1] = model.mask_id
+    logits = MaskGITSampler(steps=6).logits(model, given, labels, 2)[:, -1, -3:]
+    assert torch.equal(cold[:, -1], logits.argmax(-1) + 8)
+    hot = torch.cat([MaskGITSampler(steps=2, trailing=1, trailing_order="last", trailing_vocab=3,
+                                    trailing_temperature=1e4)(model, labels, 2, torch.Generator().manual_seed(k))[:, -1]
+                     for k in range(40)])
+    assert set(hot.tolist()) == {8, 9, 10} and torch.bincount(hot - 8).min() > 40  # ~uniform: 80 of each expected
+    s = MaskGITSampler(trailing=1, trailing_temperature=1.0)
+    from elt.engine.run import settings_tag
+    assert s.settings()["motion_temperature"] == 1.0 and "_mtemp1" in settings_tag(s.settings(), 10, 0)
+    with pytest.raises(ValueError, match="trailing_temperature"):
+        MaskGITSampler(trailing_temperature=1.0)
+    with pytest.raises(ValueError, match="trailing_temperature"):
+        MaskGITSampler(trailing=1, trailing_temperature=0.0)
+
+
 def test_bad_sampler_settings():
     with pytest.raises(ValueError, match="steps"):
         MaskGITSampler(steps=0)

@@ -285,6 +285,7 @@ def settings_tag(sampling: dict, checkpoint_step: int, seed: int, n: int | None 
     parts += [f"seed{seed}"] + ([f"n{n}"] if n is not None else [])
     parts += [f"gl{s['guidance_loops']}"] if s.get("guidance_loops") is not None else []
     parts += [f"motion{s['motion_order']}"] if "motion_order" in s else []  # a video's motion token, first or last
+    parts += [f"mtemp{s['motion_temperature']:g}"] if "motion_temperature" in s else []  # ... and its temperature
     parts += ["bf16"] if s.get("precision") == "bf16" else []
     parts += [s["backend"]] if s.get("backend", "torch") != "torch" else []
     parts += ["raw"] if s.get("ema") is False else []

@@ -8,7 +8,7 @@ At step k of K, ratio = (k+1)/K:
      steps remain), so every position is decoded after K steps.
 Tokens of two kinds (a motionvq clip's appearance tokens, then its motion tokens, each kind with its own ids):
 `trailing` last positions drawing from the `trailing_vocab` last ids alone, decoded by confidence with the
-rest, first, or last (`trailing_order`).
+rest, first, or last (`trailing_order`), at their own sampling temperature (`trailing_temperature`) if given.
 Guidance (both frameworks' convention): logits = uncond + s·(cond − uncond) with the null class (the
 paper's (1+w)·cond − w·uncond is s = 1 + w); s = 1 runs the conditional model only.
 """
@@ -48,6 +48,7 @@ class MaskGITSampler:
     trailing_order: str = "joint"      # ... decoded by confidence like the rest (joint), at the first step (as
                                        # many as it decodes), or at the last step, given everything else
     trailing_vocab: int = 0            # the last ids of the vocabulary belong to the trailing positions alone
+    trailing_temperature: float | None = None  # the trailing positions' sampling temperature (None: STemp_k)
 
     def __post_init__(self):
         if self.steps < 1:
@@ -56,6 +57,9 @@ class MaskGITSampler:
             raise ValueError(f"guidance scale must be >= 0 (1 = no guidance), got {self.guidance}")
         if self.trailing_vocab and not self.trailing:
             raise ValueError("trailing_vocab needs trailing positions (trailing >= 1)")
+        if self.trailing_temperature is not None and not (self.trailing and self.trailing_temperature > 0):
+            raise ValueError(f"trailing_temperature must be > 0 and needs trailing positions, got "
+                             f"{self.trailing_temperature} with trailing={self.trailing}")
         if self.trailing_order not in MOTION_ORDERS:
             raise ValueError(f"trailing_order must be one of {', '.join(MOTION_ORDERS)}, got {self.trailing_order!r}")
 
@@ -69,6 +73,8 @@ class MaskGITSampler:
                "temp_anneal": self.temp_anneal, "choice_temperature": self.choice_temperature}
         if self.trailing and self.trailing_order != "joint":
             out["motion_order"] = self.trailing_order
+        if self.trailing_temperature is not None:
+            out["motion_temperature"] = self.trailing_temperature
         return out if self.guidance_loops is None or not self.guided else {**out, "guidance_loops": self.guidance_loops}
 
     def masked_after(self, step: int, num_tokens: int) -> int:
@@ -139,6 +145,8 @@ class MaskGITSampler:
                 own = torch.arange(logits.shape[-1], device=logits.device) >= logits.shape[-1] - self.trailing_vocab
                 logits = logits.masked_fill(late[..., None] != own, -math.inf)
             stemp = self.temp_base + self.temp_anneal * (1 - ratio)
+            if self.trailing_temperature is not None:  # (B, n, 1): the trailing positions at their own
+                stemp = torch.where(late, self.trailing_temperature, stemp)[..., None]
             logp = logits.log_softmax(-1)
             sampled = categorical(logp / stemp, generator)  # softmax(logp/T) = softmax(logits/T)
             logp = logp.gather(-1, sampled[..., None])[..., 0]

@@ -52,12 +52,18 @@ def test_validation_names_the_key(override, key):
     ("mfmnist-video", "train.motion_loss_weight=0", "finite number > 0"),
     ("mfmnist-video", "train.motion_loss_weight=.nan", "finite number > 0"),
     ("mfmnist-video", "sample.motion_order=middle", "choose"),
+    ("digits-maskgit", "sample.motion_temperature=1", "for a motionvq"),
+    ("mfmnist-video", "sample.motion_temperature=0", "finite number > 0"),
+    ("mfmnist-video", "tokenizer.sprite_size=36", "below data.image_size"),  # the window must be smaller
+    ("mfmnist-video", "tokenizer.sprite_size=30", "divisible by 2"),         # ... and a whole number of patches
+    ("digits-maskgit", "tokenizer.sprite_size=4", "for a motionvq"),
 ])
 def test_motion_settings_are_checked(preset, override, match):
     key = override.split("=")[0]
     with pytest.raises(ConfigError, match=f"{key}.*{match}"):
         apply_overrides(get_preset(preset), [override]).validate()
-    apply_overrides(get_preset("mfmnist-video"), ["train.motion_loss_weight=4", "sample.motion_order=last"]).validate()
+    apply_overrides(get_preset("mfmnist-video"), ["train.motion_loss_weight=4", "sample.motion_order=last",
+                                                  "sample.motion_temperature=0.5", "tokenizer.sprite_size=0"]).validate()
 
 
 def test_preset_names_carry_n_and_l():

@@ -106,6 +106,44 @@ def test_motion_vq_codes_the_first_frame_alone_and_moves_it():
         assert torch.allclose(clip[:, :, t], expected, atol=1e-5), t
 
 
+def test_motion_vq_sprite_crops_and_places_the_window_exactly():
+    """With a sprite, the appearance tokens code the window that frame 0's placement picks out of the
+    first frame (nothing else of it), and every frame is that window placed by its own placement."""
+    from elt.tokenizers.motion import MotionVQ
+
+    torch.manual_seed(0)
+    vq = MotionVQ(36, 1, frames=9, codebook_size=32, latent_dim=8, hidden=16, motion_codes=4, sprite_size=28).eval()
+    assert vq.num_tokens == 7 * 7 + 1 and vq.side == 7 and vq.taps == 9
+    # One-hot placements, whatever the motion code: frame t's window corner at (y, x) = (8 - t, t).
+    with torch.no_grad():
+        last = vq.shifts[-1]
+        last.weight.zero_()
+        bias = torch.full((9, 2, 9), -1e4)
+        for t in range(9):
+            bias[t, 0, t] = 0
+            bias[t, 1, 8 - t] = 0
+        last.bias.copy_(bias.flatten())
+    x = torch.rand(2, 1, 9, 36, 36)
+    ids = vq.encode(x)
+    assert ids.shape == (2, 50) and ids[:, :49].max() < 32 and (ids[:, 49] >= 32).all()
+    outside = x.clone()
+    outside[:, :, 0, :8] = torch.rand_like(outside[:, :, 0, :8])  # frame 0's rows above its window (y = 8)
+    outside[:, :, 1:] = torch.rand_like(outside[:, :, 1:])
+    moved = vq._motion(outside * 2 - 1)
+    window = vq._appearance(x * 2 - 1, moved)
+    assert torch.allclose(vq._appearance(outside * 2 - 1, moved), window, atol=1e-5)  # only the window is read
+    exact = vq.encoder(x[:, :, 0, 8:, :28] * 2 - 1).flatten(2).transpose(1, 2).reshape(-1, 8)
+    assert torch.allclose(window, exact, atol=1e-5)  # frame 0's window, rows 8 … 35 and columns 0 … 27
+    clip = vq.decode(ids)
+    sprite = clip[:, :, 0, 8:, :28]
+    for t in range(9):
+        expected = torch.zeros(2, 1, 36, 36)
+        expected[..., 8 - t: 36 - t, t: 28 + t] = sprite
+        assert torch.allclose(clip[:, :, t], expected, atol=1e-5), t
+    with pytest.raises(ValueError, match="sprite size"):
+        MotionVQ(36, 1, sprite_size=30)
+
+
 def test_video_model_positions_and_loop_invariants():
     torch.manual_seed(0)
     m = MaskedTransformer(11, 2 * 3 * 3, 3, 32, 4, 2, grid=(2, 3, 3)).eval()

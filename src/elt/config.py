@@ -132,6 +132,8 @@ class TokenizerConfig:
     motion_tokens: int = 1           # motionvq: tokens for the motion of a clip (beside the first frame's)
     max_shift: int = 8               # motionvq: the largest shift per axis between frame 0 and any frame, pixels
     motion_codes: int = 32           # motionvq: codes of the motion tokens' own codebook
+    sprite_size: int = 0             # motionvq: appearance tokens code this s×s window of the first frame and the
+    #                                  motion tokens place it in every frame (0: the whole first frame, max_shift)
     steps: int = 1200
     batch_size: int = 128
     lr: float = 2e-3
@@ -199,6 +201,8 @@ class SampleConfig:
     choice_temperature: float = 4.5  # Gumbel noise scale on confidences, annealed to 0
     motion_order: str = "joint"      # motionvq: its motion tokens decoded by confidence like the rest (joint),
                                      # all at the first step (first) or kept for the last step (last)
+    motion_temperature: typing.Optional[float] = None  # motionvq: its motion tokens' sampling temperature
+                                     # (None: STemp_k, as every other token)
     batch_size: int = 250
     use_ema: bool = True
     precision: str = "fp32"          # fp32 | bf16 (autocast) | auto (bf16 where the hardware has it)
@@ -285,6 +289,8 @@ class Config:
             (t.motion_loss_weight == 1 or tk.kind == "motionvq", "train.motion_loss_weight",
              "weighs a motionvq tokenizer's motion tokens; this run has none (leave it at 1)"),
             (sp.motion_order in MOTION_ORDERS, "sample.motion_order", f"choose {one_of(MOTION_ORDERS)}"),
+            (sp.motion_temperature is None or (_pos(sp.motion_temperature) and tk.kind == "motionvq"),
+             "sample.motion_temperature", "must be a finite number > 0, for a motionvq tokenizer (or null)"),
             (sp.motion_order == "joint" or tk.kind == "motionvq", "sample.motion_order",
              "orders a motionvq tokenizer's motion tokens; this run has none (leave it at joint)"),
             (d.image_size is None or d.image_size >= 8, "data.image_size", "must be >= 8 pixels (or null: the data's own)"),
@@ -308,6 +314,10 @@ class Config:
             (tk.motion_tokens >= 1 and tk.max_shift >= 1, "tokenizer.motion_tokens",
              "motion_tokens and max_shift must be >= 1"),
             (tk.motion_codes >= 2, "tokenizer.motion_codes", "must be >= 2"),
+            (tk.sprite_size == 0 or (tk.kind == "motionvq" and 2 ** tk.downsample_stages <= tk.sprite_size
+                                     < (d.image_size or 1 << 30) and tk.sprite_size % 2 ** tk.downsample_stages == 0),
+             "tokenizer.sprite_size", "must be 0 (the whole frame) or, for a motionvq tokenizer, below data.image_size "
+             "and divisible by 2^tokenizer.downsample_stages"),
             (tk.steps >= 1, "tokenizer.steps", "must be >= 1"),
             (tk.batch_size >= 1, "tokenizer.batch_size", "must be >= 1"),
             (_pos(tk.lr), "tokenizer.lr", "must be a finite number > 0"),

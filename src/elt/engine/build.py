@@ -31,7 +31,7 @@ def make_tokenizer(cfg: Config, example_shape: tuple[int, ...]):
         return MaskGITVQGAN.from_file(t.path, t.sha256, size)
     if t.kind == "motionvq":
         return MotionVQ(size, channels, example_shape[0], t.codebook_size, t.latent_dim, t.hidden,
-                        t.downsample_stages, t.motion_tokens, t.max_shift, t.motion_codes)
+                        t.downsample_stages, t.motion_tokens, t.max_shift, t.motion_codes, sprite_size=t.sprite_size)
     if video:
         return VQVAE(size, channels, t.codebook_size, t.latent_dim, t.hidden, t.downsample_stages,
                      frames=example_shape[0], temporal_stages=t.temporal_stages)
@@ -76,7 +76,7 @@ def nominal_tokenizer(cfg: Config) -> SimpleNamespace:
         channels = 4 if t.kind == "diffusers_vae" else t.latent_dim
         return SimpleNamespace(latent_shape=(channels, size // 2 ** stages, size // 2 ** stages))
     if t.kind == "motionvq":
-        side = size // 2 ** t.downsample_stages
+        side = (t.sprite_size or size) // 2 ** t.downsample_stages
         return SimpleNamespace(codebook_size=t.codebook_size + t.motion_codes, num_tokens=side * side + t.motion_tokens)
     if cfg.data.dataset in VIDEO_DATASETS:
         side = size // 2 ** t.downsample_stages
@@ -135,7 +135,8 @@ def build_sampler(cfg: Config, tokenizer, sample: SampleConfig | None = None):
     motion = cfg.tokenizer.kind == "motionvq"  # its motion tokens come last, with ids of their own
     return MaskGITSampler(s.steps, s.guidance, s.temp_base, s.temp_anneal, s.choice_temperature, s.guidance_loops,
                           trailing=cfg.tokenizer.motion_tokens if motion else 0, trailing_order=s.motion_order,
-                          trailing_vocab=cfg.tokenizer.motion_codes if motion else 0)
+                          trailing_vocab=cfg.tokenizer.motion_codes if motion else 0,
+                          trailing_temperature=s.motion_temperature if motion else None)
 
 
 def nominal_model(cfg: Config) -> torch.nn.Module:

@@ -194,6 +194,7 @@ def get_tokenizer(cfg: Config, split: Split, seed: int = 0, progress: bool = Tru
     keys = ["codebook_size", "latent_dim", "hidden", "downsample_stages", "steps", "batch_size", "lr"]
     keys += ["temporal_stages"] if split.is_video and t.kind == "vqvae" else []
     keys += ["motion_tokens", "max_shift", "motion_codes"] if t.kind == "motionvq" else []
+    keys += ["sprite_size"] if t.kind == "motionvq" and t.sprite_size else []
     kind, train_fn = "vqvae", train_vqvae
     if isinstance(tok, KLVAE):
         keys.remove("codebook_size")
@@ -201,7 +202,8 @@ def get_tokenizer(cfg: Config, split: Split, seed: int = 0, progress: bool = Tru
         kind, train_fn = "klvae", train_klvae
     settings = {k: getattr(t, k) for k in keys} | {"seed": seed, "bf16": bf16}
     if isinstance(tok, MotionVQ):
-        kind, settings["arch"] = "motionvq", "first-frame+separable-shifts+motion-codebook+gn"
+        kind, settings["arch"] = "motionvq", "first-frame+separable-shifts+motion-codebook+gn" + (
+            "+sprite-coordconv" if t.sprite_size else "")
     elif split.is_video:
         settings["arch"] = "gn-errrestart-timefirst"  # the 3D VQ's layers and restarts (older caches are stale)
     if device.type != "cpu":

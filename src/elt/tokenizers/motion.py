@@ -11,6 +11,14 @@ distribution over shifts of at most `max_shift` pixels per axis that an MLP pred
 tokens (a dynamic filter, Jia et al. 2016, kept separable: one softmax over x-shifts and one over
 y-shifts per frame, applied as two banded matrices). Pixels that come from outside the frame are black.
 
+With `sprite_size` s < H (a layered codec, Wang & Adelson 1994: one moving layer on a black
+background), the appearance tokens code an s×s window that holds the content, and the motion tokens
+place it: every frame, the first included, is the window at a distribution over placements 0 … H − s
+per axis. The encoder finds the window in the first frame with the same placement, transposed (a crop
+by the first frame's placement, from the quantised motion latent). The appearance tokens are then
+the content alone, in the same positions whatever its place in the frame (for a transformer, the
+content's tokens are an image's); where the content sits is the motion tokens' job.
+
 So the tokens carry what a clip shows once and how it moves once: a clip costs about one image's
 tokens plus a few, and every frame is as sharp as the first. The model suits scenes whose content
 moves rigidly (moving Fashion-MNIST); for general video use the 3D VQ-VAE (`VQVAE(frames=...)`).
@@ -34,18 +42,22 @@ class MotionVQ(nn.Module):
 
     def __init__(self, image_size: int = 40, channels: int = 1, frames: int = 9, codebook_size: int = 512,
                  latent_dim: int = 16, hidden: int = 64, downsample_stages: int = 2, motion_tokens: int = 1,
-                 max_shift: int = 8, motion_codes: int = 32, beta: float = 0.25):
+                 max_shift: int = 8, motion_codes: int = 32, beta: float = 0.25, sprite_size: int = 0):
         super().__init__()
         if image_size % (2 ** downsample_stages):
             raise ValueError(f"image size {image_size} is not divisible by 2^{downsample_stages}")
         if frames < 2 or motion_tokens < 1 or max_shift < 1 or motion_codes < 2:
             raise ValueError(f"the motion tokenizer needs frames >= 2, motion_tokens >= 1, max_shift >= 1 and "
                              f"motion_codes >= 2, got {frames}, {motion_tokens}, {max_shift}, {motion_codes}")
+        if sprite_size and not (2 ** downsample_stages <= sprite_size < image_size
+                                and sprite_size % 2 ** downsample_stages == 0):
+            raise ValueError(f"the sprite size {sprite_size} must be below the image size {image_size} and "
+                             f"divisible by 2^{downsample_stages} (0: the whole first frame)")
         self.image_size, self.channels, self.frames, self.beta = image_size, channels, frames, beta
-        self.motion_tokens, self.max_shift = motion_tokens, max_shift
+        self.motion_tokens, self.max_shift, self.sprite_size = motion_tokens, max_shift, sprite_size
         self.appearance_codes, self.motion_codes = codebook_size, motion_codes
         self.codebook_size = codebook_size + motion_codes  # the token vocabulary a transformer sees
-        side = image_size // 2 ** downsample_stages
+        side = (sprite_size or image_size) // 2 ** downsample_stages
         self.side = side
         self.num_tokens = side * side + motion_tokens
         self.encoder = conv_encoder(channels, hidden, latent_dim, downsample_stages)
@@ -53,47 +65,74 @@ class MotionVQ(nn.Module):
         # Motion: stride-2 3D convs (time halved once), then pooled to `motion_tokens` time cells. GroupNorm and
         # SiLU: with plain ReLUs the encoder's units could all die, every clip then got one motion code and
         # every later frame the average of all shifts (a blur; seen in one of three trainings).
+        # A sprite's placement is absolute: its encoder also reads each pixel's coordinates (CoordConv, Liu et
+        # al. 2018), which convolutions pooled over space cannot see.
         self.motion_encoder = nn.Sequential(
-            nn.Conv3d(channels, hidden // 4, (3, 4, 4), (1, 2, 2), (1, 1, 1)), *_norm_act(hidden // 4),
+            nn.Conv3d(channels + (2 if sprite_size else 0), hidden // 4, (3, 4, 4), (1, 2, 2), (1, 1, 1)),
+            *_norm_act(hidden // 4),
             nn.Conv3d(hidden // 4, hidden // 2, (4, 4, 4), (2, 2, 2), (1, 1, 1)), *_norm_act(hidden // 2),
             nn.Conv3d(hidden // 2, hidden, 3, (1, 2, 2), 1), *_norm_act(hidden),
             nn.AdaptiveAvgPool3d((motion_tokens, 1, 1)), nn.Flatten(2))
         self.motion_out = nn.Conv1d(hidden, latent_dim, 1)
-        taps = 2 * max_shift + 1
+        # Shifts of the first frame for frames 1 … T-1 (taps -max_shift … max_shift), or placements of the
+        # sprite for frames 0 … T-1 (taps 0 … H - s).
+        self.moved_frames = frames if sprite_size else frames - 1
+        self.taps = taps = image_size - sprite_size + 1 if sprite_size else 2 * max_shift + 1
         self.shifts = nn.Sequential(nn.Linear(latent_dim * motion_tokens, 256), nn.ReLU(),
-                                    nn.Linear(256, (frames - 1) * 2 * taps))
-        # S[i, j] = kernel[j - i + max_shift] on the band |j - i| <= max_shift: output row i reads input row j.
-        offset = torch.arange(image_size)[None, :] - torch.arange(image_size)[:, None] + max_shift
+                                    nn.Linear(256, self.moved_frames * 2 * taps))
+        # S[i, j] = kernel[j - i + max_shift] on the band |j - i| <= max_shift: output row i reads input row j;
+        # a sprite's S[i, j] = kernel[i - j] for 0 <= i - j <= H - s (H rows read s sprite rows).
+        rows = torch.arange(image_size)[:, None]
+        offset = rows - torch.arange(sprite_size)[None, :] if sprite_size else (
+            torch.arange(image_size)[None, :] - rows + max_shift)
         self.register_buffer("tap", offset.clamp(0, taps - 1), persistent=False)
         self.register_buffer("band", (offset >= 0) & (offset < taps), persistent=False)
         self.quantizer = VectorQuantizer(codebook_size, latent_dim, dead_below=1.0, restart_from="error")
         # A batch holds one motion latent per clip: a code is dead below one use in ten steps.
         self.motion_quantizer = VectorQuantizer(motion_codes, latent_dim, dead_below=0.1, restart_from="error")
 
-    def _latents(self, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """clips (B, C, T, H, W) in [0, 1] → appearance latents (B·h·w, D) and motion latents (B·m, D), fp32."""
-        x = clips * 2 - 1
-        first = self.encoder(x[:, :, 0]).float().flatten(2).transpose(1, 2)      # (B, h·w, D)
+    def _motion(self, x: torch.Tensor) -> torch.Tensor:
+        """clips (B, C, T, H, W) in [-1, 1] → motion latents (B·m, D), fp32."""
+        if self.sprite_size:  # + the y and x coordinate of every pixel, in [-1, 1]
+            b, _, t, h, w = x.shape
+            yx = torch.stack(torch.meshgrid(torch.linspace(-1, 1, h, device=x.device),
+                                            torch.linspace(-1, 1, w, device=x.device), indexing="ij"))
+            x = torch.cat([x, yx[:, None].expand(2, t, h, w)[None].expand(b, -1, -1, -1, -1).to(x.dtype)], 1)
         motion = self.motion_out(self.motion_encoder(x)).float().transpose(1, 2)  # (B, m, D)
-        return first.reshape(-1, first.shape[-1]), motion.reshape(-1, motion.shape[-1])
+        return motion.reshape(-1, motion.shape[-1])
+
+    def _appearance(self, x: torch.Tensor, motion: torch.Tensor | None) -> torch.Tensor:
+        """clips in [-1, 1] and their (quantised) motion latents → appearance latents (B·h·w, D), fp32: the
+        first frame, or with a sprite the window its placement picks out of it."""
+        first = x[:, :, 0]
+        if self.sprite_size:
+            place = self._moves(motion, x.shape[0])[:, 0]               # (B, 2, H, s): frame 0's placement
+            first = place[:, None, 1].transpose(-1, -2) @ (first + 1) @ place[:, None, 0] - 1
+        first = self.encoder(first).float().flatten(2).transpose(1, 2)  # (B, h·w, D)
+        return first.reshape(-1, first.shape[-1])
+
+    def _moves(self, motion: torch.Tensor, b: int) -> torch.Tensor:
+        """Motion latents (B·m, D) → (B, moved frames, 2, H, H or s) banded matrices: x-, then y-moves."""
+        kernels = self.shifts(motion.reshape(b, -1)).float().view(b, self.moved_frames, 2, self.taps).softmax(-1)
+        return kernels[..., self.tap] * self.band
 
     def _decode(self, first: torch.Tensor, motion: torch.Tensor, b: int) -> torch.Tensor:
         """Appearance (B·h·w, D) and motion (B·m, D) latents → clips (B, C, T, H, W) in [-1, 1]."""
         image = self.decoder(first.view(b, self.side, self.side, -1).permute(0, 3, 1, 2)).float()
-        t, taps = self.frames - 1, 2 * self.max_shift + 1
-        kernels = self.shifts(motion.reshape(b, -1)).float().view(b, t, 2, taps).softmax(-1)
-        shift = kernels[..., self.tap] * self.band                          # (B, t, 2, H, H): x-, then y-shift
+        shift = self._moves(motion, b)
         moved = shift[:, :, None, 1] @ (image[:, None] + 1) @ shift[:, :, None, 0].transpose(-1, -2) - 1
-        return torch.cat([image[:, :, None], moved.transpose(1, 2)], 2)     # (B, C, T, H, W)
+        if self.sprite_size:
+            return moved.transpose(1, 2)                                 # (B, C, T, H, W)
+        return torch.cat([image[:, :, None], moved.transpose(1, 2)], 2)  # (B, C, T, H, W)
 
     @torch.no_grad()
     def encode(self, clips: torch.Tensor) -> torch.Tensor:
         """clips (B, C, T, H, W) in [0, 1] → ids (B, num_tokens): appearance row-major, then motion (offset by
         the appearance codebook)."""
-        first, motion = self._latents(clips)
-        b = clips.shape[0]
-        return torch.cat([self.quantizer.nearest(first).view(b, -1),
-                          self.motion_quantizer.nearest(motion).view(b, -1) + self.appearance_codes], 1)
+        x, b = clips * 2 - 1, clips.shape[0]
+        motion = self.motion_quantizer.nearest(self._motion(x))
+        first = self.quantizer.nearest(self._appearance(x, self.motion_quantizer.codebook[motion]))
+        return torch.cat([first.view(b, -1), motion.view(b, -1) + self.appearance_codes], 1)
 
     @torch.no_grad()
     def decode(self, ids: torch.Tensor) -> torch.Tensor:
@@ -106,23 +145,34 @@ class MotionVQ(nn.Module):
     @torch.no_grad()
     def prepare(self, data: torch.Tensor, generator: torch.Generator) -> None:
         """The first codebooks: latents of random training clips (`data`: the uint8 set)."""
-        first, motion = self._latents(to_float(data[torch.randperm(len(data), generator=generator)[:256]]))
+        x = to_float(data[torch.randperm(len(data), generator=generator)[:256]]) * 2 - 1
+        motion = self._motion(x)
+        first = self._appearance(x, motion)
         for q, z in ((self.quantizer, first), (self.motion_quantizer, motion)):
             pick = torch.randint(0, z.shape[0], (q.codebook_size,), generator=generator)
             q.codebook.copy_(z[pick])
             q.ema_sum.copy_(z[pick])
 
     def loss(self, clips: torch.Tensor, generator: torch.Generator | None = None):
-        latents, quantized = self._latents(clips), []
-        for q, z in zip((self.quantizer, self.motion_quantizer), latents):
-            ids = q.nearest(z.detach())
-            if self.training:
-                q.update(z.detach(), ids, generator)
-            quantized.append(q.codebook[ids])
-        commit = sum(F.mse_loss(z, zq) for z, zq in zip(latents, quantized))
-        straight = [z + (zq - z).detach() for z, zq in zip(latents, quantized)]
-        recon = F.mse_loss(self._decode(*straight, clips.shape[0]), clips * 2 - 1)
+        x = clips * 2 - 1
+        if self.sprite_size:  # the window is found by the quantised placement: motion first
+            motion = self._quantize(self.motion_quantizer, self._motion(x), generator)
+            first = self._quantize(self.quantizer, self._appearance(x, motion[2]), generator)
+        else:
+            first = self._quantize(self.quantizer, self._appearance(x, None), generator)
+            motion = self._quantize(self.motion_quantizer, self._motion(x), generator)
+        commit = F.mse_loss(*first[:2]) + F.mse_loss(*motion[:2])
+        recon = F.mse_loss(self._decode(first[2], motion[2], clips.shape[0]), x)
         return recon + self.beta * commit, recon
+
+    def _quantize(self, q: VectorQuantizer, z: torch.Tensor, generator: torch.Generator | None):
+        """z → (z, its code vectors, z with the codes' values and z's gradient: the straight-through
+        estimator); the codebook's EMA update while training."""
+        ids = q.nearest(z.detach())
+        if self.training:
+            q.update(z.detach(), ids, generator)
+        zq = q.codebook[ids]
+        return z, zq, z + (zq - z).detach()
 
 
 def _norm_act(width: int) -> list[nn.Module]:

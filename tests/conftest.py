@@ -102,7 +102,7 @@ def diffusion_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def video_run(tmp_path_factory) -> Path:
-    """mfmnist-video (first-frame + motion tokens) on 64 tiny clips, trained once per session. Read-only."""
+    """mfmnist-video (the layered window + motion tokenizer) on 64 tiny clips, trained once per session. Read-only."""
     if not FMNIST.is_file():
         pytest.skip("needs Debian's dataset-fashion-mnist (make setup installs it)")
     yield from _shared_run(tmp_path_factory, "video", "mfmnist-video", VIDEO_TINY)

@@ -194,24 +194,29 @@ def _imagenet_dit(n: int, loops: int):
 def _mfmnist_video() -> Config:
     """The video demo (the paper's masked video setting at CPU scale): class-conditional moving
     Fashion-MNIST, 9 frames of 36×36 in which a 28×28 garment (never resized) moves 8 px (1 px per frame)
-    in one of 8 directions from a start on a 4-px grid; elt's first-frame + motion tokenizer (9×9
-    appearance tokens and 1 motion token: 82 tokens); the masked framework; guidance 2 (the paper's video
-    model uses none; unguided, a 40×40 variant reached per-frame accuracy 0.39–0.48 at this budget); bf16
-    where the CPU has it."""
+    in one of 8 directions from a start on a 4-px grid; elt's layered tokenizer (the garment's 28×28 window
+    as 7×7 appearance tokens and 1 motion token that places it in every frame: 50 tokens); the masked
+    framework; guidance 2 (the paper's video model uses none: `elt evaluate --guidance 1` gives the
+    unguided table, docs/video.md); bf16 where the CPU has it."""
     return Config(
         name="mfmnist-video-2Nx4L",
         model=ModelConfig(width=128, heads=4, unique_layers=2, max_loops=4, min_loops=1),
         data=DataConfig(dataset="mfmnist", image_size=36, frames=9, speed_min=1.0, speed_max=1.0, start_grid=4),
-        # Reconstructions of the test clips (per-frame accuracy of the Fashion-MNIST classifier; real 0.905),
-        # batch 64: 512 codes, 1500 steps 0.787; 1024 codes, 2000 steps 0.826 (4.6 min); lr 3e-3 diverged (0.31).
+        # The garment's window alone (sprite_size 28) instead of the whole first frame: a third fewer tokens,
+        # and a garment's tokens sit at the same positions wherever it starts; a frame's pixels outside the window
+        # are black by construction, so no decoded frame can hold more than one garment's worth of it.
+        # Reconstructions' per-frame accuracy / FD at 2000 steps 0.807 / 26.9 (1200: 0.801 / 41.1, and generated
+        # frames 0.82-0.86 vs 0.83-0.89); the whole first frame (sprite_size 0: 81 + 1 tokens) 0.86, but its
+        # samples reached 0.62-0.69 (layered: 0.83-0.89), in 811 s of training instead of 464. docs/video.md.
         tokenizer=TokenizerConfig(kind="motionvq", codebook_size=1024, latent_dim=16, hidden=64, downsample_stages=2,
-                                  motion_tokens=1, max_shift=8, steps=2000, batch_size=64, lr=2e-3),
+                                  motion_tokens=1, max_shift=8, sprite_size=28, steps=2000, batch_size=64,
+                                  lr=2e-3),
         train=TrainConfig(steps=3000, batch_size=32, lr=2e-3, warmup_steps=100, ema_decay=0.995, compile=True,
                           precision="auto"),
-        # The motion token decoded last, given the whole first frame: its direction then fits where the garment
-        # starts (border-touching frames at L = 1 / 4: 0.305 / 0.261 vs 0.338 / 0.309 decoded with the rest;
-        # real clips 0.282; per-frame accuracy unchanged). docs/video.md.
-        sample=SampleConfig(steps=12, guidance=2.0, batch_size=100, precision="auto", motion_order="last"),
+        # The motion token decoded last, given the whole garment, and drawn at temperature 1 (the schedule's
+        # annealed temperature, 0.5 at the end, picked the commonest directions: clip FD 145-182 vs 66-69).
+        sample=SampleConfig(steps=12, guidance=2.0, batch_size=100, precision="auto", motion_order="last",
+                            motion_temperature=1.0),
         eval=EvalConfig(n=500),
     )
 

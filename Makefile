@@ -45,7 +45,7 @@ demo: setup
 demo-dit: setup
 	$(BIN)/elt demo --config fmnist-dit --out runs/fmnist-dit --resume
 
-# the video track's demo (moving Fashion-MNIST, first-frame + motion tokens, masked looped transformer; ~25 min)
+# the video track's demo (moving Fashion-MNIST, a layered window + motion tokenizer, masked looped transformer; ~18 min)
 demo-video: setup
 	$(BIN)/elt demo --config mfmnist-video --out runs/mfmnist-video --resume
 

@@ -490,3 +490,17 @@ def test_ucf101_paper_preset_builds_and_runs_at_reduced_width():
     with torch.no_grad():
         outs = model.forward_exits(tokens, torch.tensor([100]), loops=4, exits=(1,))
     assert outs[4].shape == (1, 1024, 1024) and outs[1].shape == (1, 1024, 1024)
+
+
+@pytest.mark.parametrize("sprite", [28, 0])
+def test_nominal_motion_tokenizer_matches_the_built_one(sprite):
+    """The sizes a model is built from before the tokenizer exists (run folders, FLOP counts) are the built
+    tokenizer's, with and without the layered window."""
+    from elt.config import apply_overrides
+    from elt.engine.build import make_tokenizer, nominal_tokenizer
+    from elt.presets import get_preset
+
+    cfg = apply_overrides(get_preset("mfmnist-video"), [f"tokenizer.sprite_size={sprite}"]).validate()
+    built, nominal = make_tokenizer(cfg, (9, 36, 36, 1)), nominal_tokenizer(cfg)
+    assert (built.num_tokens, built.codebook_size) == (nominal.num_tokens, nominal.codebook_size)
+    assert built.num_tokens == (50 if sprite else 82) and built.codebook_size == 1024 + 32

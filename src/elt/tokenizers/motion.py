@@ -156,23 +156,18 @@ class MotionVQ(nn.Module):
     def loss(self, clips: torch.Tensor, generator: torch.Generator | None = None):
         x = clips * 2 - 1
         if self.sprite_size:  # the window is found by the quantised placement: motion first
-            motion = self._quantize(self.motion_quantizer, self._motion(x), generator)
-            first = self._quantize(self.quantizer, self._appearance(x, motion[2]), generator)
+            motion = self._motion(x)
+            motion_q, motion_st = self.motion_quantizer.quantize(motion, generator)
+            first = self._appearance(x, motion_st)
+            first_q, first_st = self.quantizer.quantize(first, generator)
         else:
-            first = self._quantize(self.quantizer, self._appearance(x, None), generator)
-            motion = self._quantize(self.motion_quantizer, self._motion(x), generator)
-        commit = F.mse_loss(*first[:2]) + F.mse_loss(*motion[:2])
-        recon = F.mse_loss(self._decode(first[2], motion[2], clips.shape[0]), x)
+            first = self._appearance(x, None)
+            first_q, first_st = self.quantizer.quantize(first, generator)
+            motion = self._motion(x)
+            motion_q, motion_st = self.motion_quantizer.quantize(motion, generator)
+        commit = F.mse_loss(first, first_q) + F.mse_loss(motion, motion_q)
+        recon = F.mse_loss(self._decode(first_st, motion_st, clips.shape[0]), x)
         return recon + self.beta * commit, recon
-
-    def _quantize(self, q: VectorQuantizer, z: torch.Tensor, generator: torch.Generator | None):
-        """z → (z, its code vectors, z with the codes' values and z's gradient: the straight-through
-        estimator); the codebook's EMA update while training."""
-        ids = q.nearest(z.detach())
-        if self.training:
-            q.update(z.detach(), ids, generator)
-        zq = q.codebook[ids]
-        return z, zq, z + (zq - z).detach()
 
 
 def _norm_act(width: int) -> list[nn.Module]:

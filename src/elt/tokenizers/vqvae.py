@@ -42,6 +42,15 @@ class VectorQuantizer(nn.Module):
         d = z.pow(2).sum(1, keepdim=True) - 2 * z @ self.codebook.t() + self.codebook.pow(2).sum(1)[None]
         return d.argmin(1)
 
+    def quantize(self, z: torch.Tensor, generator: torch.Generator | None = None):
+        """z (M, D) → (its code vectors, z with the codes' values and z's gradient: the straight-through
+        estimator), after the codebook's EMA update while training (`VQVAE.loss` reads the codes before it)."""
+        ids = self.nearest(z.detach())
+        if self.training:
+            self.update(z.detach(), ids, generator)
+        zq = self.codebook[ids]
+        return zq, z + (zq - z).detach()
+
     @torch.no_grad()
     def update(self, z: torch.Tensor, ids: torch.Tensor, generator: torch.Generator | None = None) -> None:
         onehot = F.one_hot(ids, self.codebook_size).type_as(z)

@@ -36,6 +36,12 @@ def test_digits_split():
     tr, te = load_data("digits", "train"), load_data("digits", "test")
     assert tr.images.shape[1:] == (8, 8, 1) and len(tr) + len(te) == 1797 and len(te) == 297
     assert tr.images.max() == 255 and tr.images.dtype == np.uint8
+    from sklearn.datasets import load_digits  # elt reads its file directly: the same arrays
+
+    d = load_digits()
+    images = np.concatenate([tr.images, te.images])[..., 0]
+    np.testing.assert_array_equal(images, np.round(d.images * (255.0 / 16.0)).astype(np.uint8))
+    np.testing.assert_array_equal(np.concatenate([tr.labels, te.labels]), d.target)
 
 
 def test_image_folder_dataset(tmp_path):

@@ -17,7 +17,7 @@ TINY = ["model.width=32", "model.heads=2", "train.batch_size=16", "train.warmup_
 VIDEO_TINY = ["data.clips=64", "data.label=class", "tokenizer.steps=4", "tokenizer.codebook_size=32",
               "tokenizer.hidden=16", "model.width=32", "model.heads=2", "train.batch_size=8", "train.warmup_steps=1",
               "train.compile=false", "sample.steps=3", "sample.batch_size=20", "eval.n=10",
-              "eval.classifier_epochs=0.02"]
+              "eval.classifier_epochs=0.02", "eval.ref_clips=100"]
 FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 RUN_STEPS = 4  # the shared runs' training steps
 

@@ -39,7 +39,7 @@ def test_overrides_are_typed():
     ("model.min_loops=5", "model.min_loops"), ("model.width=130", "model.width"),
     ("train.objective=distill", "train.objective"), ("sample.steps=0", "sample.steps"),
     ("data.dataset=cifar", "data.dataset"), ("eval.loops=[1,17]", "eval.loops"),  # digits-maskgit: Lmax 4
-    ("sample.choice_temperature=-1", "sample.choice_temperature"),
+    ("sample.choice_temperature=-1", "sample.choice_temperature"), ("eval.ref_clips=1", "eval.ref_clips"),
 ])
 def test_validation_names_the_key(override, key):
     with pytest.raises(ConfigError, match=key):

@@ -473,6 +473,7 @@ def test_cli_video_train_sample_evaluate(video_run, run_copy, tmp_path, capsys, 
     for r in report["loops"].values():
         assert {"acc_mfmnist_c3d", "fd_mfmnist_c3d", "acc_fmnist_cnn_frames", "fd_fmnist_cnn_frames"} <= set(r)
     assert "acc_fmnist_cnn_frames_real_test" in report["reference"]
+    assert report["reference_sizes"] == {"stats": 100, "frame_stats": 100, "scores": 100}  # eval.ref_clips=100
 
 
 def test_ucf101_paper_preset_builds_and_runs_at_reduced_width():

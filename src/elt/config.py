@@ -214,6 +214,8 @@ class EvalConfig:
     loops: typing.Optional[list] = None   # default: 1 .. max_loops + 2
     classifier_epochs: float = 2.0
     seed: int = 0
+    ref_clips: int = 5000            # video: the real test clips of the reference statistics (the frames'
+                                     # use the first 1000 of them, the tokenizer reconstruction the first 500)
 
 
 @dataclass
@@ -366,6 +368,8 @@ class Config:
             (ev.n >= 2, "eval.n", "must be >= 2 (Fréchet distance needs a covariance)"),
             (_pos(ev.classifier_epochs), "eval.classifier_epochs", "must be a finite number > 0"),
             (0 <= ev.seed < SEED_LIMIT, "eval.seed", f"must be in 0..{SEED_LIMIT - 1}"),
+            (isinstance(ev.ref_clips, int) and ev.ref_clips >= 2, "eval.ref_clips",
+             "must be an integer >= 2 (Fréchet distance needs a covariance)"),
             (df.prediction in PREDICTIONS, "diffusion.prediction", f"choose {one_of(PREDICTIONS)}"),
             (df.schedule in NOISE_SCHEDULES, "diffusion.schedule", f"choose {one_of(NOISE_SCHEDULES)}"),
             (df.shift is None or _finite(df.shift), "diffusion.shift", "must be a finite number (or null)"),

@@ -50,6 +50,7 @@ class Judge:
     ref_stats: tuple
     prefix: str
     reference: dict
+    sizes: dict                      # how many real test examples each reference number comes from
     frame_stats: tuple | None = None
     frame_name: str | None = None
 
@@ -72,9 +73,9 @@ class Judge:
         return out
 
 
-# Video references: the first clips of the test split (C3D statistics), and fewer for the frames
-# and for the tokenizer's reconstruction (16 frames each).
-REF_CLIPS, REF_FRAME_CLIPS, RECON_CLIPS = 5000, 1000, 500
+# Video references: the first `eval.ref_clips` clips of the test split (C3D statistics), and at most these
+# for the frames and for the tokenizer's reconstruction.
+REF_FRAME_CLIPS, RECON_CLIPS = 1000, 500
 
 
 def make_judge(run: Run, classifiers: Classifiers | None = None, progress: bool = True) -> Judge:
@@ -89,14 +90,18 @@ def make_judge(run: Run, classifiers: Classifiers | None = None, progress: bool 
     test = Split.of(c, "test").data
     prefix = metric_prefix(c)
     if test.is_video:
-        real = test.images[:REF_FRAME_CLIPS]
+        clips = test.images[:c.eval.ref_clips]
+        sizes = {"stats": len(clips), "frame_stats": min(len(clips), REF_FRAME_CLIPS),
+                 "scores": min(len(clips), RECON_CLIPS)}
+        real = clips[:sizes["frame_stats"]]
         ff, _ = classifiers.frames.features_and_predictions(to_float(frame_views(real, classifiers.crop)))
-        judge = Judge(classifiers, feature_stats(classifiers.main.features_and_predictions(test.images[:REF_CLIPS])[0]),
-                      prefix, {}, feature_stats(ff), f"{classifiers.frame_set}_cnn_frames")
-        test = type(test)(test.images[:RECON_CLIPS], test.labels[:RECON_CLIPS], test.class_names)
+        judge = Judge(classifiers, feature_stats(classifiers.main.features_and_predictions(clips)[0]),
+                      prefix, {}, sizes, feature_stats(ff), f"{classifiers.frame_set}_cnn_frames")
+        n = sizes["scores"]
+        test = type(test)(test.images[:n], test.labels[:n], test.class_names)
     else:
         judge = Judge(classifiers, feature_stats(classifiers.main.features_and_predictions(to_float(test.images))[0]),
-                      prefix, {})
+                      prefix, {}, {"stats": len(test), "scores": len(test)})
     test_x = to_float(test.images)
     recon = torch.cat([run.tokenizer.decode(run.tokenizer.encode(test_x[i: i + 256].to(run.device))).cpu()
                        for i in range(0, len(test_x), 256)])
@@ -178,7 +183,7 @@ def new_report(run: Run, judge: Judge, n: int, seed: int, per_loop: dict) -> dic
     return {"run": str(run.path), "config": c.name, "framework": c.framework, "objective": c.objective_label(),
             "ilsd": dataclasses.asdict(c.ilsd),
             "checkpoint_step": run.step, "lmin": c.model.min_loops, "lmax": c.model.max_loops,
-            "metric_extractor": judge.prefix, "reference": judge.reference,
+            "metric_extractor": judge.prefix, "reference": judge.reference, "reference_sizes": judge.sizes,
             "sampling": {**run.settings(), "seed": seed, "n": n}, "tag": run.tag(seed, n),
             "loops": per_loop}
 

@@ -14,11 +14,15 @@ from elt.metrics.scores import StreamingStats, inception_score, precision_recall
 
 
 def random_inception(path):
-    """The FID Inception's architecture with random weights, saved as its state dict."""
+    """The FID Inception's architecture with random weights, saved as its state dict. He-initialised
+    convolutions keep the activations' scale through its ~90 layers (torch's default init shrinks them
+    until every image has the same features: FID 0 and IS 1 for any images, which no comparison tests)."""
     torch.manual_seed(0)
     net = FIDInceptionV3()
-    for m in net.modules():  # non-trivial BatchNorm statistics, so eval-mode BN matters
-        if isinstance(m, torch.nn.BatchNorm2d):
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+        if isinstance(m, torch.nn.BatchNorm2d):  # non-trivial BatchNorm statistics, so eval-mode BN matters
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 1.5)
     torch.save(net.state_dict(), path)

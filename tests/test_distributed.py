@@ -100,15 +100,23 @@ def test_two_nodes_c10d_rendezvous_match_one_process(one, tmp_path):
 FSDP = ["train.parallel=fsdp", "train.keep_every=10"]  # keeps checkpoints/step_0000010 beside `last`
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def fsdp(tmp_path_factory):
-    """ARGS' 20 steps sharded with FSDP2 over two processes: (the saved weights, the run folder)."""
-    folder = tmp_path_factory.mktemp("fsdp")
-    return torchrun(folder, folder / "run", FSDP), folder / "run"
+    """ARGS' 20 steps sharded with FSDP2 over two processes, trained once for all parallel workers (the two
+    tests below may run on different ones): (the saved weights, the run folder). Read-only."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    root = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+    folder = root / "shared-fsdp"
+    with FileLock(str(root / "shared-fsdp.lock")):
+        if not (folder / "run" / "checkpoints" / "last").is_dir():
+            folder.mkdir(exist_ok=True)
+            torchrun(folder, folder / "run", FSDP)
+    return load_file(str(folder / "run" / "checkpoints" / "last" / "model.safetensors")), folder / "run"
 
 
-@pytest.mark.slow
-def test_fsdp2_trains_and_saves_full_weights(one, fsdp):
+def test_fsdp2_trains_and_saves_full_weights(one, fsdp):  # not `slow`: the slow test below trains `fsdp` first
     ref, got = one[0], fsdp[0]
     assert all(got[k].shape == ref[k].shape for k in ref)
     assert_close(ref, got)

@@ -67,24 +67,32 @@ def _tree(run: Path) -> dict:
             and p.name != ".elt.lock"}
 
 
-def _shared_run(tmp_path_factory, name: str, preset: str, overrides: list[str]):
-    """Train a shared run with `elt train` (once for all parallel workers), hand it out, and check at the
-    end that no test wrote into it."""
+def shared_run(tmp_path_factory, name: str, train):
+    """A run trained by `train(run_folder)` once for all parallel workers (under a file lock), handed out;
+    checks at the end that no test wrote into it. For session-scoped fixtures: `yield from shared_run(...)`."""
     from filelock import FileLock
-
-    from elt.apps.cli import main
 
     root = tmp_path_factory.getbasetemp()
     root = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
     run = root / f"shared-{name}" / "run"
     with FileLock(str(root / f"shared-{name}.lock")):
         if not (run / "checkpoints" / "last").is_dir():
-            assert main(["--quiet", "train", "--config", preset, "--out", str(run), "--steps", str(RUN_STEPS),
-                         *sets(overrides)]) == 0
+            run.parent.mkdir(parents=True, exist_ok=True)
+            train(run)
     before = _tree(run)
     yield run
     changed = sorted(k for k in before.keys() | _tree(run).keys() if before.get(k) != _tree(run).get(k))
     assert not changed, f"a test wrote into the shared {name} run ({changed}); give it a copy (run_copy)"
+
+
+def _shared_run(tmp_path_factory, name: str, preset: str, overrides: list[str]):
+    """`elt train` of `preset` for RUN_STEPS steps with `overrides`, as a shared run."""
+    from elt.apps.cli import main
+
+    def train(run: Path) -> None:
+        assert main(["--quiet", "train", "--config", preset, "--out", str(run), "--steps", str(RUN_STEPS),
+                     *sets(overrides)]) == 0
+    yield from shared_run(tmp_path_factory, name, train)
 
 
 @pytest.fixture(scope="session")

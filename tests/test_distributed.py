@@ -10,9 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import free_port
 from elt.engine.train import train
-from conftest import TINY, tiny_cfg
+from conftest import TINY, free_port, shared_run, tiny_cfg
 
 ARGS = ["train.steps=20", "train.batch_size=8", "train.ckpt_every=10", "train.lr=1e-3"]
 
@@ -53,7 +52,6 @@ def assert_close(a, b, atol=1e-6):
 
 def assert_same_logged_losses(a, b):
     """Logged loss parts are the global batch's, however the batch was split."""
-
     ra, rb = ([json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()] for run in (a, b))
     assert [r["step"] for r in ra] == [r["step"] for r in rb]
     for x, y in zip(ra, rb):
@@ -103,21 +101,12 @@ FSDP = ["train.parallel=fsdp", "train.keep_every=10"]  # keeps checkpoints/step_
 @pytest.fixture(scope="session")
 def fsdp(tmp_path_factory):
     """ARGS' 20 steps sharded with FSDP2 over two processes, trained once for all parallel workers (the two
-    tests below may run on different ones): (the saved weights, the run folder). Read-only."""
-    from filelock import FileLock
-
-    root = tmp_path_factory.getbasetemp()
-    root = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
-    folder = root / "shared-fsdp"
-    with FileLock(str(root / "shared-fsdp.lock")):
-        if not (folder / "run" / "checkpoints" / "last").is_dir():
-            folder.mkdir(exist_ok=True)
-            torchrun(folder, folder / "run", FSDP)
-    return load_file(str(folder / "run" / "checkpoints" / "last" / "model.safetensors")), folder / "run"
+    tests below may run on different ones). Read-only."""
+    yield from shared_run(tmp_path_factory, "fsdp", lambda run: torchrun(run.parent, run, FSDP))
 
 
 def test_fsdp2_trains_and_saves_full_weights(one, fsdp):  # not `slow`: the slow test below trains `fsdp` first
-    ref, got = one[0], fsdp[0]
+    ref, got = one[0], load_file(str(fsdp / "checkpoints" / "last" / "model.safetensors"))
     assert all(got[k].shape == ref[k].shape for k in ref)
     assert_close(ref, got)
 
@@ -127,7 +116,7 @@ def test_fsdp2_resume_continues_exactly(one, fsdp, tmp_path):
     """The FSDP2 run put back to its step-10 checkpoint (the kept copy in place of `last`, as elt's message
     for a damaged checkpoint says) and resumed under FSDP2 ends at one process's 20-step weights (which FSDP2
     matches: the test above) — shards re-laid from the full saved states, optimizer moments and RNG included."""
-    run = Path(shutil.copytree(fsdp[1], tmp_path / "resumed"))
+    run = Path(shutil.copytree(fsdp, tmp_path / "resumed"))
     shutil.rmtree(run / "checkpoints" / "last")
     shutil.copytree(run / "checkpoints" / "step_0000010", run / "checkpoints" / "last")
     before = (run / "metrics.jsonl").read_text().splitlines()
@@ -140,7 +129,6 @@ def test_fsdp2_resume_continues_exactly(one, fsdp, tmp_path):
 
 @pytest.mark.slow
 def test_sampling_and_evaluation_split_across_ranks(masked_run, run_copy, tmp_path):
-
     import numpy as np
 
     run = run_copy(masked_run)
@@ -207,7 +195,6 @@ def test_streaming_stats_reduce_across_ranks(tmp_path):
 def test_fid_split_across_ranks_matches_one_process(tmp_path, monkeypatch):
     """`elt fid` under torchrun: each rank streams a share of the images; the reduced statistics,
     gathered logits and precision/recall features give one process's numbers."""
-
     from elt.apps.cli import main
     from elt.engine.media import export_adm_npz
     from test_paper_scale import images, random_inception

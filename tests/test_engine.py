@@ -332,3 +332,34 @@ def test_one_demo_loads_each_split_once_and_hashes_no_image_array(tmp_path, monk
         images = real_load("digits", split).images
         probe = images[:4].tobytes()  # 256 bytes of the first images: in a hashed buffer only if images were hashed
         assert not any(probe in buffer for buffer in hashed), split
+
+
+@pytest.mark.parametrize("steps, warmup, decay, warned", [(100, 10, 0.999, True), (100, 10, 0.9, False),
+                                                         (2, 30, 0.999, False), (30, 30, 0.999, False)])
+def test_long_ema_warning_only_where_the_ema_would_lag(caplog, steps, warmup, decay, warned):
+    """The EMA copies the weights during warm-up: a run that ends within it gets no warning (it once said
+    "trains -28 steps after warm-up"); one whose averaging horizon outlasts its post-warm-up steps does."""
+    from elt.engine.train import _warn_long_ema
+
+    _warn_long_ema(tiny_cfg(steps, [f"train.warmup_steps={warmup}", f"train.ema_decay={decay}"]))
+    lines = [r.getMessage() for r in caplog.records if "ema_decay" in r.getMessage()]
+    assert bool(lines) == warned, lines
+    if warned:
+        assert f"this run trains {steps - warmup} after warm-up" in lines[0] and "e.g. 0.967" in lines[0]
+
+
+def test_another_ranks_write_probe_does_not_make_a_folder_look_used(tmp_path):
+    """Every torchrun rank checks the run folder is writable (a probe file, there for a moment) while rank 0
+    checks it is new or an elt run: ranks started together once made rank 0 refuse its own new folder."""
+    from elt.engine.run import prepare_run_dir
+    from elt.utils.files import PROBE, check_writable, refuse_existing
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / f"{PROBE}12345").write_bytes(b"")  # rank 1's probe, caught between its write and its unlink
+    prepare_run_dir(out, resume=False)
+    refuse_existing([out], overwrite=False)
+    check_writable(out)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not an elt run \\(notes.txt, ...\\)"):
+        prepare_run_dir(out, resume=False)

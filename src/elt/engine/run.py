@@ -31,7 +31,7 @@ import torch
 
 from ..config import Config, ConfigError, SampleConfig, apply_overrides, from_dict, read_config
 from ..utils.atomic import write_text
-from ..utils.files import check_writable
+from ..utils.files import check_writable, entries
 from .build import build_model, build_sampler, make_tokenizer
 from .checkpoint import EDITED, damaged, find_checkpoint, hash_weights, load_weights, read_state
 from .devices import rank_world, resolve_precision
@@ -160,16 +160,15 @@ def prepare_run_dir(out: Path, resume: bool) -> None:
     if not resume and find_checkpoint(out) is not None:
         raise ValueError(f"run folder {out} already holds a checkpoint; pass --resume to continue it "
                          f"or choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not any((out / m).exists() for m in RUN_MARKERS):
-        held = ", ".join(sorted(p.name for p in out.iterdir())[:4])
+    held = sorted(p.name for p in entries(out)) if out.is_dir() else []
+    if held and not any((out / m).exists() for m in RUN_MARKERS):
+        held = ", ".join(held[:4])
         raise ValueError(f"--out {out} holds files that are not an elt run ({held}, ...); choose a new or empty folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write_test{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
     except OSError as e:
-        raise ValueError(f"cannot write to run folder {out} ({e.strerror}); choose a writable --out") from None
+        raise ValueError(f"cannot create run folder {out} ({e.strerror}); choose a writable --out") from None
+    check_writable(out, "run folder")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

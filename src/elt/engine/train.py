@@ -125,13 +125,15 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, prepared: Prepa
 
 
 def _warn_long_ema(cfg: Config) -> None:
+    """A warning when the EMA would still be mostly the early weights at the last step. Not for a run that
+    ends within its warm-up: the EMA copies the weights until warm-up ends, so it holds the last ones."""
     t = cfg.train
-    horizon = max(t.steps - t.warmup_steps, 1)
-    if 0 < t.ema_decay < 1 and 1 / (1 - t.ema_decay) > horizon / 3:
+    horizon = t.steps - t.warmup_steps
+    if horizon > 0 and 0 < t.ema_decay < 1 and 1 / (1 - t.ema_decay) > horizon / 3:
         log.warning("train.ema_decay=%g averages the weights over ~%d steps, but this run trains %d after warm-up: "
                     "its EMA weights (what sample and evaluate use) will be mostly the early ones; lower "
                     "train.ema_decay (e.g. %g) or sample the raw weights (--set sample.use_ema=false)", t.ema_decay,
-                    round(1 / (1 - t.ema_decay)), t.steps - t.warmup_steps, round(1 - 3 / max(horizon, 3), 3))
+                    round(1 / (1 - t.ema_decay)), horizon, round(1 - 3 / max(horizon, 3), 3))
 
 
 def _loop(state: TrainState, out: Path, metrics: MetricsLog | None, stop: dict, progress: bool) -> None:

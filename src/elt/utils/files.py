@@ -46,6 +46,15 @@ def with_ext(base: str | Path, ext: str) -> Path:
     return base.parent / f"{base.name}{ext}"
 
 
+PROBE = ".elt-write-test-"  # check_writable's short-lived file
+
+
+def entries(folder: str | Path) -> list[Path]:
+    """What `folder` holds, less check_writable's probes: another rank (or elt process) checking the same
+    folder leaves one there for a moment, which must not make the folder look used."""
+    return [p for p in Path(folder).iterdir() if not p.name.startswith(PROBE)]
+
+
 def check_writable(folder: str | Path, what: str = "output folder") -> Path:
     """`folder` exists and a file can be created in it (checked by creating and removing one), before any work."""
     folder = Path(folder) if str(folder) else Path(".")
@@ -53,7 +62,7 @@ def check_writable(folder: str | Path, what: str = "output folder") -> Path:
         raise ValueError(f"{what} {folder} is a file, not a folder; choose a folder")
     if not folder.is_dir():
         raise ValueError(f"{what} {folder} does not exist; create it or choose another")
-    probe = folder / f".elt-write-test-{os.getpid()}"
+    probe = folder / f"{PROBE}{os.getpid()}"
     try:
         probe.write_bytes(b"")
         probe.unlink()
@@ -68,5 +77,5 @@ def refuse_existing(paths, overwrite: bool) -> None:
     if overwrite:
         return
     for p in map(Path, paths):
-        if p.is_file() or (p.is_dir() and any(p.iterdir())):
+        if p.is_file() or (p.is_dir() and entries(p)):
             raise ValueError(f"{p} exists; choose another output name, or pass --overwrite to replace it")

@@ -1,8 +1,16 @@
 """Progress bars: shown only when asked for and when stderr is a terminal, so logs written to a file
-or a pipe carry no carriage returns or other control codes."""
+or a pipe carry no carriage returns or other control codes.
+
+elt's bars live in one process each (torchrun ranks are separate programs, and only rank 0 draws), so
+tqdm's lock is a thread lock: by default tqdm also makes a multiprocessing semaphore in every process,
+which fails where /dev/shm is missing or read-only and leaks when a process is killed."""
 from __future__ import annotations
 
+import threading
+
 from tqdm.auto import tqdm
+
+tqdm.set_lock(threading.RLock())
 
 
 def bar(iterable=None, *, progress: bool = True, **kwargs) -> tqdm:

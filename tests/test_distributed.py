@@ -1,4 +1,6 @@
-"""Multi-process training on CPU (gloo) through torchrun: same weights as one process."""
+"""Multi-process training, sampling and evaluation on CPU (gloo) through torchrun and torch's elastic launcher
+(`elastic.launch`: torchrun's agent, its ranks forked from a process that imported torch once): same weights
+and the same numbers as one process."""
 import json
 import os
 import shutil
@@ -10,20 +12,31 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from elastic import launch
 from elt.engine.train import train
 from conftest import TINY, free_port, shared_run, tiny_cfg
 
 ARGS = ["train.steps=20", "train.batch_size=8", "train.ckpt_every=10", "train.lr=1e-3"]
 
 
-def torchrun(tmp_path, out, extra=(), nproc=2, resume=False):
+def _train_argv(out, extra=(), resume=False):
     sets = sum((["--set", s] for s in TINY + ARGS + list(extra)), [])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "elt", "--quiet", "train", "--config", "digits-maskgit", "--out", str(out), *sets]
-    cmd += ["--resume"] if resume else []
+    return ["--quiet", "train", "--config", "digits-maskgit", "--out", str(out), *sets] + (["--resume"] if resume else [])
+
+
+def torchrun(tmp_path, out, extra=(), nproc=2):
+    """`torchrun --standalone --nproc_per_node=2 -m elt train ...`, the documented command, as a user runs it."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "elt",
+           *_train_argv(out, extra)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return load_file(str(out / "checkpoints" / "last" / "model.safetensors"))
+
+
+def elastic_train(out, extra=(), resume=False):
+    """The same training through torch's elastic launcher, ranks forked (see the module docstring)."""
+    launch(_train_argv(out, extra, resume), out.parent / f"{out.name}-logs")
     return load_file(str(out / "checkpoints" / "last" / "model.safetensors"))
 
 
@@ -102,7 +115,7 @@ FSDP = ["train.parallel=fsdp", "train.keep_every=10"]  # keeps checkpoints/step_
 def fsdp(tmp_path_factory):
     """ARGS' 20 steps sharded with FSDP2 over two processes, trained once for all parallel workers (the two
     tests below may run on different ones). Read-only."""
-    yield from shared_run(tmp_path_factory, "fsdp", lambda run: torchrun(run.parent, run, FSDP))
+    yield from shared_run(tmp_path_factory, "fsdp", lambda run: elastic_train(run, FSDP))
 
 
 def test_fsdp2_trains_and_saves_full_weights(one, fsdp):  # not `slow`: the slow test below trains `fsdp` first
@@ -120,7 +133,7 @@ def test_fsdp2_resume_continues_exactly(one, fsdp, tmp_path):
     shutil.rmtree(run / "checkpoints" / "last")
     shutil.copytree(run / "checkpoints" / "step_0000010", run / "checkpoints" / "last")
     before = (run / "metrics.jsonl").read_text().splitlines()
-    assert_close(one[0], torchrun(tmp_path, run, FSDP, resume=True))
+    assert_close(one[0], elastic_train(run, FSDP, resume=True))
     after = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in after] == list(range(2, 21, 2))
     # the records of steps 2..10 are the first launch's (their measured steps/s included): only 11..20 trained again
@@ -132,28 +145,19 @@ def test_sampling_and_evaluation_split_across_ranks(masked_run, run_copy, tmp_pa
     import numpy as np
 
     run = run_copy(masked_run)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "elt", "--quiet"]
-    # torchrun's own parser claims abbreviations of its options (--run, --n): use the long spellings
-    proc = subprocess.run(base + ["sample", "--run-dir", str(run), "--loops", "2", "--num-samples", "10",
-                                  "--out", str(tmp_path / "s")],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    logs = tmp_path / "logs"
+    launch(["--quiet", "sample", "--run", str(run), "--loops", "2", "--n", "10", "--out", str(tmp_path / "s")], logs / "s")
     z = np.load(tmp_path / "s.npz")
     assert z["images"].shape == (10, 8, 8, 1) and z["labels"].tolist() == list(range(10))
     assert len({z["images"][i].tobytes() for i in range(10)}) > 1  # ranks did not all draw the same sample
-    proc = subprocess.run(base + ["evaluate", "--run-dir", str(run), "--loops", "1,2", "--num-samples", "20"],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    launch(["--quiet", "evaluate", "--run", str(run), "--loops", "1,2", "--n", "20"], logs / "e")
     report = json.loads((run / "anytime.json").read_text())
     assert report["sampling"]["n"] == 20 and list(report["loops"]) == ["1", "2"]
     # `sample --folder`: ranks take whole shards; the set equals one process's, shard by shard
-    folder = ["sample", "--run-dir", str(run), "--loops", "2", "--num-samples", "30", "--shard-size", "7"]
-    proc = subprocess.run(base + folder + ["--folder", str(tmp_path / "two")], capture_output=True, text=True,
-                          timeout=300, env=env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = ["--quiet", "sample", "--run", str(run), "--loops", "2", "--n", "30", "--shard-size", "7"]
+    launch(folder + ["--folder", str(tmp_path / "two")], logs / "f")
     from elt.apps.cli import main
-    assert main(["--quiet", *folder, "--folder", str(tmp_path / "one")]) == 0
+    assert main([*folder, "--folder", str(tmp_path / "one")]) == 0
     (two,), (one,) = (list((tmp_path / d).iterdir()) for d in ("two", "one"))
     assert two.name == one.name
     with np.load(two / "samples.npz") as a, np.load(one / "samples.npz") as b:
@@ -205,11 +209,8 @@ def test_fid_split_across_ranks_matches_one_process(tmp_path, monkeypatch):
     args = ["fid", "--samples", str(samples), "--ref", str(ref), "--inception", str(weights), "--batch-size", "2"]
     monkeypatch.setenv("ELT_CACHE_DIR", str(tmp_path / "cache1"))
     assert main(["--quiet", *args, "--json", str(tmp_path / "one.json")]) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ELT_CACHE_DIR": str(tmp_path / "cache2")}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "elt", "--quiet", *args, "--json", str(tmp_path / "two.json")],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    launch(["--quiet", *args, "--json", str(tmp_path / "two.json")], tmp_path / "logs",
+           env={"ELT_CACHE_DIR": str(tmp_path / "cache2")})
     one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
     assert two["n_samples"] == one["n_samples"] == 7
     assert one["fid"] > 1  # features that differ between images: the comparison below means something

@@ -67,7 +67,8 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
         _check_readable(run)  # every kill leaves a loadable checkpoint
     assert len(set(killed_at)) == 5 and max(killed_at) < STEPS, killed_at  # really interrupted mid-run
     # the last resume is a plain `elt train --resume` process, as a user runs it
-    subprocess.run([sys.executable, "-m", "elt", *_argv(run)], env=dict(os.environ), check=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "elt", *_argv(run)], env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True,
+                   timeout=300)
     for name in ("model.safetensors", "ema.safetensors"):
         a = load_file(str(tmp_path / "straight" / "checkpoints" / "last" / name))
         b = load_file(str(run / "checkpoints" / "last" / name))

@@ -21,18 +21,12 @@ PRELOAD = ["torch", "torch._dynamo", "torch.distributed.launcher.api", "elt.apps
 def forkserver():
     """The forkserver context, its server started (once) with OMP_NUM_THREADS=1 in its environment."""
     from multiprocessing import forkserver as server
+    from unittest import mock
 
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
-    before = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"
-    try:
+    with mock.patch.dict(os.environ, {"OMP_NUM_THREADS": "1"}):
         server.ensure_running()
-    finally:
-        if before is None:
-            del os.environ["OMP_NUM_THREADS"]
-        else:
-            os.environ["OMP_NUM_THREADS"] = before
     return ctx
 
 

@@ -162,8 +162,8 @@ def prepare_run_dir(out: Path, resume: bool) -> None:
                          f"or choose another --out")
     held = sorted(p.name for p in entries(out)) if out.is_dir() else []
     if held and not any((out / m).exists() for m in RUN_MARKERS):
-        held = ", ".join(held[:4])
-        raise ValueError(f"--out {out} holds files that are not an elt run ({held}, ...); choose a new or empty folder")
+        raise ValueError(f"--out {out} holds files that are not an elt run ({', '.join(held[:4])}, ...); choose a new "
+                         f"or empty folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

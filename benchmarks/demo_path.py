@@ -1,7 +1,8 @@
 """How often one `elt demo` enters each engine file: the reading path a newcomer follows from engine/demo.py.
 
 An entry into engine file X is a function of another engine file that calls into X (counted once per
-calling function, however often it runs: a loop is read once). Property reads and dunder methods are not
+calling function, however often it runs: a loop is read once). Two other counts stand beside it: the
+engine files that call into X, and X's functions that are entered from another file. Property reads and dunder methods are not
 entries (`run.num_classes` is read, not followed). The demo runs a tiny configuration under
 `sys.setprofile` in a fresh cache; the table lists every engine file, most entered first.
 
@@ -68,10 +69,12 @@ def main() -> None:
     ap.add_argument("--show", action="store_true", help="list every call that enters each file")
     args = ap.parse_args()
     entries = trace(args.preset)
-    print(f"{'engine file':<16} entries  (calling function -> called function)")
+    print(f"{'engine file':<16} entries  files  functions  (calling function)")
     for file in sorted(entries, key=lambda f: (-len({c[:2] for c in entries[f]}), f)):
         callers = sorted({c[:2] for c in entries[file]})
-        print(f"{file:<16} {len(callers):>7}  " + ", ".join(f"{a}:{b}" for a, b in callers))
+        files, functions = {c[0] for c in entries[file]}, {c[2] for c in entries[file]}
+        print(f"{file:<16} {len(callers):>7} {len(files):>6} {len(functions):>10}  "
+              + ", ".join(f"{a}:{b}" for a, b in callers))
         if args.show:
             for a, b, c in sorted(entries[file]):
                 print(f"{'':<26}{a}:{b} -> {c}")

@@ -33,6 +33,7 @@ from ..tokenizers.maskgit_vqgan import MaskGITVQGAN
 from ..tokenizers.motion import MotionVQ
 from ..utils.arrays import as_tensor, batched, to_float
 from ..utils.atomic import write_json
+from ..utils.files import check_writable
 from .build import make_tokenizer
 from .checkpoint import hash_weights, load_weights, save_tensors, save_weights
 from .devices import DistInfo, barrier, resolve_precision
@@ -49,16 +50,12 @@ def cache_dir() -> Path:
 
 def writable_cache() -> Path:
     """The cache folder, created and checked writable — before anything is trained to be kept there."""
-    folder = cache_dir()
+    folder, fix = cache_dir(), "set ELT_CACHE_DIR to a writable folder"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
     except OSError as e:
-        raise ValueError(f"cannot write to the cache folder {folder} ({e.strerror}); set ELT_CACHE_DIR to a "
-                         f"writable folder") from None
-    return folder
+        raise ValueError(f"cannot create the cache folder {folder} ({e.strerror}); {fix}") from None
+    return check_writable(folder, "the cache folder", fix)
 
 
 def cache_key(kind: str, settings: dict, identity: str) -> str:

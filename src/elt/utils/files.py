@@ -55,8 +55,9 @@ def entries(folder: str | Path) -> list[Path]:
     return [p for p in Path(folder).iterdir() if not p.name.startswith(PROBE)]
 
 
-def check_writable(folder: str | Path, what: str = "output folder") -> Path:
-    """`folder` exists and a file can be created in it (checked by creating and removing one), before any work."""
+def check_writable(folder: str | Path, what: str = "output folder", fix: str = "choose a writable one") -> Path:
+    """`folder` exists and a file can be created in it (checked by creating and removing one), before any work;
+    `fix` ends the message when it cannot."""
     folder = Path(folder) if str(folder) else Path(".")
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{what} {folder} is a file, not a folder; choose a folder")
@@ -67,7 +68,7 @@ def check_writable(folder: str | Path, what: str = "output folder") -> Path:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise ValueError(f"cannot write to {what} {folder} ({e.strerror}); choose a writable one") from None
+        raise ValueError(f"cannot write to {what} {folder} ({e.strerror}); {fix}") from None
     return folder
 
 
